@@ -1,0 +1,192 @@
+"""Opening a catalog: engine set-up, SQLite pragmas, schema migrations.
+
+SQLite is the default and gets the treatment it needs for several processes
+(a nightly backup, a gc, an operator's `list`) sharing one file: WAL so readers
+never block writers, foreign keys on, a busy timeout, and write transactions
+that start with BEGIN IMMEDIATE. The last one matters: a deferred transaction
+that reads and then writes fails at once with "database is locked" when another
+writer committed in between, instead of waiting. pysqlite's own transaction
+handling is switched off so that SQLAlchemy's begin/commit are the real ones
+(the recipe from SQLAlchemy's SQLite dialect docs).
+
+The schema is versioned with alembic; the migrations live in schema/migrations.
+An older catalog is migrated on open; one from a newer casbackup is refused
+with what to do about it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from casbackup.catalog.models import CatalogMeta
+from casbackup.errors import CatalogError, CatalogMismatch, CatalogVersionError
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 60_000
+REPOSITORY_ID_KEY = "repository_id"
+# The newest migration in schema/migrations/versions. Opening a catalog that is
+# already there needs no alembic at all (importing it costs a quarter second on
+# every command); tests/catalog/test_database.py checks this against the scripts.
+SCHEMA_HEAD = "0001"
+
+
+def migrations_dir() -> Path:
+    """schema/migrations in a source tree, casbackup/_schema/migrations in a wheel."""
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_schema" / "migrations", package.parent / "schema" / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise CatalogError(detail="catalog migrations not found (broken installation)")
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    return cfg
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise CatalogError(detail=f"invalid catalog URL: {exc}") from None
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    database = parsed.database
+    if database and database != ":memory:":
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CatalogError(
+                detail=f"cannot create directory for {database}: {exc.strerror}"
+            ) from None
+    engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # FULL: a committed catalog row survives power loss, so GC never acts
+        # on a catalog that forgot a pack it had been told about.
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+class CatalogDatabase:
+    """An open, migrated catalog bound to one repository."""
+
+    def __init__(self, engine: Engine, location: str) -> None:
+        self.engine = engine
+        self.location = location
+
+    @classmethod
+    def open(cls, url: str, repository_id: str) -> CatalogDatabase:
+        engine = make_engine(url)
+        location = redact_url(url)
+        try:
+            migrate(engine, location)
+            db = cls(engine, location)
+            db._bind_repository(repository_id)
+        except OperationalError as exc:
+            engine.dispose()
+            raise CatalogError(detail=f"{location}: {exc.orig}") from None
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise CatalogError(detail=f"{location}: {type(exc).__name__}: {exc}") from None
+        except BaseException:
+            engine.dispose()
+            raise
+        return db
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that will write: takes SQLite's write lock up front."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A consistent read-only snapshot that never blocks writers."""
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn, conn.begin():
+            yield conn
+
+    def _bind_repository(self, repository_id: str) -> None:
+        """The first repository to use a catalog owns it; any other is refused."""
+        with self.write() as conn:
+            current = conn.scalar(
+                select(CatalogMeta.value).where(CatalogMeta.key == REPOSITORY_ID_KEY)
+            )
+            if current is None:
+                conn.execute(
+                    CatalogMeta.__table__.insert().values(
+                        key=REPOSITORY_ID_KEY, value=repository_id
+                    )
+                )
+            elif current != repository_id:
+                raise CatalogMismatch(
+                    location=self.location, catalog_repo=current, repo=repository_id
+                )
+
+
+def migrate(engine: Engine, location: str) -> None:
+    if _stored_revision(engine) == SCHEMA_HEAD:
+        return
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = _alembic_config()
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    known = {rev.revision for rev in script.walk_revisions()}
+    with engine.begin() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current == head:
+            return
+        if current is not None and current not in known:
+            raise CatalogVersionError(location=location, found=current, head=head)
+        if current is None and inspect(conn).get_table_names():
+            raise CatalogError(detail=f"{location} holds tables but is not a casbackup catalog")
+        if current is not None:
+            log.warning("migrating catalog %s from schema %s to %s", location, current, head)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn, conn.begin():
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+def redact_url(url: str) -> str:
+    """A catalog URL fit for messages: the password replaced."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid catalog URL>"

@@ -1,0 +1,134 @@
+"""Bringing the catalog in line with the store, or rebuilding it from the store alone.
+
+The store is the truth: packs (with their trailers) and manifests. ``sync``
+indexes what the catalog lacks (packs and manifests written by another host, or
+a manifest whose commit the catalog never heard of because the process died)
+and forgets committed backups whose manifest is gone. ``rebuild`` is ``sync``
+into an empty catalog, written next to the old file and renamed over it, so a
+failed rebuild leaves the old catalog in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import blake3
+from sqlalchemy import delete, select
+from sqlalchemy.engine import make_url
+
+from casbackup.catalog import Catalog
+from casbackup.catalog.database import CatalogDatabase
+from casbackup.catalog.index import batched, record_pack
+from casbackup.catalog.models import COMMITTED, Backup, Base, Chunk, Pack
+from casbackup.errors import CatalogError, IntegrityError
+from casbackup.repo import keys
+from casbackup.repo import manifest as manifest_codec
+from casbackup.repo.repository import Repository
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class SyncReport:
+    packs_indexed: int = 0
+    backups_imported: int = 0
+    backups_forgotten: int = 0
+    packs_forgotten: int = 0
+
+
+def sync(repo: Repository, catalog: Catalog, progress: Progress | None = None) -> SyncReport:
+    db = catalog.db
+    report = SyncReport()
+    note = progress or (lambda _msg: None)
+
+    store_packs = dict(repo.list_packs())
+    with db.read() as conn:
+        catalog_packs = {bytes.fromhex(d) for d in conn.scalars(select(Pack.digest))}
+    for pack_id in sorted(set(store_packs) - catalog_packs):
+        entries = repo.read_trailer(pack_id, store_packs[pack_id])
+        with db.write() as conn:
+            record_pack(conn, pack_id, store_packs[pack_id], entries, datetime.now(UTC))
+        report.packs_indexed += 1
+        if report.packs_indexed % 100 == 0:
+            note(f"indexed {report.packs_indexed} packs")
+
+    store_names = set(repo.list_backup_names())
+    records = catalog.backups
+    committed = records.committed_names()
+    for name in sorted(store_names - committed):
+        data = repo.store.get(keys.manifest_key(name))
+        manifest = manifest_codec.decode(data, name)
+        missing = _unindexed_chunks(db, manifest.chunk_ids())
+        if missing:
+            raise IntegrityError(
+                detail=f"backup {name} references {len(missing)} chunks no pack holds, "
+                f"e.g. {min(missing).hex()}; run `casbackup verify` for details"
+            )
+        with db.write() as conn:
+            records.import_manifest(conn, manifest, blake3.blake3(data).digest(), len(data))
+        report.backups_imported += 1
+        note(f"imported backup {name}")
+
+    for name in sorted(committed - store_names):
+        with db.write() as conn:
+            conn.execute(delete(Backup).where(Backup.name == name, Backup.state == COMMITTED))
+        report.backups_forgotten += 1
+    return report
+
+
+def _unindexed_chunks(db: CatalogDatabase, chunk_ids: set[bytes]) -> set[bytes]:
+    present: set[str] = set()
+    with db.read() as conn:
+        for batch in batched(c.hex() for c in chunk_ids):
+            present.update(conn.scalars(select(Chunk.digest).where(Chunk.digest.in_(batch))))
+    return {c for c in chunk_ids if c.hex() not in present}
+
+
+def rebuild(repo: Repository, url: str, progress: Progress | None = None) -> SyncReport:
+    """Rebuild the catalog at ``url`` from the store alone."""
+    parsed = make_url(url)
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or not parsed.database
+        or parsed.database == ":memory:"
+    ):
+        with Catalog.open(url, repo.id) as catalog:
+            _empty(catalog.db)
+            return sync(repo, catalog, progress)
+    target = Path(parsed.database)
+    temp = target.with_name(f".{target.name}.rebuild-{secrets.token_hex(4)}")
+    try:
+        with Catalog.open(str(parsed.set(database=str(temp))), repo.id) as catalog:
+            report = sync(repo, catalog, progress)
+        # Fold the WAL into the main file so the rename moves one complete file.
+        with closing(sqlite3.connect(temp, isolation_level=None)) as raw:
+            raw.execute("PRAGMA journal_mode = DELETE")
+        for suffix in ("-wal", "-shm"):
+            _remove(Path(f"{target}{suffix}"))
+        os.replace(temp, target)
+    except OSError as exc:
+        raise CatalogError(detail=f"cannot write {target}: {exc.strerror}") from None
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            _remove(Path(f"{temp}{suffix}"))
+    return report
+
+
+def _empty(db: CatalogDatabase) -> None:
+    with db.write() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name != "catalog_meta":
+                conn.execute(table.delete())
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

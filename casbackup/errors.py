@@ -1,0 +1,239 @@
+"""Every error an operator can meet, with the exit code it ends the process with.
+
+Borg's habit: the docstring of each class is its message template, filled from
+keyword arguments, so the wording lives next to the class and a test can check
+that every class renders. The CLI turns these into one line on stderr and an
+exit status in exactly one place (``casbackup.cli.main``). Nothing here imports
+anything else of ours.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any, ClassVar
+
+
+class ExitCode(IntEnum):
+    """Process exit statuses, documented for cron and systemd in docs/operations.md."""
+
+    OK = 0
+    WARNING = 1  # finished, but something was skipped (a table, a lock) and said so
+    USAGE = 2  # bad command line (click's own code)
+    CONFIG = 10
+    CLICKHOUSE_CONNECT = 11
+    CLICKHOUSE_QUERY = 12
+    NOT_FOUND = 13
+    CONFLICT = 14
+    INTEGRITY = 15
+    STORE = 16
+    CATALOG = 17
+    LOCKED = 18
+    VERIFY_FAILED = 19
+    INTERNAL = 70
+    INTERRUPTED = 130
+
+
+class CasbackupError(Exception):
+    """{detail}"""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.INTERNAL
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        template = (self.__doc__ or "{detail}").strip().splitlines()[0]
+        try:
+            return template.format(**self.fields)
+        except (KeyError, IndexError):  # a missing field must not hide the error itself
+            return f"{type(self).__name__}: {self.fields}"
+
+
+# --- configuration -----------------------------------------------------------
+
+
+class ConfigError(CasbackupError):
+    """configuration error: {detail}"""
+
+    exit_code = ExitCode.CONFIG
+
+
+class UsageError(CasbackupError):
+    """{detail}"""
+
+    exit_code = ExitCode.USAGE
+
+
+# --- object stores -------------------------------------------------------------
+
+
+class StoreError(CasbackupError):
+    """object store error: {detail}"""
+
+    exit_code = ExitCode.STORE
+
+
+class ObjectNotFound(StoreError):
+    """object not found in the store: {key}"""
+
+
+class InvalidKey(StoreError):
+    """invalid object key {key!r}: {reason}"""
+
+
+class StoreFull(StoreError):
+    """no space left in the store while writing {key} ({detail})"""
+
+
+class StorePermissionDenied(StoreError):
+    """permission denied by the store at {key} ({detail})"""
+
+
+# --- repository format and integrity -----------------------------------------
+
+
+class RepositoryError(CasbackupError):
+    """repository error: {detail}"""
+
+    exit_code = ExitCode.INTEGRITY
+
+
+class RepositoryNotFound(RepositoryError):
+    """no casbackup repository at {location}; create one with `casbackup init`"""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class RepositoryExists(RepositoryError):
+    """a casbackup repository already exists at {location}"""
+
+    exit_code = ExitCode.CONFLICT
+
+
+class UnsupportedFormat(RepositoryError):
+    """{what} has format version {found}, this casbackup reads version {supported}; {advice}"""
+
+
+class IntegrityError(RepositoryError):
+    """integrity check failed: {detail}"""
+
+
+class ChunkCorrupt(IntegrityError):
+    """chunk {chunk} in pack {pack} is corrupt: {detail}"""
+
+
+class PackCorrupt(IntegrityError):
+    """pack {pack} is corrupt: {detail}"""
+
+
+class PackMissing(IntegrityError):
+    """pack {pack} is referenced but missing from the store"""
+
+
+class ManifestCorrupt(IntegrityError):
+    """manifest of backup {backup} is corrupt: {detail}"""
+
+
+class UnsafePath(IntegrityError):
+    """refusing unsafe path {path!r} in backup data: {reason}"""
+
+
+# --- catalog -----------------------------------------------------------------
+
+
+class CatalogError(CasbackupError):
+    """catalog error: {detail}"""
+
+    exit_code = ExitCode.CATALOG
+
+
+class CatalogVersionError(CatalogError):
+    """catalog {location} is at schema revision {found}, unknown to this casbackup (knows up to {head}); upgrade casbackup, or rebuild a new catalog from the store with `casbackup catalog rebuild`"""
+
+
+class CatalogMismatch(CatalogError):
+    """catalog {location} indexes repository {catalog_repo}, not {repo}; point `catalog.url` at the right file or run `casbackup catalog rebuild`"""
+
+
+# --- ClickHouse ----------------------------------------------------------------
+
+
+class ClickHouseError(CasbackupError):
+    """ClickHouse error: {detail}"""
+
+    exit_code = ExitCode.CLICKHOUSE_QUERY
+
+
+class ClickHouseUnavailable(ClickHouseError):
+    """cannot reach ClickHouse at {target}: {detail}"""
+
+    exit_code = ExitCode.CLICKHOUSE_CONNECT
+
+
+class ClickHouseAuthFailed(ClickHouseError):
+    """ClickHouse at {target} refused the credentials of user {user!r}"""
+
+    exit_code = ExitCode.CLICKHOUSE_CONNECT
+
+
+class UnsupportedTable(ClickHouseError):
+    """cannot back up {table}: {reason}"""
+
+
+# --- backups and restores ----------------------------------------------------
+
+
+class BackupNotFound(CasbackupError):
+    """no backup named {name!r} in the repository"""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class BackupExists(CasbackupError):
+    """a backup named {name!r} already exists"""
+
+    exit_code = ExitCode.CONFLICT
+
+
+class InvalidName(CasbackupError):
+    """invalid backup name {name!r}: {reason}"""
+
+    exit_code = ExitCode.USAGE
+
+
+class NothingSelected(CasbackupError):
+    """no tables match {patterns}"""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
+class RestoreConflict(CasbackupError):
+    """{detail}; nothing was changed (use --drop-existing to replace)"""
+
+    exit_code = ExitCode.CONFLICT
+
+
+class RestoreFailed(CasbackupError):
+    """restore of {table} failed: {detail}"""
+
+    exit_code = ExitCode.CLICKHOUSE_QUERY
+
+
+class LockHeld(CasbackupError):
+    """{what} is locked by {holder}; wait, or break a stale lock with `casbackup unlock`"""
+
+    exit_code = ExitCode.LOCKED
+
+
+class VerifyFailed(CasbackupError):
+    """verification failed: {detail}"""
+
+    exit_code = ExitCode.VERIFY_FAILED
+
+
+class Interrupted(CasbackupError):
+    """interrupted by {signal}; partial work was cleaned up"""
+
+    exit_code = ExitCode.INTERRUPTED

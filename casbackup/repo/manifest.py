@@ -1,0 +1,269 @@
+"""Backup manifests: one immutable object per backup, and the commit point of a backup.
+
+A manifest holds everything needed to restore its backup given only the pack
+trailers: the databases and tables with their CREATE statements, every part with
+its files, and for every distinct file its size and ordered chunk ids. Where a
+chunk lives is *not* recorded here, because garbage collection moves chunks
+between packs and manifests are never rewritten; the chunk index (catalog, or
+the trailers of all packs) answers that.
+
+Encoding: ``"CASMANI1" | blake3(body)[32] | body``, ``body = zstd(msgpack(doc))``.
+The document is validated field by field on the way in (it comes from storage,
+so it is untrusted): names and paths that will become filesystem paths are
+checked here, so restore never has to wonder about ``../``.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+import blake3
+import msgpack
+import zstandard
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from casbackup.errors import ManifestCorrupt, UnsafePath, UnsupportedFormat
+from casbackup.repo.chunker import DIGEST_SIZE, MAX_CHUNK_SIZE, file_id
+
+FORMAT_VERSION = 1
+MAGIC = b"CASMANI1"
+# A decompressed manifest larger than this is refused (about 100 TB of data at
+# 1 MiB chunks); it bounds what a hostile object can make us allocate.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024 * 1024
+
+# ClickHouse part names: partition id, block numbers, level, mutation, joined by
+# '_' (partition ids may hold '-'). ATTACH PART refuses '/' and the prefixes
+# 'attaching_'/'deleting_' (see CLICKHOUSE.md).
+_PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+_PATH_COMPONENT = re.compile(r"^[^/\x00]{1,255}$")
+
+
+def safe_relative_path(path: str) -> str:
+    """A path inside a part directory: relative, normalised, no '..', no NUL."""
+    if not path or len(path) > 1024:
+        raise UnsafePath(path=path[:80], reason="empty or too long")
+    if path.startswith("/"):
+        raise UnsafePath(path=path, reason="absolute path")
+    for component in path.split("/"):
+        if component in ("", ".", ".."):
+            raise UnsafePath(path=path, reason="'..', '.' or empty component")
+        if not _PATH_COMPONENT.match(component):
+            raise UnsafePath(path=path, reason="NUL byte or over-long component")
+    return path
+
+
+def safe_part_name(name: str) -> str:
+    if not _PART_NAME.match(name) or name.startswith(("attaching_", "deleting_", "tmp")):
+        raise UnsafePath(path=name, reason="not a ClickHouse part name")
+    return name
+
+
+def _digest(value: bytes) -> bytes:
+    if len(value) != DIGEST_SIZE:
+        raise ValueError(f"digest must be {DIGEST_SIZE} bytes, got {len(value)}")
+    return value
+
+
+def _optional_checksum(value: bytes | None) -> bytes | None:
+    if value is not None and len(value) != 16:
+        raise ValueError("ClickHouse checksum must be 16 bytes")
+    return value
+
+
+Digest = Annotated[bytes, AfterValidator(_digest)]
+RelativePath = Annotated[str, AfterValidator(safe_relative_path)]
+PartName = Annotated[str, AfterValidator(safe_part_name)]
+NonNegative = Annotated[int, Field(ge=0, lt=2**63)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FileContent(_Model):
+    """The content of one distinct file: its chunks, in order."""
+
+    id: Digest
+    size: NonNegative
+    chunks: list[Digest]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FileContent:
+        if file_id(self.chunks) != self.id:
+            raise ValueError("file id does not match its chunk list")
+        if len(self.chunks) > self.size or self.size > len(self.chunks) * MAX_CHUNK_SIZE:
+            raise ValueError(f"size {self.size} impossible for {len(self.chunks)} chunks")
+        return self
+
+
+class PartFile(_Model):
+    """One file of a part as it was on disk."""
+
+    path: RelativePath
+    file_id: Digest
+    size: NonNegative
+    mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
+    # Identity of the inode it was read from and ClickHouse's own checksum of
+    # it (from checksums.txt): together they let the next backup skip reading
+    # a file that has not changed.
+    dev: NonNegative = 0
+    ino: NonNegative = 0
+    mtime_ns: NonNegative = 0
+    ch_checksum: Annotated[bytes | None, AfterValidator(_optional_checksum)] = None
+
+
+class Part(_Model):
+    name: PartName
+    partition_id: str = Field(max_length=255)
+    min_block: NonNegative
+    max_block: NonNegative
+    level: NonNegative
+    mutation: NonNegative = 0
+    rows: NonNegative
+    bytes: NonNegative
+    disk: str = Field(default="default", max_length=255)
+    files: list[PartFile]
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> Part:
+        paths = [f.path for f in self.files]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"part {self.name} lists a file twice")
+        prefixes = {p.rsplit("/", 1)[0] for p in paths if "/" in p}
+        if prefixes & set(paths):
+            raise ValueError(f"part {self.name} has a file that is also a directory")
+        return self
+
+
+class Database(_Model):
+    name: str = Field(min_length=1, max_length=1024)
+    engine: str = Field(max_length=255)
+    create_sql: str
+
+
+class Table(_Model):
+    database: str = Field(min_length=1, max_length=1024)
+    name: str = Field(min_length=1, max_length=1024)
+    engine: str = Field(max_length=255)
+    create_sql: str
+    uuid: str | None = None
+    has_data: bool  # MergeTree family: parts follow; other engines: schema only
+    rows: NonNegative = 0
+    bytes: NonNegative = 0
+    # Tables this one reads from or writes to (views, dictionaries): restore order.
+    depends_on: list[tuple[str, str]] = Field(default_factory=list)
+    parts: list[Part] = Field(default_factory=list)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.database}.{self.name}"
+
+
+class Stats(_Model):
+    logical_bytes: NonNegative = 0
+    read_bytes: NonNegative = 0
+    new_bytes: NonNegative = 0  # bytes added to the store (compressed) by this backup
+    new_chunks: NonNegative = 0
+    duration_ms: NonNegative = 0
+
+
+class Manifest(_Model):
+    version: int = FORMAT_VERSION
+    name: str = Field(min_length=1, max_length=128)
+    repository_id: str
+    started_at: datetime
+    finished_at: datetime
+    hostname: str = Field(max_length=255)
+    tool_version: str = Field(max_length=64)
+    clickhouse_version: str = Field(max_length=64)
+    databases: list[Database]
+    tables: list[Table]
+    files: list[FileContent]
+    stats: Stats = Field(default_factory=Stats)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Manifest:
+        sizes = {f.id: f.size for f in self.files}
+        if len(sizes) != len(self.files):
+            raise ValueError("file table lists a file twice")
+        for table in self.tables:
+            for part in table.parts:
+                for pf in part.files:
+                    if sizes.get(pf.file_id) != pf.size:
+                        raise ValueError(
+                            f"{table.qualified} part {part.name} file {pf.path}: "
+                            "file id missing from the file table or size differs"
+                        )
+        return self
+
+    def file_table(self) -> dict[bytes, FileContent]:
+        return {f.id: f for f in self.files}
+
+    def chunk_ids(self) -> set[bytes]:
+        return {c for f in self.files for c in f.chunks}
+
+
+def encode(manifest: Manifest) -> bytes:
+    doc = manifest.model_dump(mode="python")
+    doc["started_at"] = manifest.started_at.isoformat()
+    doc["finished_at"] = manifest.finished_at.isoformat()
+    body = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(doc, use_bin_type=True))
+    return MAGIC + blake3.blake3(body).digest() + body
+
+
+def decode(data: bytes, name: str) -> Manifest:
+    header = len(MAGIC) + DIGEST_SIZE
+    if len(data) < header or not data.startswith(MAGIC):
+        raise ManifestCorrupt(
+            backup=name, detail="not a casbackup manifest (bad magic or truncated)"
+        )
+    body = data[header:]
+    if blake3.blake3(body).digest() != data[len(MAGIC) : header]:
+        raise ManifestCorrupt(backup=name, detail="digest mismatch (damaged in storage)")
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+            raw = reader.read(MAX_MANIFEST_BYTES + 1)
+    except zstandard.ZstdError as exc:
+        raise ManifestCorrupt(backup=name, detail=f"zstd: {exc}") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestCorrupt(backup=name, detail="decompresses to more than the size limit")
+    try:
+        doc: Any = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ManifestCorrupt(backup=name, detail=f"msgpack: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ManifestCorrupt(backup=name, detail="top level is not a map")
+    version = doc.get("version")
+    if version != FORMAT_VERSION:
+        raise UnsupportedFormat(
+            what=f"manifest {name}",
+            found=version,
+            supported=FORMAT_VERSION,
+            advice="use the casbackup release that wrote it",
+        )
+    try:
+        manifest = Manifest.model_validate(doc)
+    except ValidationError as exc:
+        raise ManifestCorrupt(backup=name, detail=_first_error(exc)) from None
+    if manifest.name != name:
+        raise ManifestCorrupt(
+            backup=name, detail=f"stored under {name!r} but names itself {manifest.name!r}"
+        )
+    return manifest
+
+
+def _first_error(exc: ValidationError) -> str:
+    # UnsafePath is not a ValueError, so pydantic lets it through as itself;
+    # everything else is reported with where in the document it was found.
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}"

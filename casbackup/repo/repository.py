@@ -1,0 +1,205 @@
+"""A repository: an object store holding a config object, packs and manifests.
+
+This is the content-addressed layer. It knows packs, trailers and manifests and
+nothing of ClickHouse or of the catalog; the catalog is an index built on top of
+what is here (and rebuilt from it, see ``casbackup.catalog.rebuild``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from casbackup.errors import (
+    BackupExists,
+    BackupNotFound,
+    ObjectNotFound,
+    PackCorrupt,
+    PackMissing,
+    RepositoryError,
+    RepositoryExists,
+    RepositoryNotFound,
+    UnsupportedFormat,
+)
+from casbackup.repo import keys
+from casbackup.repo import manifest as manifest_codec
+from casbackup.repo.chunker import ChunkerParams
+from casbackup.repo.manifest import Manifest
+from casbackup.repo.pack import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
+from casbackup.store.base import ObjectInfo, ObjectStore
+
+REPOSITORY_FORMAT = "casbackup-repository"
+REPOSITORY_VERSION = 1
+# First guess of how much of a pack's tail holds footer + trailer: one ranged
+# read covers ~300 entries; bigger trailers take a second read.
+TRAILER_PROBE = 16 * 1024
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    id: str
+    created: datetime
+    chunker: ChunkerParams = field(default_factory=ChunkerParams)
+    version: int = REPOSITORY_VERSION
+
+    def encode(self) -> bytes:
+        doc = {
+            "format": REPOSITORY_FORMAT,
+            "version": self.version,
+            "id": self.id,
+            "created": self.created.isoformat(),
+            "hash": "blake3",
+            "compression": "zstd",
+            "chunker": self.chunker.to_dict(),
+        }
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def decode(cls, data: bytes, location: str) -> RepositoryConfig:
+        try:
+            doc: Any = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("format") != REPOSITORY_FORMAT:
+                raise ValueError("not a casbackup repository config")
+        except ValueError as exc:
+            raise RepositoryError(
+                detail=f"{location}: unreadable repository config ({exc})"
+            ) from None
+        if doc.get("version") != REPOSITORY_VERSION:
+            raise UnsupportedFormat(
+                what=f"repository {location}",
+                found=doc.get("version"),
+                supported=REPOSITORY_VERSION,
+                advice="use a casbackup release that supports it",
+            )
+        try:
+            repo_id = doc["id"]
+            uuid.UUID(hex=repo_id)
+            created = datetime.fromisoformat(doc["created"])
+            chunker = ChunkerParams.from_dict(doc["chunker"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RepositoryError(detail=f"{location}: invalid repository config ({exc})") from None
+        return cls(id=repo_id, created=created, chunker=chunker)
+
+
+class Repository:
+    def __init__(self, store: ObjectStore, config: RepositoryConfig) -> None:
+        self.store = store
+        self.config = config
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    # --- lifecycle -----------------------------------------------------------
+
+    @classmethod
+    def init(cls, store: ObjectStore, chunker: ChunkerParams | None = None) -> Repository:
+        try:
+            store.stat(keys.CONFIG_KEY)
+        except ObjectNotFound:
+            pass
+        else:
+            raise RepositoryExists(location=store.describe())
+        config = RepositoryConfig(
+            id=uuid.uuid4().hex, created=datetime.now(UTC), chunker=chunker or ChunkerParams()
+        )
+        store.put(keys.CONFIG_KEY, config.encode())
+        return cls(store, config)
+
+    @classmethod
+    def open(cls, store: ObjectStore) -> Repository:
+        try:
+            data = store.get(keys.CONFIG_KEY)
+        except ObjectNotFound:
+            raise RepositoryNotFound(location=store.describe()) from None
+        return cls(store, RepositoryConfig.decode(data, store.describe()))
+
+    # --- packs ---------------------------------------------------------------
+
+    def list_packs(self) -> Iterator[tuple[bytes, int]]:
+        """Every pack in the store as (pack id, size); foreign objects are an error."""
+        for info in self.store.list(keys.PACKS_PREFIX):
+            yield keys.pack_id_from_key(info.key), info.size
+
+    def pack_size(self, pack_id: bytes) -> int:
+        try:
+            return self.store.stat(keys.pack_key(pack_id)).size
+        except ObjectNotFound:
+            raise PackMissing(pack=pack_id.hex()) from None
+
+    def read_trailer(self, pack_id: bytes, size: int | None = None) -> list[PackEntry]:
+        """The pack's chunk index, from at most two ranged reads of its tail."""
+        name = pack_id.hex()
+        key = keys.pack_key(pack_id)
+        if size is None:
+            size = self.pack_size(pack_id)
+        probe = min(size, TRAILER_PROBE)
+        try:
+            tail = self.store.get(key, size - probe, probe)
+        except ObjectNotFound:
+            raise PackMissing(pack=name) from None
+        if len(tail) != probe:
+            raise PackCorrupt(
+                pack=name, detail=f"read {len(tail)} of {probe} tail bytes (truncated)"
+            )
+        trailer_length, digest = parse_footer(tail[-FOOTER_SIZE:], size, name)
+        needed = trailer_length + FOOTER_SIZE
+        if needed <= probe:
+            trailer = tail[probe - needed : probe - FOOTER_SIZE]
+        else:
+            trailer = self.store.get(key, size - needed, trailer_length)
+            if len(trailer) != trailer_length:
+                raise PackCorrupt(pack=name, detail="trailer truncated")
+        return parse_trailer(trailer, digest, size, name)
+
+    def delete_pack(self, pack_id: bytes) -> None:
+        self.store.delete(keys.pack_key(pack_id))
+
+    # --- manifests -----------------------------------------------------------
+
+    def list_backup_names(self) -> list[str]:
+        return [
+            keys.backup_name_from_key(info.key) for info in self.store.list(keys.MANIFESTS_PREFIX)
+        ]
+
+    def manifest_info(self, name: str) -> ObjectInfo:
+        try:
+            return self.store.stat(keys.manifest_key(name))
+        except ObjectNotFound:
+            raise BackupNotFound(name=name) from None
+
+    def has_manifest(self, name: str) -> bool:
+        try:
+            self.store.stat(keys.manifest_key(name))
+        except ObjectNotFound:
+            return False
+        return True
+
+    def write_manifest(self, manifest: Manifest) -> bytes:
+        """Commit a backup. Returns the encoded manifest (its digest goes in the catalog)."""
+        if manifest.repository_id != self.id:
+            raise RepositoryError(detail="manifest was built for another repository")
+        if self.has_manifest(manifest.name):
+            raise BackupExists(name=manifest.name)
+        data = manifest_codec.encode(manifest)
+        self.store.put(keys.manifest_key(manifest.name), data)
+        return data
+
+    def read_manifest(self, name: str) -> Manifest:
+        try:
+            data = self.store.get(keys.manifest_key(name))
+        except ObjectNotFound:
+            raise BackupNotFound(name=name) from None
+        manifest = manifest_codec.decode(data, name)
+        if manifest.repository_id != self.id:
+            raise RepositoryError(
+                detail=f"manifest {name} belongs to repository {manifest.repository_id}"
+            )
+        return manifest
+
+    def delete_manifest(self, name: str) -> None:
+        self.store.delete(keys.manifest_key(name))

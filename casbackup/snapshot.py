@@ -1,0 +1,124 @@
+"""Writing one backup into a repository, from first chunk to committed manifest.
+
+Knows the repository and the catalog, not ClickHouse: the ClickHouse backup
+service (``casbackup.backup``) feeds it files and describes tables; tests feed
+it directories. The order is the repository contract: packs first (each
+recorded in the catalog once stored), then the backup's contents in the
+catalog, then the manifest (the commit point), then the catalog row flips to
+committed. Anything that fails before the manifest leaves only packs that no
+manifest references: garbage for ``gc``, never a half-visible backup.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import UTC, datetime
+
+import blake3
+
+from casbackup import __version__
+from casbackup.catalog import Catalog
+from casbackup.errors import BackupExists
+from casbackup.repo.archiver import FileArchiver, StoredFile
+from casbackup.repo.compression import DEFAULT_LEVEL, ChunkCompressor
+from casbackup.repo.keys import validate_backup_name
+from casbackup.repo.manifest import Database, FileContent, Manifest, Stats, Table
+from casbackup.repo.repository import Repository
+from casbackup.repo.writer import DEFAULT_PACK_SIZE, ChunkWriter
+
+
+class SnapshotWriter:
+    def __init__(
+        self,
+        repo: Repository,
+        catalog: Catalog,
+        name: str,
+        *,
+        compression_level: int = DEFAULT_LEVEL,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        threads: int = 2,
+        upload_threads: int = 2,
+    ) -> None:
+        self.repo = repo
+        self.catalog = catalog
+        self.name = validate_backup_name(name)
+        self.started_at = datetime.now(UTC)
+        self._clock = time.monotonic()
+        if repo.has_manifest(name):
+            raise BackupExists(name=name)
+        self.backup_id = catalog.backups.start(
+            name, self.started_at, socket.gethostname(), __version__
+        )
+        self.writer = ChunkWriter(
+            repo.store,
+            ChunkCompressor(compression_level),
+            catalog.index.record_pack,
+            pack_size=pack_size,
+            upload_threads=upload_threads,
+        )
+        self.archiver = FileArchiver(
+            repo.config.chunker, self.writer, catalog.index.known, threads=threads
+        )
+        self.files: dict[bytes, FileContent] = {}
+        self.reused_bytes = 0  # bytes of files whose chunk list was reused without reading
+        self._finished = False
+
+    def add_file(self, stored: StoredFile) -> None:
+        """Remember a stored file's content for the manifest's file table."""
+        if stored.file_id not in self.files:
+            self.files[stored.file_id] = FileContent(
+                id=stored.file_id, size=stored.size, chunks=stored.chunks
+            )
+
+    def commit(
+        self, databases: list[Database], tables: list[Table], clickhouse_version: str = ""
+    ) -> Manifest:
+        self.writer.flush()
+        referenced = {pf.file_id for t in tables for p in t.parts for pf in p.files}
+        manifest = Manifest(
+            name=self.name,
+            repository_id=self.repo.id,
+            started_at=self.started_at,
+            finished_at=datetime.now(UTC),
+            hostname=socket.gethostname(),
+            tool_version=__version__,
+            clickhouse_version=clickhouse_version,
+            databases=databases,
+            tables=tables,
+            files=[self.files[f] for f in sorted(referenced)],
+            stats=Stats(
+                logical_bytes=sum(pf.size for t in tables for p in t.parts for pf in p.files),
+                read_bytes=self.archiver.read_bytes,
+                new_bytes=self.writer.stats.pack_bytes,
+                new_chunks=self.writer.stats.new_chunks,
+                duration_ms=int((time.monotonic() - self._clock) * 1000),
+            ),
+        )
+        self.catalog.backups.record_contents(self.backup_id, manifest)
+        data = self.repo.write_manifest(manifest)
+        self.catalog.backups.mark_committed(
+            self.backup_id, manifest, blake3.blake3(data).digest(), len(data)
+        )
+        self._finished = True
+        self._shutdown()
+        return manifest
+
+    def abort(self) -> None:
+        """Give up: stop workers, forget the running row. Stored packs become garbage."""
+        if self._finished:
+            return
+        self._finished = True
+        self._shutdown()
+        self.catalog.backups.abandon(self.backup_id)
+
+    def _shutdown(self) -> None:
+        self.archiver.close()
+        self.writer.close()
+
+    def __enter__(self) -> SnapshotWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if not self._finished:
+            self.abort()

@@ -1,0 +1,89 @@
+"""The byte store contract: what every backend (local directory, S3) provides.
+
+Like restic's backend layer, a store knows nothing of chunks, packs or backups:
+keys map to immutable byte strings. Everything above it (the repository) relies
+only on the behaviour pinned down here and checked by
+``tests/store/conformance.py``:
+
+- ``put`` is atomic: a reader sees the whole object or no object, never a torn
+  one, and a crash mid-put leaves at most temporary debris the store can clean.
+- ``get`` with a range returns the bytes of that range that exist (shorter at the
+  end of the object, empty past it); a missing key raises ``ObjectNotFound``.
+- ``list`` yields every committed key with the given string prefix, sorted.
+- ``delete`` of a missing key is not an error (S3 semantics), so a retried or
+  re-run delete is harmless.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from casbackup.errors import InvalidKey
+
+# Keys are plain ASCII paths: what S3 and every POSIX filesystem accept alike.
+_KEY_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
+MAX_KEY_LENGTH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """A flat namespace of immutable objects."""
+
+    def describe(self) -> str:
+        """Where this store is, for messages; never includes credentials."""
+        ...
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    def stat(self, key: str) -> ObjectInfo: ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that could escape a directory store or mean different things on S3.
+
+    Each component must start with an alphanumeric character, which rules out
+    ``.``/``..``, hidden temporary files and empty components in one rule.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(key=key, reason="empty")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(key=key[:60] + "...", reason=f"longer than {MAX_KEY_LENGTH}")
+    if key.startswith("/"):
+        raise InvalidKey(key=key, reason="absolute")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise InvalidKey(key=key, reason="empty, '.' or '..' component")
+        if not _KEY_COMPONENT.match(part):
+            raise InvalidKey(
+                key=key, reason=f"component {part!r} has characters outside [A-Za-z0-9._=+-]"
+            )
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """A list prefix is a key, a key followed by '/', a partial last component, or empty."""
+    if prefix == "":
+        return prefix
+    body = prefix[:-1] if prefix.endswith("/") else prefix
+    validate_key(body)
+    return prefix
+
+
+def validate_range(offset: int, length: int | None) -> None:
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError(f"invalid byte range offset={offset} length={length}")

@@ -1,0 +1,176 @@
+"""An object store in a local directory (also NFS or any mounted filesystem).
+
+Objects are files under the root, one per key; ``packs/ab/abcd...`` becomes
+``<root>/packs/ab/abcd...``. A put writes a hidden temporary file next to its
+target, fsyncs it, renames it over the target and fsyncs the directory, so a
+crash leaves either the old state or the new one, plus at worst a ``.tmp-*``
+file that ``remove_stale_temporaries`` (run by ``casbackup clean``) deletes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from casbackup.errors import ObjectNotFound, StoreError, StoreFull, StorePermissionDenied
+from casbackup.store.base import ObjectInfo, validate_key, validate_prefix, validate_range
+
+TEMP_PREFIX = ".tmp-"
+
+
+class LocalStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).absolute()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    # --- writing -------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        path = self._path(key)
+        temp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+        try:
+            self._make_dirs(path.parent)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temp, path)
+            _fsync_directory(path.parent)
+        except OSError as exc:
+            _unlink_quietly(temp)
+            raise self._translate(exc, key) from exc
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._translate(exc, key) from exc
+        _fsync_directory(path.parent)
+
+    # --- reading -------------------------------------------------------------
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        validate_range(offset, length)
+        path = self._path(key)
+        try:
+            with open(path, "rb") as handle:
+                if offset:
+                    handle.seek(offset)
+                return handle.read() if length is None else handle.read(length)
+        except FileNotFoundError:
+            raise ObjectNotFound(key=key) from None
+        except IsADirectoryError:
+            raise ObjectNotFound(key=key) from None
+        except OSError as exc:
+            raise self._translate(exc, key) from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ObjectNotFound(key=key) from None
+        except OSError as exc:
+            raise self._translate(exc, key) from exc
+        if not path.is_file():
+            raise ObjectNotFound(key=key)
+        return ObjectInfo(key=key, size=st.st_size)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        # Walk only the deepest directory the prefix fully names.
+        directory, _, _ = prefix.rpartition("/")
+        start = self.root / directory if directory else self.root
+        found: list[ObjectInfo] = []
+        try:
+            for dirpath, dirnames, filenames in os.walk(start):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                base = Path(dirpath).relative_to(self.root)
+                for name in filenames:
+                    if name.startswith("."):
+                        continue
+                    key = name if base == Path(".") else f"{base.as_posix()}/{name}"
+                    if not key.startswith(prefix):
+                        continue
+                    try:
+                        validate_key(key)
+                        size = os.stat(os.path.join(dirpath, name)).st_size
+                    except (FileNotFoundError, StoreError):
+                        continue  # deleted under us, or a stranger's file: not an object
+                    found.append(ObjectInfo(key=key, size=size))
+        except OSError as exc:
+            raise self._translate(exc, prefix) from exc
+        found.sort(key=lambda info: info.key)
+        yield from found
+
+    # --- maintenance -----------------------------------------------------------
+
+    def remove_stale_temporaries(self, older_than_seconds: float) -> int:
+        """Delete temporary files left by puts that were killed, returning how many."""
+        removed = 0
+        cutoff = time.time() - older_than_seconds
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if not name.startswith(TEMP_PREFIX):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.stat(path).st_mtime < cutoff:
+                        os.unlink(path)
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
+
+    # --- helpers ---------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_key(key)
+
+    def _make_dirs(self, directory: Path) -> None:
+        missing: list[Path] = []
+        probe = directory
+        while not probe.exists():
+            missing.append(probe)
+            probe = probe.parent
+        for created in reversed(missing):
+            try:
+                created.mkdir(mode=0o755)
+            except FileExistsError:
+                continue
+            _fsync_directory(created.parent)
+
+    def _translate(self, exc: OSError, key: str) -> StoreError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StoreFull(key=key, detail=f"{self.root}: {exc.strerror}")
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return StorePermissionDenied(key=key, detail=f"{self.root}: {exc.strerror}")
+        return StoreError(detail=f"{self.root}/{key}: {exc.strerror or exc}")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()

@@ -1,0 +1,131 @@
+"""Opening catalogs: migrations, version checks, pragmas, ownership."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from casbackup.catalog import Catalog
+from casbackup.catalog.database import CatalogDatabase, make_engine, redact_url
+from casbackup.catalog.models import Base
+from casbackup.errors import CatalogError, CatalogMismatch, CatalogVersionError
+
+REPO = "a" * 32
+
+
+def test_fresh_catalog_matches_models(tmp_path: Path) -> None:
+    """The migrations produce exactly the schema the models describe."""
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    CatalogDatabase.open(url, REPO).close()
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+        )
+    engine.dispose()
+    assert diff == []
+
+
+def test_schema_head_constant_matches_the_migration_scripts() -> None:
+    from alembic.script import ScriptDirectory
+
+    from casbackup.catalog.database import SCHEMA_HEAD, _alembic_config
+
+    assert ScriptDirectory.from_config(_alembic_config()).get_current_head() == SCHEMA_HEAD
+
+
+def test_pragmas(tmp_path: Path) -> None:
+    db = CatalogDatabase.open(f"sqlite:///{tmp_path / 'c.sqlite'}", REPO)
+    with db.read() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    db.close()
+
+
+def test_foreign_keys_enforced(tmp_path: Path) -> None:
+    db = CatalogDatabase.open(f"sqlite:///{tmp_path / 'c.sqlite'}", REPO)
+    with pytest.raises(Exception, match="FOREIGN KEY"), db.write() as conn:
+        conn.exec_driver_sql(
+            'INSERT INTO chunks (digest, pack_id, "offset", length, raw_size, compression) '
+            f"VALUES ('{'0' * 64}', 999, 0, 1, 1, 0)"
+        )
+    db.close()
+
+
+def test_digest_check_constraint(tmp_path: Path) -> None:
+    db = CatalogDatabase.open(f"sqlite:///{tmp_path / 'c.sqlite'}", REPO)
+    with pytest.raises(Exception, match="CHECK"), db.write() as conn:
+        conn.exec_driver_sql("INSERT INTO files (digest, size, chunk_count) VALUES ('ABC', 1, 1)")
+    db.close()
+
+
+def test_reopen_is_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    for _ in range(3):
+        CatalogDatabase.open(url, REPO).close()
+
+
+def test_catalog_of_a_newer_casbackup_is_refused_with_advice(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    CatalogDatabase.open(f"sqlite:///{path}", REPO).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    with pytest.raises(CatalogVersionError) as caught:
+        CatalogDatabase.open(f"sqlite:///{path}", REPO)
+    assert "9999_from_the_future" in caught.value.message
+    assert "catalog rebuild" in caught.value.message
+
+
+def test_foreign_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as raw:
+        raw.execute("CREATE TABLE customers (id INTEGER)")
+    with pytest.raises(CatalogError, match="not a casbackup catalog"):
+        CatalogDatabase.open(f"sqlite:///{path}", REPO)
+
+
+def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CatalogError, match="not a database"):
+        CatalogDatabase.open(f"sqlite:///{path}", REPO)
+
+
+def test_catalog_of_another_repository_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    CatalogDatabase.open(url, REPO).close()
+    with pytest.raises(CatalogMismatch):
+        CatalogDatabase.open(url, "b" * 32)
+
+
+def test_concurrent_first_opens_create_one_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    errors: list[BaseException] = []
+
+    def opener() -> None:
+        try:
+            CatalogDatabase.open(url, REPO).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_invalid_url() -> None:
+    with pytest.raises(CatalogError, match="invalid catalog URL"):
+        Catalog.open("not a url at all", REPO)
+
+
+def test_password_is_redacted() -> None:
+    assert "s3cret" not in redact_url("postgresql://u:s3cret@db/cat")

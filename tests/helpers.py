@@ -1,0 +1,85 @@
+"""Shared test helpers that are not fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from casbackup.catalog import Catalog
+from casbackup.repo.manifest import Database, Manifest, Part, PartFile, Table
+from casbackup.repo.repository import Repository
+from casbackup.snapshot import SnapshotWriter
+
+
+def snapshot_directory(
+    repo: Repository, catalog: Catalog, name: str, root: Path, *, pack_size: int = 1 << 20
+) -> Manifest:
+    """Back up a directory as one table whose parts are its sub-directories."""
+    with SnapshotWriter(repo, catalog, name, pack_size=pack_size) as snap:
+        parts = []
+        for position, part_dir in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
+            paths = sorted(p for p in part_dir.rglob("*") if p.is_file())
+            files = []
+            for path, stored in snap.archiver.store_files(paths):
+                snap.add_file(stored)
+                st = path.stat()
+                files.append(
+                    PartFile(
+                        path=path.relative_to(part_dir).as_posix(),
+                        file_id=stored.file_id,
+                        size=stored.size,
+                        mode=st.st_mode & 0o777,
+                        dev=st.st_dev,
+                        ino=st.st_ino,
+                        mtime_ns=st.st_mtime_ns,
+                    )
+                )
+            parts.append(
+                Part(
+                    name=part_dir.name,
+                    partition_id="all",
+                    min_block=position + 1,
+                    max_block=position + 1,
+                    level=0,
+                    rows=len(files),
+                    bytes=sum(f.size for f in files),
+                    files=files,
+                )
+            )
+        table = Table(
+            database="db",
+            name="t",
+            engine="MergeTree",
+            create_sql="CREATE TABLE db.t (x UInt8) ENGINE = MergeTree ORDER BY x",
+            has_data=True,
+            rows=sum(p.rows for p in parts),
+            bytes=sum(p.bytes for p in parts),
+            parts=parts,
+        )
+        database = Database(
+            name="db", engine="Atomic", create_sql="CREATE DATABASE db ENGINE = Atomic"
+        )
+        return snap.commit([database], [table], clickhouse_version="test")
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def tree_contents(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def file_modes(root: Path) -> dict[str, int]:
+    return {
+        p.relative_to(root).as_posix(): os.stat(p).st_mode & 0o777
+        for p in root.rglob("*")
+        if p.is_file()
+    }

@@ -1,0 +1,162 @@
+"""The storage engine end to end, without ClickHouse: store, dedupe, read back, corruption."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from casbackup.catalog import Catalog
+from casbackup.errors import ChunkCorrupt, IntegrityError, PackCorrupt, PackMissing
+from casbackup.repo import keys
+from casbackup.repo.manifest import Manifest
+from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
+from casbackup.repo.repository import Repository
+from tests.helpers import snapshot_directory, tree_contents, write_tree
+
+
+def make_tree(root: Path, seed: int = 0) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    files: dict[str, bytes] = {}
+    for part in range(3):
+        files[f"2024{part:02d}_1_1_0/count.txt"] = str(rng.randint(1, 10**6)).encode()
+        files[f"2024{part:02d}_1_1_0/columns.txt"] = b"columns format version: 1\n2 columns:\n"
+        files[f"2024{part:02d}_1_1_0/checksums.txt"] = rng.randbytes(300)
+        files[f"2024{part:02d}_1_1_0/value.bin"] = rng.randbytes(rng.randint(1, 3_000_000))
+        files[f"2024{part:02d}_1_1_0/text.bin"] = b"".join(
+            b"event %d user %d\n" % (i, rng.randint(0, 999)) for i in range(rng.randint(0, 80_000))
+        )
+        files[f"2024{part:02d}_1_1_0/empty.bin"] = b""
+        files[f"2024{part:02d}_1_1_0/p1.proj/data.bin"] = rng.randbytes(5000)
+    write_tree(root, files)
+    return files
+
+
+def restore_all(repo: Repository, catalog: Catalog, manifest: Manifest, target: Path) -> None:
+    table = manifest.file_table()
+    targets = [
+        FileTarget(target / part.name / pf.path, table[pf.file_id], pf.mode)
+        for t in manifest.tables
+        for part in t.parts
+        for pf in part.files
+    ]
+    write_files(ChunkFetcher(repo.store, threads=3), catalog.index.locate, targets)
+
+
+def test_roundtrip_is_exact(repo: Repository, catalog: Catalog, tmp_path: Path) -> None:
+    expected = make_tree(tmp_path / "src")
+    manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    restore_all(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
+    assert tree_contents(tmp_path / "out") == expected
+    assert manifest.stats.logical_bytes == sum(map(len, expected.values()))
+    assert manifest.stats.new_bytes == sum(i.size for i in repo.store.list("packs/"))
+
+
+def test_second_snapshot_stores_nothing_new(
+    repo: Repository, catalog: Catalog, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "src")
+    snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    packs_before = {i.key for i in repo.store.list("packs/")}
+    second = snapshot_directory(repo, catalog, "b2", tmp_path / "src")
+    assert second.stats.new_bytes == 0 and second.stats.new_chunks == 0
+    assert {i.key for i in repo.store.list("packs/")} == packs_before
+
+
+def test_identical_small_files_are_packed_not_one_object_each(
+    repo: Repository, catalog: Catalog, tmp_path: Path
+) -> None:
+    write_tree(tmp_path / "src", {f"p{i}/count.txt": str(i).encode() for i in range(500)})
+    snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    assert len(list(repo.store.list("packs/"))) == 1
+
+
+def test_insert_in_big_file_stores_little(
+    repo: Repository, catalog: Catalog, tmp_path: Path
+) -> None:
+    rng = random.Random(5)
+    big = rng.randbytes(40 << 20)
+    write_tree(tmp_path / "v1", {"p/data.bin": big})
+    write_tree(tmp_path / "v2", {"p/data.bin": big[: 20 << 20] + b"inserted" + big[20 << 20 :]})
+    first = snapshot_directory(repo, catalog, "b1", tmp_path / "v1")
+    second = snapshot_directory(repo, catalog, "b2", tmp_path / "v2")
+    assert first.stats.new_bytes > 40 << 20
+    assert second.stats.new_bytes < 8 << 20  # the chunks around the edit, not 40 MiB
+
+
+def _first_pack(repo: Repository) -> str:
+    return next(iter(repo.store.list("packs/"))).key
+
+
+def test_flipped_byte_in_pack_is_chunk_corrupt(
+    repo: Repository, catalog: Catalog, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "src")
+    snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    key = _first_pack(repo)
+    path = Path(repo.store.describe()) / key
+    data = bytearray(path.read_bytes())
+    data[20] ^= 0x01  # inside the first stored chunk
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChunkCorrupt):
+        restore_all(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
+
+
+def test_truncated_pack_is_pack_corrupt(repo: Repository, catalog: Catalog, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    path = Path(repo.store.describe()) / _first_pack(repo)
+    size = path.stat().st_size
+    os.truncate(path, size // 3)
+    with pytest.raises(PackCorrupt, match="truncated"):
+        restore_all(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
+    with pytest.raises(PackCorrupt):
+        repo.read_trailer(keys.pack_id_from_key(_first_pack(repo)))
+
+
+def test_missing_pack_is_pack_missing(repo: Repository, catalog: Catalog, tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    repo.store.delete(_first_pack(repo))
+    with pytest.raises(PackMissing):
+        restore_all(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
+
+
+def test_catalog_pointing_at_wrong_offset_is_detected(
+    repo: Repository, catalog: Catalog, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "src")
+    manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    with catalog.db.write() as conn:
+        conn.exec_driver_sql('UPDATE chunks SET "offset" = "offset" + 1')
+    with pytest.raises((ChunkCorrupt, PackCorrupt)):
+        restore_all(repo, catalog, manifest, tmp_path / "out")
+
+
+def test_restore_never_overwrites_existing_files(
+    repo: Repository, catalog: Catalog, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "src")
+    manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    victim = tmp_path / "out" / "202400_1_1_0" / "count.txt"
+    victim.parent.mkdir(parents=True)
+    victim.write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        restore_all(repo, catalog, manifest, tmp_path / "out")
+    assert victim.read_bytes() == b"precious"
+
+
+def test_unindexed_chunk_is_integrity_error(
+    repo: Repository, catalog: Catalog, catalog_url: str, tmp_path: Path
+) -> None:
+    make_tree(tmp_path / "src")
+    manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    with sqlite3.connect(
+        catalog_url.removeprefix("sqlite:///")
+    ) as raw:  # foreign keys off by default
+        raw.execute("DELETE FROM chunks")
+    with pytest.raises(IntegrityError, match="not in the index"):
+        restore_all(repo, catalog, manifest, tmp_path / "out")

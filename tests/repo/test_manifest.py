@@ -1,0 +1,229 @@
+"""Manifest encoding: round trip, integrity, and refusal of hostile content."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from casbackup.errors import ManifestCorrupt, UnsafePath, UnsupportedFormat
+from casbackup.repo import manifest as codec
+from casbackup.repo.chunker import file_id
+from casbackup.repo.manifest import Database, FileContent, Manifest, Part, PartFile, Table
+
+digests = st.binary(min_size=32, max_size=32)
+names = st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s)
+path_components = st.text(
+    alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=20,
+).filter(lambda c: c not in (".", ".."))
+part_names = st.from_regex(r"\A[0-9]{6}_[0-9]{1,4}_[0-9]{1,4}_[0-9](_[0-9]{1,3})?\Z")
+
+
+@st.composite
+def file_contents(draw: Any) -> FileContent:
+    chunks = draw(st.lists(digests, max_size=6))
+    size = draw(st.integers(len(chunks), len(chunks) * 1000)) if chunks else 0
+    return FileContent(id=file_id(chunks), size=size, chunks=chunks)
+
+
+@st.composite
+def manifests(draw: Any) -> Manifest:
+    contents = draw(st.lists(file_contents(), max_size=8, unique_by=lambda f: f.id))
+    tables = []
+    for t in range(draw(st.integers(0, 3))):
+        parts = []
+        for pname in draw(st.lists(part_names, max_size=3, unique=True)):
+            paths = draw(
+                st.lists(
+                    st.lists(path_components, min_size=1, max_size=2).map("/".join),
+                    max_size=4,
+                    unique=True,
+                )
+            )
+            if (
+                any(p in {q.rsplit("/", 1)[0] for q in paths if "/" in q} for p in paths)
+                or not contents
+            ):
+                paths = []
+            files = [
+                PartFile(
+                    path=p,
+                    file_id=(c := draw(st.sampled_from(contents))).id,
+                    size=c.size,
+                    mode=draw(st.integers(0, 0o777)),
+                    dev=draw(st.integers(0, 2**40)),
+                    ino=draw(st.integers(0, 2**40)),
+                    mtime_ns=draw(st.integers(0, 2**62)),
+                    ch_checksum=draw(st.none() | st.binary(min_size=16, max_size=16)),
+                )
+                for p in paths
+            ]
+            parts.append(
+                Part(
+                    name=pname,
+                    partition_id=pname.split("_")[0],
+                    min_block=1,
+                    max_block=2,
+                    level=0,
+                    rows=draw(st.integers(0, 10**9)),
+                    bytes=sum(f.size for f in files),
+                    files=files,
+                )
+            )
+        tables.append(
+            Table(
+                database=draw(names),
+                name=f"t{t}",
+                engine="MergeTree",
+                create_sql=draw(st.text(max_size=200)),
+                uuid=None,
+                has_data=bool(parts),
+                depends_on=[("a", "b")],
+                parts=parts,
+            )
+        )
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    return Manifest(
+        name="b-1",
+        repository_id="r" * 32,
+        started_at=when,
+        finished_at=when,
+        hostname="h",
+        tool_version="1",
+        clickhouse_version="26.9",
+        databases=[Database(name="db", engine="Atomic", create_sql="CREATE DATABASE db")],
+        tables=tables,
+        files=contents,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(manifests())
+def test_roundtrip(manifest: Manifest) -> None:
+    assert codec.decode(codec.encode(manifest), manifest.name) == manifest
+
+
+def _raw_doc(manifest: Manifest) -> dict[str, Any]:
+    data = codec.encode(manifest)
+    return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(data[40:]), raw=False)
+
+
+def _encode_doc(doc: dict[str, Any]) -> bytes:
+    import blake3
+
+    body = zstandard.ZstdCompressor().compress(msgpack.packb(doc, use_bin_type=True))
+    return codec.MAGIC + blake3.blake3(body).digest() + body
+
+
+def _sample() -> Manifest:
+    chunks = [b"\x01" * 32]
+    content = FileContent(id=file_id(chunks), size=10, chunks=chunks)
+    part = Part(
+        name="202401_1_1_0",
+        partition_id="202401",
+        min_block=1,
+        max_block=1,
+        level=0,
+        rows=1,
+        bytes=10,
+        files=[PartFile(path="data.bin", file_id=content.id, size=10)],
+    )
+    table = Table(
+        database="db",
+        name="t",
+        engine="MergeTree",
+        create_sql="CREATE TABLE db.t",
+        has_data=True,
+        parts=[part],
+    )
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    return Manifest(
+        name="b-1",
+        repository_id="r" * 32,
+        started_at=when,
+        finished_at=when,
+        hostname="h",
+        tool_version="1",
+        clickhouse_version="",
+        databases=[],
+        tables=[table],
+        files=[content],
+    )
+
+
+@pytest.mark.parametrize(
+    "path", ["../../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "./x", "x/.", "a\x00b", ""]
+)
+def test_unsafe_paths_refused(path: str) -> None:
+    doc = _raw_doc(_sample())
+    doc["tables"][0]["parts"][0]["files"][0]["path"] = path
+    with pytest.raises(UnsafePath):
+        codec.decode(_encode_doc(doc), "b-1")
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a/b", "attaching_1_1_1_0", "deleting_x", "", "tmp_merge_1"]
+)
+def test_unsafe_part_names_refused(name: str) -> None:
+    doc = _raw_doc(_sample())
+    doc["tables"][0]["parts"][0]["name"] = name
+    with pytest.raises(UnsafePath):
+        codec.decode(_encode_doc(doc), "b-1")
+
+
+def test_flipped_byte_detected() -> None:
+    data = bytearray(codec.encode(_sample()))
+    data[60] ^= 1
+    with pytest.raises(ManifestCorrupt, match="digest mismatch"):
+        codec.decode(bytes(data), "b-1")
+
+
+@pytest.mark.parametrize("data", [b"", b"CASMANI1", b"garbage" * 20])
+def test_not_a_manifest(data: bytes) -> None:
+    with pytest.raises(ManifestCorrupt):
+        codec.decode(data, "b-1")
+
+
+def test_newer_version_refused_with_advice() -> None:
+    doc = _raw_doc(_sample())
+    doc["version"] = 2
+    with pytest.raises(UnsupportedFormat, match="version 2"):
+        codec.decode(_encode_doc(doc), "b-1")
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (
+            lambda d: d["files"][0].__setitem__("size", 5),
+            "file id missing from the file table or size",
+        ),
+        (lambda d: d["files"][0].__setitem__("chunks", [b"\x02" * 32]), "file id does not match"),
+        (lambda d: d["files"][0].__setitem__("id", b"\x00" * 31), "digest must be 32 bytes"),
+        (lambda d: d.__setitem__("tables", "nope"), "tables"),
+        (lambda d: d["tables"][0]["parts"][0].__setitem__("rows", -1), "rows"),
+        (lambda d: d.__setitem__("surprise", 1), "surprise"),
+        (lambda d: d.__setitem__("name", "other"), "names itself"),
+        (lambda d: d["files"][0].__setitem__("size", 10**12), "impossible"),
+    ],
+)
+def test_inconsistent_documents_refused(mutate: Any, message: str) -> None:
+    doc = _raw_doc(_sample())
+    mutate(doc)
+    with pytest.raises(ManifestCorrupt, match=message):
+        codec.decode(_encode_doc(doc), "b-1")
+
+
+def test_non_map_top_level() -> None:
+    import blake3
+
+    body = zstandard.ZstdCompressor().compress(msgpack.packb([1, 2, 3]))
+    with pytest.raises(ManifestCorrupt, match="not a map"):
+        codec.decode(codec.MAGIC + blake3.blake3(body).digest() + body, "b-1")

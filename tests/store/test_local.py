@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from casbackup.errors import StoreFull, StorePermissionDenied
+from casbackup.store.local import TEMP_PREFIX, LocalStore
+from tests.store.conformance import StoreConformance
+
+
+class TestLocalStoreConformance(StoreConformance):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> LocalStore:
+        return LocalStore(tmp_path / "repo")
+
+
+def test_put_leaves_no_temporaries(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put("a/b/c", b"data")
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["c"]
+
+
+def test_list_ignores_temporaries_and_foreign_names(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put("packs/aa/x", b"1")
+    (tmp_path / "packs" / "aa" / f"{TEMP_PREFIX}x.123").write_bytes(b"partial")
+    (tmp_path / "packs" / "aa" / "with space").write_bytes(b"?")
+    (tmp_path / "catalog.sqlite-wal").write_bytes(b"")  # a key-shaped stranger is still listed
+    assert [i.key for i in store.list("packs/")] == ["packs/aa/x"]
+
+
+def test_remove_stale_temporaries(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    store.put("packs/aa/x", b"1")
+    old = tmp_path / "packs" / "aa" / f"{TEMP_PREFIX}x.old"
+    new = tmp_path / "packs" / "aa" / f"{TEMP_PREFIX}x.new"
+    old.write_bytes(b"killed mid-put")
+    new.write_bytes(b"in progress")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert store.remove_stale_temporaries(older_than_seconds=3600) == 1
+    assert not old.exists() and new.exists()
+    assert store.get("packs/aa/x") == b"1"
+
+
+def test_disk_full_is_a_clear_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path)
+    real_write = os.write
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StoreFull) as caught:
+        store.put("packs/aa/x", b"1" * 100)
+    monkeypatch.setattr(os, "write", real_write)
+    assert "no space left" in caught.value.message
+    assert list(tmp_path.rglob("*x*")) == []
+
+
+def test_unwritable_directory_is_permission_error(tmp_path: Path) -> None:
+    """Root ignores mode bits, so as root the directory is made immutable instead."""
+    store = LocalStore(tmp_path)
+    store.put("packs/aa/x", b"1")
+    directory = tmp_path / "packs" / "aa"
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+    else:
+        directory.chmod(0o500)
+    try:
+        with pytest.raises(StorePermissionDenied) as caught:
+            store.put("packs/aa/y", b"2")
+        assert "permission denied" in caught.value.message
+        with pytest.raises(StorePermissionDenied):
+            store.delete("packs/aa/x")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        else:
+            directory.chmod(0o700)
+    assert store.get("packs/aa/x") == b"1"
+
+
+def test_read_only_filesystem_is_permission_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path)
+
+    def rofs(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "open", rofs)
+    with pytest.raises(StorePermissionDenied):
+        store.put("x", b"1")
