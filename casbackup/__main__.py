@@ -1,0 +1,5 @@
+"""``python -m casbackup``."""
+
+from casbackup.cli.main import entry
+
+entry()

@@ -1,0 +1,309 @@
+"""`casbackup create`: FREEZE each table, store its parts, commit one manifest.
+
+For each selected MergeTree table, one at a time: FREEZE WITH NAME (a name
+unique to this run), walk the frozen parts on every disk, store every file
+through the repository, then release that table's shadow before the next
+table, so at most one table's worth of hard links pins disk space. The whole
+run's shadow is removed again in a ``finally`` (errors, Ctrl-C, SIGTERM all
+arrive there); ``casbackup clean`` handles a run killed with SIGKILL.
+Views, dictionaries and other engines are recorded as schema only.
+
+Tables are recorded in creation order (dependencies first), so restore can
+replay them as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from casbackup.catalog import Catalog
+from casbackup.clickhouse.freeze import (
+    FreezeName,
+    remove_run_shadow,
+    remove_table_shadow,
+    table_shadow_dirs,
+)
+from casbackup.clickhouse.parts import DiskFile, PartName, frozen_part_dirs, part_files, read_count
+from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer, PartInfo, TableInfo
+from casbackup.errors import ClickHouseError, NothingSelected, UnsupportedTable
+from casbackup.ordering import creation_order
+from casbackup.repo import manifest as mf
+from casbackup.repo.archiver import StoredFile
+from casbackup.repo.repository import Repository
+from casbackup.selection import select
+from casbackup.snapshot import SnapshotWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    name: str | None = None
+    tables: tuple[str, ...] = ("*.*",)
+    exclude: tuple[str, ...] = ()
+    compression_level: int = 1
+    pack_size: int = 32 * 1024 * 1024
+    threads: int = 2
+    upload_threads: int = 2
+
+
+@dataclass
+class TableReport:
+    table: str
+    engine: str
+    parts: int = 0
+    rows: int = 0
+    bytes: int = 0
+    skipped: str | None = None
+
+
+@dataclass
+class BackupReport:
+    name: str
+    manifest: mf.Manifest
+    tables: list[TableReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class BackupProgress:
+    """Callbacks the CLI renders; the default does nothing."""
+
+    def start(self, tables: list[TableInfo], total_bytes: int) -> None: ...
+
+    def table(self, table: TableInfo) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def table_done(self, report: TableReport) -> None: ...
+
+
+def default_backup_name(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H%M%SZ")
+
+
+def select_tables(
+    all_tables: list[TableInfo], include: tuple[str, ...], exclude: tuple[str, ...]
+) -> list[TableInfo]:
+    """Tables matching the patterns, plus the inner tables of selected materialized views."""
+    candidates = [t for t in all_tables if not t.database.startswith(SCRATCH_PREFIX)]
+    chosen = select(candidates, include, exclude)
+    chosen_keys = {(t.database, t.name) for t in chosen}
+    for view in [t for t in chosen if t.engine == "MaterializedView" and t.uuid]:
+        inner = (view.database, f".inner_id.{view.uuid}")
+        if inner not in chosen_keys:
+            chosen.extend(t for t in candidates if (t.database, t.name) == inner)
+            chosen_keys.add(inner)
+    for view in [t for t in chosen if t.engine == "MaterializedView"]:
+        inner = (view.database, f".inner.{view.name}")
+        if inner not in chosen_keys:
+            chosen.extend(t for t in candidates if (t.database, t.name) == inner)
+            chosen_keys.add(inner)
+    return chosen
+
+
+def plan_backup(
+    server: ClickHouseServer, include: tuple[str, ...], exclude: tuple[str, ...]
+) -> list[TableInfo]:
+    """The tables `create` backs up, in creation order (dependencies first)."""
+    tables = select_tables(server.tables(), include, exclude)
+    if not tables:
+        raise NothingSelected(patterns=", ".join(include))
+    edges = [
+        (needed, (t.database, t.name)) for t in tables for needed in t.loading_dependencies
+    ] + [((t.database, t.name), dependent) for t in tables for dependent in t.dependents]
+    return [tables[i] for i in creation_order(tables, edges)]
+
+
+class BackupService:
+    def __init__(
+        self,
+        server: ClickHouseServer,
+        repo: Repository,
+        catalog: Catalog,
+        options: BackupOptions,
+        progress: BackupProgress | None = None,
+    ) -> None:
+        self.server = server
+        self.repo = repo
+        self.catalog = catalog
+        self.options = options
+        self.progress = progress or BackupProgress()
+
+    def run(self) -> BackupReport:
+        tables = plan_backup(self.server, self.options.tables, self.options.exclude)
+        name = self.options.name or default_backup_name()
+        wanted_databases = {t.database for t in tables}
+        databases = [
+            mf.Database(name=d.name, engine=d.engine, create_sql=d.create_sql)
+            for d in self.server.databases()
+            if d.name in wanted_databases
+        ]
+        self.progress.start(tables, 0)
+        freeze_name = FreezeName.for_this_process()
+        reports: list[TableReport] = []
+        warnings: list[str] = []
+        recorded: list[mf.Table] = []
+        with SnapshotWriter(
+            self.repo,
+            self.catalog,
+            name,
+            compression_level=self.options.compression_level,
+            pack_size=self.options.pack_size,
+            threads=self.options.threads,
+            upload_threads=self.options.upload_threads,
+        ) as snapshot:
+            try:
+                for table in tables:
+                    self.progress.table(table)
+                    try:
+                        entry, report = self._backup_table(snapshot, table, freeze_name)
+                    except (ClickHouseError, UnsupportedTable) as exc:
+                        if self.server.table(
+                            table.database, table.name
+                        ) is not None and not isinstance(exc, UnsupportedTable):
+                            raise
+                        # Dropped while we worked, or data we cannot back up: skip it, loudly.
+                        report = TableReport(table.qualified, table.engine, skipped=exc.message)
+                        warnings.append(f"skipped {table.qualified}: {exc.message}")
+                        entry = None
+                    reports.append(report)
+                    if entry is not None:
+                        recorded.append(entry)
+                    self.progress.table_done(report)
+            finally:
+                remove_run_shadow(self.server, freeze_name)
+            manifest = snapshot.commit(
+                databases, recorded, clickhouse_version=self.server.info.version
+            )
+        return BackupReport(name=name, manifest=manifest, tables=reports, warnings=warnings)
+
+    # --- one table -------------------------------------------------------------
+
+    def _backup_table(
+        self, snapshot: SnapshotWriter, table: TableInfo, freeze_name: FreezeName
+    ) -> tuple[mf.Table, TableReport]:
+        depends_on = sorted(set(table.loading_dependencies))
+        if not table.has_data:
+            entry = mf.Table(
+                database=table.database,
+                name=table.name,
+                engine=table.engine,
+                create_sql=table.create_sql,
+                uuid=table.uuid,
+                has_data=False,
+                depends_on=depends_on,
+            )
+            return entry, TableReport(table.qualified, table.engine)
+        for data_path in table.data_paths:
+            disk = self.server.disk_of(data_path)
+            if not disk.is_local:
+                raise UnsupportedTable(
+                    table=table.qualified,
+                    reason=f"its data is on object-storage disk {disk.name!r}, which casbackup does not back up yet",
+                )
+        self.server.freeze(table.database, table.name, freeze_name.value)
+        try:
+            # Read the definition after FREEZE: it is the one the frozen parts match.
+            current = self.server.table(table.database, table.name) or table
+            known_parts = {
+                p.name: p for p in self.server.parts(table.database, table.name, active_only=False)
+            }
+            parts = self._store_parts(snapshot, table, freeze_name, known_parts)
+        finally:
+            remove_table_shadow(self.server, table, freeze_name)
+        parts.sort(key=lambda p: (p.min_block, p.max_block, p.name))
+        entry = mf.Table(
+            database=table.database,
+            name=table.name,
+            engine=current.engine,
+            create_sql=current.create_sql,
+            uuid=current.uuid,
+            has_data=True,
+            rows=sum(p.rows for p in parts),
+            bytes=sum(p.bytes for p in parts),
+            depends_on=depends_on,
+            parts=parts,
+        )
+        return entry, TableReport(
+            table.qualified, table.engine, len(parts), entry.rows, entry.bytes
+        )
+
+    def _store_parts(
+        self,
+        snapshot: SnapshotWriter,
+        table: TableInfo,
+        freeze_name: FreezeName,
+        known: dict[str, PartInfo],
+    ) -> list[mf.Part]:
+        frozen: list[tuple[str, Path, list[DiskFile]]] = []
+        for disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
+            for part_dir in frozen_part_dirs(shadow_dir):
+                frozen.append((disk.name, part_dir, part_files(part_dir)))
+        paths = [f.path for _, _, files in frozen for f in files]
+        stored: dict[Path, StoredFile] = {}
+        for path, result in snapshot.archiver.store_files(paths):
+            snapshot.add_file(result)
+            stored[path] = result
+            self.progress.advance(result.size)
+        parts = []
+        for disk_name, part_dir, files in frozen:
+            entries = [
+                mf.PartFile(
+                    path=f.relative,
+                    file_id=stored[f.path].file_id,
+                    size=stored[f.path].size,
+                    mode=f.mode,
+                    dev=f.dev,
+                    ino=f.ino,
+                    mtime_ns=f.mtime_ns,
+                )
+                for f in files
+            ]
+            parts.append(
+                self._describe_part(table, disk_name, part_dir, entries, known.get(part_dir.name))
+            )
+        return parts
+
+    @staticmethod
+    def _describe_part(
+        table: TableInfo, disk: str, part_dir: Path, files: list[mf.PartFile], info: PartInfo | None
+    ) -> mf.Part:
+        rows = read_count(part_dir)
+        if info is not None:
+            partition, low, high, level, mutation = (
+                info.partition_id,
+                info.min_block,
+                info.max_block,
+                info.level,
+                info.data_version,
+            )
+        else:
+            parsed = PartName.parse(part_dir.name)
+            if parsed is None:
+                raise UnsupportedTable(
+                    table=table.qualified, reason=f"cannot interpret part name {part_dir.name!r}"
+                )
+            partition, low, high, level, mutation = (
+                parsed.partition_id,
+                parsed.min_block,
+                parsed.max_block,
+                parsed.level,
+                parsed.mutation,
+            )
+        if rows is None:
+            rows = info.rows if info is not None else 0
+        return mf.Part(
+            name=part_dir.name,
+            partition_id=partition,
+            min_block=low,
+            max_block=high,
+            level=level,
+            mutation=mutation,
+            rows=rows,
+            bytes=sum(f.size for f in files),
+            disk=disk,
+            files=files,
+        )

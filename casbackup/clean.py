@@ -1,0 +1,60 @@
+"""`casbackup clean`: remove what interrupted runs left behind.
+
+Only debris whose maker is provably gone is touched: shadow directories and
+temporary part directories carry the pid and start time of the process that
+made them (``casbackup.process``), and store temporaries must be older than an
+hour. A concurrent backup or restore in progress is never disturbed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casbackup.clickhouse.freeze import shadow_root, stale_shadows
+from casbackup.clickhouse.server import ClickHouseServer
+from casbackup.restore import TEMP_PREFIX, temp_part_owner
+from casbackup.store.base import ObjectStore
+from casbackup.store.local import LocalStore
+
+STORE_TEMP_MIN_AGE_S = 3600
+
+
+@dataclass
+class CleanReport:
+    shadows: list[str] = field(default_factory=list)
+    temp_parts: list[str] = field(default_factory=list)
+    store_temporaries: int = 0
+    skipped_live: list[str] = field(default_factory=list)
+
+
+def clean_clickhouse(
+    server: ClickHouseServer, report: CleanReport, *, dry_run: bool = False
+) -> None:
+    for disk, name, alive in stale_shadows(server, include_live=True):
+        root = shadow_root(disk, name)
+        if alive:
+            report.skipped_live.append(str(root))
+            continue
+        report.shadows.append(str(root))
+        if not dry_run:
+            shutil.rmtree(root, ignore_errors=True)
+    for table in server.tables():
+        for data_path in table.data_paths:
+            detached = Path(data_path) / "detached"
+            if not detached.is_dir():
+                continue
+            for entry in sorted(detached.glob(f"{TEMP_PREFIX}*")):
+                owner = temp_part_owner(entry.name)
+                if owner is not None and owner.alive():
+                    report.skipped_live.append(str(entry))
+                    continue
+                report.temp_parts.append(str(entry))
+                if not dry_run:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+
+def clean_store(store: ObjectStore, report: CleanReport, *, dry_run: bool = False) -> None:
+    if isinstance(store, LocalStore) and not dry_run:
+        report.store_temporaries = store.remove_stale_temporaries(STORE_TEMP_MIN_AGE_S)

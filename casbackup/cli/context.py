@@ -1,0 +1,86 @@
+"""What a command needs, opened on first use and closed once at the end."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casbackup.catalog import Catalog
+from casbackup.catalog.rebuild import sync
+from casbackup.clickhouse.client import connect, parse_url
+from casbackup.clickhouse.server import ClickHouseServer
+from casbackup.config import Settings, load_settings
+from casbackup.repo.repository import Repository
+from casbackup.store import ObjectStore, open_store
+
+
+@dataclass
+class AppContext:
+    config_path: Path | None = None
+    repo_override: str | None = None
+    clickhouse_override: str | None = None
+    json_output: bool = False
+    quiet: bool = False
+    _settings: Settings | None = None
+    _store: ObjectStore | None = None
+    _repository: Repository | None = None
+    _catalog: Catalog | None = None
+    _server: ClickHouseServer | None = None
+    _closers: list[object] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(
+                self.config_path,
+                overrides={
+                    ("repository", "location"): self.repo_override,
+                    ("clickhouse", "url"): self.clickhouse_override,
+                },
+            )
+        return self._settings
+
+    @property
+    def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = open_store(self.settings.repository.location)
+        return self._store
+
+    @property
+    def repository(self) -> Repository:
+        if self._repository is None:
+            self._repository = Repository.open(self.store)
+        return self._repository
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            repo = self.repository
+            self._catalog = Catalog.open(self.settings.catalog_url(repo.id), repo.id)
+        return self._catalog
+
+    def synced_catalog(self) -> Catalog:
+        """The catalog, first brought in line with the store if their backup lists differ.
+
+        One LIST of manifests; a full sync only when another host (or a crash
+        between commit and catalog update) left them out of step.
+        """
+        catalog = self.catalog
+        if set(self.repository.list_backup_names()) != catalog.backups.committed_names():
+            sync(self.repository, catalog)
+        return catalog
+
+    @property
+    def server(self) -> ClickHouseServer:
+        if self._server is None:
+            spec = parse_url(self.settings.clickhouse.url)
+            password = self.settings.clickhouse.password
+            spec = spec.with_password(password.get_secret_value() if password else None)
+            self._server = ClickHouseServer(connect(spec))
+        return self._server
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+        if self._server is not None:
+            self._server.close()

@@ -1,0 +1,141 @@
+"""The casbackup command line: global options, command registration, and the error edge.
+
+This package is the only place typer is imported. Commands parse, call a
+service and render; every ``CasbackupError`` becomes one line on stderr and
+its exit code here, in ``run``, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from casbackup import __version__, interrupts
+from casbackup.cli import backups, maintenance, restores
+from casbackup.cli.context import AppContext
+from casbackup.errors import CasbackupError, ExitCode, Interrupted
+from casbackup.runtime import tune_allocator
+
+app = typer.Typer(
+    name="casbackup",
+    help="Content-addressed, deduplicating backups for ClickHouse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"casbackup {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="CASBACKUP_CONFIG",
+            help="Config file (TOML).",
+            show_default=False,
+        ),
+    ] = None,
+    repo: Annotated[
+        str | None,
+        typer.Option(
+            "--repo", envvar="CASBACKUP_REPO", help="Repository: a directory or s3://bucket/prefix."
+        ),
+    ] = None,
+    clickhouse: Annotated[
+        str | None,
+        typer.Option(
+            "--clickhouse",
+            envvar="CASBACKUP_CLICKHOUSE",
+            help="clickhouse://user@host:port or chdb:///path.",
+        ),
+    ] = None,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug).")
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of internal errors.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="casbackup: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    context = AppContext(
+        config_path=config, repo_override=repo, clickhouse_override=clickhouse, quiet=quiet
+    )
+    ctx.obj = context
+    ctx.meta["debug"] = debug
+    ctx.call_on_close(context.close)
+
+
+backups.register(app)
+restores.register(app)
+maintenance.register(app)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Entry point: returns the process exit status (also used by the tests)."""
+    tune_allocator()
+    # systemd stops units with SIGTERM: unwind like Ctrl-C so shadows and
+    # temporary parts are removed on the way out.
+    restore_signals = interrupts.install()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        result = app(args=argv, prog_name="casbackup", standalone_mode=False)
+        return int(result) if isinstance(result, int) else ExitCode.OK
+    except CasbackupError as exc:
+        _error(exc.message)
+        return exc.exit_code
+    except interrupts.SignalReceived as received:
+        error = Interrupted(signal=received.name)
+        _error(error.message)
+        return error.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        _error("aborted")
+        return ExitCode.INTERRUPTED
+    except typer.TyperException as exc:  # usage errors: typer prints them its own way
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            _error(exc.format_message())
+        return exc.exit_code or ExitCode.USAGE
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if debug:
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        return ExitCode.INTERNAL
+    finally:
+        restore_signals()
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"casbackup: error: {message}\n")
+    sys.stderr.flush()
+
+
+def entry() -> NoReturn:
+    sys.exit(run())

@@ -1,0 +1,109 @@
+"""Rendering: human tables and progress on a terminal, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+stderr = Console(stderr=True, highlight=False)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def ratio(logical: int, stored: int) -> str:
+    if stored == 0:
+        return "∞" if logical else "-"
+    return f"{logical / stored:.1f}x"
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(
+        json.dumps(document, indent=2, default=_json_default, ensure_ascii=False) + "\n"
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def print_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[str] = ()
+) -> None:
+    """Aligned columns; never wrapped when piped, so grep and awk see one line per row."""
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
+    table = Table(box=None, header_style="bold" if sys.stdout.isatty() else None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
+    for row in rows:
+        table.add_row(*[str(cell) for cell in row])
+    console.print(table)
+
+
+class ByteProgress:
+    """A progress bar on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and stderr.is_terminal
+        self._progress: Progress | None = None
+        self._task: Any = None
+
+    @contextmanager
+    def running(self, description: str) -> Iterator[ByteProgress]:
+        if not self.enabled:
+            yield self
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            transient=True,
+        )
+        with self._progress:
+            self._task = self._progress.add_task(description, total=None)
+            yield self
+        self._progress = None
+
+    def set_total(self, total: int | None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, total=total or None)
+
+    def describe(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)
+
+    def advance(self, nbytes: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, nbytes)
+
+
+def note(message: str) -> None:
+    """A line for humans on stderr (keeps stdout clean for JSON and pipes)."""
+    stderr.print(message)

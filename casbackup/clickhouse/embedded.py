@@ -1,0 +1,75 @@
+"""The embedded adapter: chdb, the ClickHouse engine in-process on a data directory.
+
+The only module that imports chdb. chdb runs one engine per process and locks
+its data directory against other processes (the same guard a ClickHouse
+server has), so the demo and the tests that use it run casbackup in the
+process that owns the engine. Several sessions on the same path in one
+process share that engine, and closing one leaves the others working.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from casbackup.clickhouse.client import Row
+from casbackup.clickhouse.native import first_line
+from casbackup.errors import ClickHouseError, ClickHouseUnavailable
+
+
+class EmbeddedClient:
+    def __init__(self, path: str) -> None:
+        try:
+            from chdb import session
+        except ImportError:
+            raise ClickHouseUnavailable(
+                target=f"chdb://{path}",
+                detail="chdb is not installed (pip install 'casbackup[chdb]')",
+            ) from None
+        self.path = path
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            self._session = session.Session(path)
+        except OSError as exc:
+            raise ClickHouseUnavailable(
+                target=self.describe(), detail=exc.strerror or str(exc)
+            ) from None
+        except RuntimeError as exc:
+            detail = first_line(str(exc))
+            if "EmbeddedServer" in detail:
+                detail = "cannot start the embedded engine here (is another process using this data directory?)"
+            raise ClickHouseUnavailable(target=self.describe(), detail=detail) from None
+
+    def describe(self) -> str:
+        return f"chdb://{self.path}"
+
+    def query(self, sql: str) -> list[Row]:
+        text = self._run(sql, "JSON")
+        if not text.strip():
+            return []
+        try:
+            document = json.loads(text)
+        except ValueError as exc:
+            raise ClickHouseError(detail=f"unparseable result from chdb: {exc}") from None
+        return list(document.get("data", []))
+
+    def execute(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
+        # chdb takes no per-query settings for DDL; SET lasts for the session,
+        # which in this process belongs to casbackup alone.
+        for name, value in (settings or {}).items():
+            self._run(
+                f"SET {name} = {int(value) if isinstance(value, bool) else value}", "TabSeparated"
+            )
+        self._run(sql, "TabSeparated")
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _run(self, sql: str, fmt: str) -> str:
+        try:
+            result = self._session.query(sql, fmt)
+        except RuntimeError as exc:
+            raise ClickHouseError(detail=first_line(str(exc))) from None
+        return result.bytes().decode() if hasattr(result, "bytes") else str(result)

@@ -1,0 +1,84 @@
+"""The native-protocol adapter (clickhouse-driver): the production path.
+
+The only module that imports clickhouse_driver. Server errors arrive with a
+stack trace appended; operators get the first line, with the error code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clickhouse_driver import Client
+from clickhouse_driver import errors as driver_errors
+
+from casbackup.clickhouse.client import ConnectionSpec, Row
+from casbackup.errors import ClickHouseAuthFailed, ClickHouseError, ClickHouseUnavailable
+
+# Server error codes that mean "who you are", not "what you asked".
+_AUTH_CODES = {
+    192,
+    193,
+    194,
+    195,
+    516,
+}  # UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD, IP_ADDRESS_NOT_ALLOWED, AUTHENTICATION_FAILED
+
+
+def first_line(message: str) -> str:
+    """ClickHouse appends a stack trace to messages; keep what a human needs."""
+    text = message.strip()
+    for marker in (". Stack trace:", "Stack trace:", "\n"):
+        cut = text.find(marker)
+        if cut > 0:
+            text = text[:cut]
+    return text.strip().rstrip(".")
+
+
+class NativeClient:
+    def __init__(self, spec: ConnectionSpec) -> None:
+        self.spec = spec
+        self._client = Client(
+            host=spec.host,
+            port=spec.port,
+            user=spec.user,
+            password=spec.password,
+            secure=spec.secure,
+            connect_timeout=spec.connect_timeout,
+            send_receive_timeout=spec.send_receive_timeout,
+            sync_request_timeout=spec.connect_timeout,
+            settings={"use_client_time_zone": False},
+        )
+        self.query("SELECT 1")  # fail here, with a clear error, if we cannot reach or log in
+
+    def describe(self) -> str:
+        return self.spec.describe()
+
+    def query(self, sql: str) -> list[Row]:
+        rows, columns = self._run(sql, with_column_types=True)
+        names = [name for name, _type in columns]
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def execute(self, sql: str, settings: Mapping[str, Any] | None = None) -> None:
+        self._run(sql, settings=dict(settings) if settings else None)
+
+    def close(self) -> None:
+        self._client.disconnect()
+
+    def _run(self, sql: str, **kwargs: Any) -> Any:
+        try:
+            return self._client.execute(sql, **kwargs)
+        except driver_errors.ServerException as exc:
+            if exc.code in _AUTH_CODES:
+                raise ClickHouseAuthFailed(target=self.describe(), user=self.spec.user) from None
+            raise ClickHouseError(detail=first_line(exc.message)) from None
+        except (
+            OSError,
+            driver_errors.NetworkError,
+            driver_errors.SocketTimeoutError,
+            EOFError,
+        ) as exc:
+            raise ClickHouseUnavailable(
+                target=self.describe(), detail=first_line(str(exc))
+            ) from None
+        except driver_errors.Error as exc:
+            raise ClickHouseError(detail=first_line(str(exc))) from None

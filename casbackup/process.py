@@ -1,0 +1,49 @@
+"""Who made something: tags that name a process precisely enough to tell if it still runs.
+
+A pid alone can be reused by another process after a crash; pid plus the
+process start time (from /proc) cannot. Shadow directories, temporary part
+directories and locks carry such a tag, so cleanup can tell debris of a dead
+run from work in progress.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_TAG = re.compile(r"(\d+)_(\d+)")
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so count after its ')'.
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+@dataclass(frozen=True)
+class ProcessTag:
+    pid: int
+    start: int
+
+    @classmethod
+    def current(cls) -> ProcessTag:
+        pid = os.getpid()
+        return cls(pid, process_start(pid) or 0)
+
+    @classmethod
+    def parse(cls, text: str) -> ProcessTag | None:
+        m = _TAG.fullmatch(text)
+        return cls(int(m.group(1)), int(m.group(2))) if m else None
+
+    def alive(self) -> bool:
+        """True while the very process that made this tag runs (on this host)."""
+        return process_start(self.pid) == self.start
+
+    def __str__(self) -> str:
+        return f"{self.pid}_{self.start}"

@@ -1,0 +1,411 @@
+"""`casbackup restore`: recreate schemas and attach parts from a backup.
+
+Order of work, so a refusal never leaves anything half-done:
+
+1. plan: choose tables (patterns; a materialized view brings its inner table),
+   map databases (``--as``), and check every target. A table that exists with
+   data (or a view that exists) is a conflict unless ``--drop-existing``; all
+   conflicts are reported together and nothing is changed.
+2. schema: create missing databases (same engine), drop what ``--drop-existing``
+   replaces, create objects in the recorded dependency order, retrying ones
+   whose dependencies are not there yet.
+3. data: for each part, in min-block order, fetch and verify every chunk, write
+   the files into ``detached/`` under a temporary name, give them the table
+   directory's owner, rename into place and ``ATTACH PART``. Merges of the
+   table are paused meanwhile, so the row count checked at the end is the
+   one the backup recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casbackup.catalog import Catalog
+from casbackup.clickhouse.server import ClickHouseServer, TableInfo
+from casbackup.clickhouse.sql import (
+    qualified,
+    quote_identifier,
+    rename_databases,
+    set_create_target,
+    statement_kind,
+)
+from casbackup.errors import ClickHouseError, NothingSelected, RestoreConflict, RestoreFailed
+from casbackup.ordering import is_inner_table
+from casbackup.process import ProcessTag
+from casbackup.repo import manifest as mf
+from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
+from casbackup.repo.repository import Repository
+from casbackup.selection import select
+
+log = logging.getLogger(__name__)
+
+TEMP_PREFIX = "casbackup_tmp_"
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    tables: tuple[str, ...] = ("*.*",)
+    exclude: tuple[str, ...] = ()
+    database_map: dict[str, str] = field(default_factory=dict)
+    schema_only: bool = False
+    data_only: bool = False
+    drop_existing: bool = False
+    threads: int = 4
+
+
+@dataclass
+class TableOutcome:
+    source: str
+    target: str
+    engine: str
+    parts: int = 0
+    rows: int = 0
+    created: bool = False
+
+
+@dataclass
+class RestoreReport:
+    backup: str
+    tables: list[TableOutcome] = field(default_factory=list)
+
+
+class RestoreProgress:
+    def start(self, total_bytes: int) -> None: ...
+
+    def table(self, target: str) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+
+@dataclass
+class _Item:
+    """One object of the backup and where it goes."""
+
+    entry: mf.Table
+    database: str
+    name: str  # for inner tables: resolved after their view is created
+    existing: TableInfo | None = None
+    owner_view: mf.Table | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.database}.{self.name}"
+
+
+def temp_part_name(part: str) -> str:
+    """``casbackup_tmp_<pid>_<start>_<rand>_<part>``: `clean` removes those whose process is gone."""
+    return f"{TEMP_PREFIX}{ProcessTag.current()}_{secrets.token_hex(4)}_{part}"
+
+
+def temp_part_owner(name: str) -> ProcessTag | None:
+    fields = name.removeprefix(TEMP_PREFIX).split("_")
+    if not name.startswith(TEMP_PREFIX) or len(fields) < 4:
+        return None
+    return ProcessTag.parse(f"{fields[0]}_{fields[1]}")
+
+
+class RestoreService:
+    def __init__(
+        self,
+        server: ClickHouseServer,
+        repo: Repository,
+        catalog: Catalog,
+        manifest: mf.Manifest,
+        options: RestoreOptions,
+        progress: RestoreProgress | None = None,
+    ) -> None:
+        self.server = server
+        self.repo = repo
+        self.catalog = catalog
+        self.manifest = manifest
+        self.options = options
+        self.progress = progress or RestoreProgress()
+        self.files = manifest.file_table()
+
+    # --- 1. plan -----------------------------------------------------------------
+
+    def plan(self) -> list[_Item]:
+        chosen = select(self.manifest.tables, self.options.tables, self.options.exclude)
+        if not chosen:
+            raise NothingSelected(patterns=", ".join(self.options.tables))
+        keys = {(t.database, t.name) for t in chosen}
+        views = {
+            (t.database, t.name): t for t in self.manifest.tables if t.engine == "MaterializedView"
+        }
+        for t in self.manifest.tables:  # inner tables travel with their view, both ways
+            owner = self._owner_view(t, views)
+            if owner is not None and (owner.database, owner.name) in keys:
+                keys.add((t.database, t.name))
+        items: list[_Item] = []
+        for t in self.manifest.tables:
+            if (t.database, t.name) not in keys:
+                continue
+            database = self.options.database_map.get(t.database, t.database)
+            owner = self._owner_view(t, views)
+            if is_inner_table(t.name) and owner is None:
+                log.warning(
+                    "inner table %s has no materialized view in the backup; restoring it as a table",
+                    t.name,
+                )
+            items.append(_Item(t, database, t.name, owner_view=owner))
+        self._check_targets(items)
+        return items
+
+    @staticmethod
+    def _owner_view(table: mf.Table, views: dict[tuple[str, str], mf.Table]) -> mf.Table | None:
+        if table.name.startswith(".inner_id."):
+            uuid = table.name.removeprefix(".inner_id.")
+            return next(
+                (v for v in views.values() if v.database == table.database and v.uuid == uuid), None
+            )
+        if table.name.startswith(".inner."):
+            return views.get((table.database, table.name.removeprefix(".inner.")))
+        return None
+
+    def _check_targets(self, items: list[_Item]) -> None:
+        conflicts: list[str] = []
+        missing: list[str] = []
+        existing = {(t.database, t.name): t for t in self.server.tables()}
+        for item in items:
+            if item.owner_view is not None:
+                continue  # created by its view; checked through it
+            current = existing.get((item.database, item.name))
+            item.existing = current
+            if self.options.data_only:
+                if item.entry.has_data and current is None:
+                    missing.append(item.target)
+                elif (
+                    item.entry.has_data
+                    and self.server.count(item.database, item.name)
+                    and not self.options.drop_existing
+                ):
+                    conflicts.append(f"{item.target} has data")
+                continue
+            if current is None or self.options.drop_existing:
+                continue
+            if not item.entry.has_data or not current.has_data:
+                conflicts.append(f"{item.target} exists")
+            elif self.server.count(item.database, item.name):
+                conflicts.append(f"{item.target} has data")
+        if missing:
+            raise RestoreConflict(
+                detail=f"--data-only needs existing tables; missing: {', '.join(missing)}"
+            )
+        if conflicts:
+            raise RestoreConflict(detail="target exists: " + "; ".join(conflicts))
+
+    # --- 2 + 3. run ----------------------------------------------------------------
+
+    def run(self) -> RestoreReport:
+        items = self.plan()
+        report = RestoreReport(backup=self.manifest.name)
+        outcomes = {
+            id(i): TableOutcome(f"{i.entry.database}.{i.entry.name}", i.target, i.entry.engine)
+            for i in items
+        }
+        if not self.options.data_only:
+            self._create_databases(items)
+            if self.options.drop_existing:
+                self._drop_existing(items)
+            self._create_objects(items, outcomes)
+        elif self.options.drop_existing:
+            for item in items:
+                if item.entry.has_data and item.existing is not None:
+                    self.server.truncate(item.database, item.name)
+        self._resolve_inner_tables(items)
+        if not self.options.schema_only:
+            total = sum(p.bytes for i in items for p in i.entry.parts)
+            self.progress.start(total)
+            fetcher = ChunkFetcher(self.repo.store, threads=self.options.threads)
+            for item in items:
+                if item.entry.has_data and item.entry.parts:
+                    outcome = outcomes[id(item)]
+                    outcome.target = item.target
+                    self.progress.table(item.target)
+                    outcome.parts, outcome.rows = self._restore_data(item, fetcher)
+        report.tables = [outcomes[id(i)] for i in items]
+        return report
+
+    def _create_databases(self, items: list[_Item]) -> None:
+        recorded = {d.name: d for d in self.manifest.databases}
+        for source in dict.fromkeys(i.entry.database for i in items):
+            target = self.options.database_map.get(source, source)
+            if self.server.database_exists(target):
+                continue
+            database = recorded.get(source)
+            sql = (
+                set_create_target(database.create_sql, target)
+                if database is not None
+                else f"CREATE DATABASE {quote_identifier(target)}"
+            )
+            self._execute(sql, target)
+
+    def _drop_existing(self, items: list[_Item]) -> None:
+        for item in reversed(items):  # dependents first
+            if item.existing is None or item.owner_view is not None:
+                continue
+            kind = statement_kind(item.existing.create_sql) if item.existing.create_sql else "TABLE"
+            self.server.drop_table(item.database, item.name, dictionary=kind == "DICTIONARY")
+            item.existing = None
+
+    def _create_objects(self, items: list[_Item], outcomes: dict[int, TableOutcome]) -> None:
+        """Create in recorded order; what fails for want of a dependency is retried after the rest."""
+        todo = [i for i in items if i.owner_view is None and i.existing is None]
+        while todo:
+            failed: list[tuple[_Item, ClickHouseError]] = []
+            for item in todo:
+                try:
+                    self._create(item)
+                    outcomes[id(item)].created = True
+                except ClickHouseError as exc:
+                    failed.append((item, exc))
+            if len(failed) == len(todo):
+                item, exc = failed[0]
+                raise RestoreFailed(table=item.target, detail=exc.message)
+            todo = [item for item, _ in failed]
+
+    def _create(self, item: _Item) -> None:
+        entry = item.entry
+        mapping = {k: v for k, v in self.options.database_map.items() if k != v}
+        in_place = item.database == entry.database and not mapping
+        sql = rename_databases(entry.create_sql, mapping)
+        uuid = entry.uuid if in_place and self.server.info.has_uuids else None
+        statement = set_create_target(sql, item.database, item.name, uuid=uuid)
+        try:
+            self._execute(statement, item.target)
+        except ClickHouseError:
+            if uuid is None:
+                raise
+            # The original UUID is still taken (e.g. the table was renamed): use a new one.
+            self._execute(set_create_target(sql, item.database, item.name), item.target)
+
+    def _resolve_inner_tables(self, items: list[_Item]) -> None:
+        for item in items:
+            view = item.owner_view
+            if view is None:
+                continue
+            view_db = self.options.database_map.get(view.database, view.database)
+            restored = self.server.table(view_db, view.name)
+            if restored is None:
+                raise RestoreFailed(
+                    table=item.target, detail=f"materialized view {view_db}.{view.name} is missing"
+                )
+            item.database = view_db
+            item.name = f".inner_id.{restored.uuid}" if restored.uuid else f".inner.{view.name}"
+
+    def _execute(self, sql: str, target: str) -> None:
+        try:
+            self.server.create(sql)
+        except ClickHouseError as exc:
+            raise ClickHouseError(detail=f"creating {target}: {exc.message}") from None
+
+    # --- data -----------------------------------------------------------------------
+
+    def _restore_data(self, item: _Item, fetcher: ChunkFetcher) -> tuple[int, int]:
+        """All or nothing per table: every part is fetched and verified before any is attached."""
+        info = self.server.table(item.database, item.name)
+        if info is None or not info.data_paths:
+            raise RestoreFailed(table=item.target, detail="table has no data path after creation")
+        data_path = Path(info.data_paths[0])
+        detached = data_path / "detached"
+        owner = os.stat(data_path)
+        if not detached.exists():
+            detached.mkdir()
+            _chown(detached, owner.st_uid, owner.st_gid)
+        parts = sorted(item.entry.parts, key=lambda p: (p.min_block, p.max_block, p.name))
+        for part in parts:
+            if (detached / part.name).exists():
+                raise RestoreFailed(
+                    table=item.target,
+                    detail=f"{detached / part.name} already exists (left by an earlier run?); "
+                    "remove it or use --drop-existing",
+                )
+        staged: list[tuple[mf.Part, Path]] = []
+        try:
+            for part in parts:
+                staged.append(
+                    (part, self._stage_part(part, detached, owner.st_uid, owner.st_gid, fetcher))
+                )
+            expected = sum(p.rows for p in parts)
+            before = self.server.count(item.database, item.name)
+            with self._merges_paused(item):
+                while staged:
+                    part, temp = staged[0]
+                    self._attach(item, part, temp, detached / part.name)
+                    staged.pop(0)
+                after = self.server.count(item.database, item.name)
+        finally:
+            for _, temp in staged:
+                shutil.rmtree(temp, ignore_errors=True)
+        if after - before != expected:
+            raise RestoreFailed(
+                table=item.target,
+                detail=f"{after - before} rows after attaching, the backup recorded {expected}",
+            )
+        return len(parts), expected
+
+    def _stage_part(
+        self, part: mf.Part, detached: Path, uid: int, gid: int, fetcher: ChunkFetcher
+    ) -> Path:
+        """Write one part's files, verified, into a temporary directory under detached/."""
+        temp = detached / temp_part_name(part.name)
+        try:
+            temp.mkdir(mode=0o750)
+            targets = [FileTarget(temp / f.path, self.files[f.file_id], f.mode) for f in part.files]
+            written = write_files(fetcher, self.catalog.index.locate, targets)
+            self.progress.advance(written)
+            _chown_tree(temp, uid, gid)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return temp
+
+    def _attach(self, item: _Item, part: mf.Part, temp: Path, final: Path) -> None:
+        os.rename(temp, final)
+        try:
+            self.server.attach_part(item.database, item.name, part.name)
+        except ClickHouseError as exc:
+            shutil.rmtree(final, ignore_errors=True)
+            raise RestoreFailed(
+                table=item.target, detail=f"ATTACH PART {part.name}: {exc.message}"
+            ) from None
+
+    @contextlib.contextmanager
+    def _merges_paused(self, item: _Item) -> Iterator[None]:
+        name = qualified(item.database, item.name)
+        try:
+            self.server.execute(f"SYSTEM STOP MERGES {name}")
+            paused = True
+        except ClickHouseError:
+            paused = (
+                False  # servers without per-table STOP MERGES: the count check may race a merge
+            )
+        try:
+            yield
+        finally:
+            if paused:
+                with contextlib.suppress(ClickHouseError):
+                    self.server.execute(f"SYSTEM START MERGES {name}")
+
+
+def _chown(path: Path, uid: int, gid: int) -> None:
+    st = os.lstat(path)
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.lchown(path, uid, gid)
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    """Give restored files the owner of the table directory (ClickHouse must be able to write them)."""
+    if (os.geteuid(), os.getegid()) == (uid, gid):
+        return
+    for dirpath, _dirnames, filenames in os.walk(root):
+        _chown(Path(dirpath), uid, gid)
+        for name in filenames:
+            _chown(Path(dirpath) / name, uid, gid)

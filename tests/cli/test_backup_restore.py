@@ -1,0 +1,225 @@
+"""create and restore end to end, on the 18.16 server and on chdb, through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.errors import ExitCode
+from tests.clickhouse.schema import ODD_TABLE, create_realistic, fingerprints, odd_database, q
+from tests.engines import Engine
+
+
+def drop_databases(engine: Engine, *names: str) -> None:
+    for name in names:
+        engine.sql(f"DROP DATABASE IF EXISTS {q(name)}")
+
+
+def test_roundtrip_of_realistic_tables(engine: Engine, dbname: str, cli: Any) -> None:
+    create_realistic(engine, dbname)
+    databases = [dbname, odd_database(dbname)]
+    before = fingerprints(engine, databases)
+    assert len(before) >= 5 and all(f.rows for k, f in before.items() if not k.endswith(".empty"))
+
+    assert cli(engine, "init").code == 0
+    created = cli(
+        engine, "create", "full", "--tables", f"{dbname}.*,{odd_database(dbname)}.*", "--json"
+    )
+    assert created.code == 0, created.stderr
+    report = created.json()
+    assert report["logical_bytes"] > 0 and report["new_bytes"] > 0
+    recorded_rows = {t["table"]: t["rows"] for t in report["tables"]}
+    assert recorded_rows[f"{dbname}.empty"] == 0
+    assert engine.shadow_dirs() == []
+
+    drop_databases(engine, *databases)
+    restored = cli(engine, "restore", "full", "--json")
+    assert restored.code == 0, restored.stderr
+
+    assert fingerprints(engine, databases) == before
+    source = "events_wide" if engine.modern else "events"
+    assert engine.value(f"SELECT count() FROM {q(dbname)}.v") == 100
+    assert engine.value(f"SELECT sum(k) FROM {q(odd_database(dbname))}.{q(ODD_TABLE)}") == 3
+    # The restored materialized views are live again: new rows flow into their targets.
+    agg_before = engine.value(f"SELECT sum(c) FROM {q(dbname)}.agg")
+    inner_before = engine.value(f"SELECT count() FROM {q(dbname)}.mv_inner")
+    engine.sql(f"INSERT INTO {q(dbname)}.{source} (id, d) SELECT 100000000, toDate('2024-02-02')")
+    assert engine.value(f"SELECT sum(c) FROM {q(dbname)}.agg") == agg_before + 1
+    assert engine.value(f"SELECT count() FROM {q(dbname)}.mv_inner") == inner_before + 1
+
+
+def test_modern_parts_are_wide_compact_and_have_projections(chdb_engine: Engine, cli: Any) -> None:
+    """The chdb schema really exercises both part formats, projections and skip indexes."""
+    db = "t_part_shapes"
+    drop_databases(chdb_engine, db, odd_database(db))
+    create_realistic(chdb_engine, db, rows=4000)
+    types = dict(
+        chdb_engine.sql(
+            f"SELECT table, groupUniqArray(part_type) FROM system.parts WHERE database = '{db}' AND active GROUP BY table"
+        )
+    )
+    assert types["events_wide"] == ["Wide"] and types["events_compact"] == ["Compact"]
+    assert cli(chdb_engine, "init").code == 0
+    assert cli(chdb_engine, "create", "shapes", "--tables", f"{db}.events_wide").code == 0
+    shown = cli(chdb_engine, "show", "shapes", "--json").json()
+    files = {f for t in shown["tables"] for p in t["parts"] for f in [p["files"]]}
+    assert files
+    drop_databases(chdb_engine, db, odd_database(db))
+    assert cli(chdb_engine, "restore", "shapes").code == 0
+    paths = chdb_engine.sql(f"SELECT path FROM system.parts WHERE database = '{db}' AND active")
+    assert any((Path(p) / "by_d.proj").is_dir() for (p,) in paths)
+    # skip indexes: skp_idx_<name>.* files, or one skp_idx.packed in newer part formats
+    assert any(list(Path(p).glob("skp_idx*")) for (p,) in paths)
+    assert chdb_engine.value(f"SELECT count() FROM {db}.events_wide WHERE s = '17'") == 1
+    drop_databases(chdb_engine, db, odd_database(db))
+
+
+def test_restore_as_maps_databases_and_rewrites_views(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    create_realistic(engine, dbname, rows=4000)
+    before = fingerprints(engine, [dbname])
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    copy = f"{dbname}_copy"
+    result = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}")
+    assert result.code == 0, result.stderr
+    after = {k.replace(copy, dbname, 1): v for k, v in fingerprints(engine, [copy]).items()}
+    assert after == before
+    # The view reads the copy, not the original.
+    engine.sql(f"TRUNCATE TABLE {q(dbname)}.{'events_wide' if engine.modern else 'events'}")
+    assert engine.value(f"SELECT count() FROM {q(copy)}.v") == 100
+
+
+def test_restore_selected_tables_only(engine: Engine, dbname: str, cli: Any) -> None:
+    create_realistic(engine, dbname, rows=2000)
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    drop_databases(engine, dbname)
+    result = cli(engine, "restore", "b", "--tables", f"{dbname}.agg,{dbname}.empty", "--json")
+    assert result.code == 0, result.stderr
+    assert sorted(t["target"] for t in result.json()["tables"]) == [
+        f"{dbname}.agg",
+        f"{dbname}.empty",
+    ]
+    tables = {
+        name
+        for (name,) in engine.sql(f"SELECT name FROM system.tables WHERE database = '{dbname}'")
+    }
+    assert tables == {"agg", "empty"}
+
+
+def test_schema_only(engine: Engine, dbname: str, cli: Any) -> None:
+    create_realistic(engine, dbname, rows=2000)
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    drop_databases(engine, dbname)
+    assert cli(engine, "restore", "b", "--schema-only").code == 0
+    source = "events_wide" if engine.modern else "events"
+    assert engine.value(f"SELECT count() FROM {q(dbname)}.{source}") == 0
+    assert (
+        engine.value(
+            f"SELECT count() FROM system.tables WHERE database = '{dbname}' AND name = 'v'"
+        )
+        == 1
+    )
+
+
+def test_data_only_into_existing_empty_tables(engine: Engine, dbname: str, cli: Any) -> None:
+    create_realistic(engine, dbname, rows=2000)
+    before = fingerprints(engine, [dbname])
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    for table in ("agg", "empty", "events_wide", "events_compact", "events"):
+        engine.sql(f"TRUNCATE TABLE IF EXISTS {q(dbname)}.{q(table)}")
+    engine.sql(f"TRUNCATE TABLE IF EXISTS {q(dbname)}.{q('.inner.mv_inner')}")
+    result = cli(
+        engine,
+        "restore",
+        "b",
+        "--data-only",
+        "--tables",
+        f"{dbname}.*",
+        "--exclude",
+        f"{dbname}.mv_inner",
+    )
+    assert result.code == 0, result.stderr
+    after = fingerprints(engine, [dbname])
+    assert {k: v for k, v in after.items() if "inner" not in k} == {
+        k: v for k, v in before.items() if "inner" not in k
+    }
+
+
+def test_refuses_to_overwrite_and_changes_nothing(engine: Engine, dbname: str, cli: Any) -> None:
+    create_realistic(engine, dbname, rows=2000)
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    backed_up = fingerprints(engine, [dbname])
+    engine.sql(f"DROP TABLE {q(dbname)}.empty")  # one missing table must not be created either
+    before = fingerprints(engine, [dbname])
+    result = cli(engine, "restore", "b")
+    assert result.code == ExitCode.CONFLICT
+    assert "agg has data" in result.stderr and "nothing was changed" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+    assert (
+        engine.value(
+            f"SELECT count() FROM system.tables WHERE database = '{dbname}' AND name = 'empty'"
+        )
+        == 0
+    )
+    assert fingerprints(engine, [dbname]) == before
+
+    replaced = cli(engine, "restore", "b", "--drop-existing")
+    assert replaced.code == 0, replaced.stderr
+    assert fingerprints(engine, [dbname]) == backed_up
+
+
+def test_unchanged_second_backup_stores_almost_nothing(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    create_realistic(engine, dbname, rows=20_000)
+    cli(engine, "init")
+    first = cli(engine, "create", "b1", "--tables", f"{dbname}.*", "--json").json()
+    second = cli(engine, "create", "b2", "--tables", f"{dbname}.*", "--json").json()
+    assert first["new_bytes"] > 100_000
+    assert second["logical_bytes"] == first["logical_bytes"]
+    assert second["new_bytes"] == 0
+    listed = cli(engine, "list", "--json").json()
+    assert [b["name"] for b in listed] == ["b1", "b2"]
+    assert listed[1]["dedupe_ratio"] is None  # nothing new at all
+
+
+def test_bin_files_of_lz4_parts_are_still_compressed(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """zstd shrinks ClickHouse's LZ4 .bin files; the raw-storage shortcut must not kick in for them."""
+    create_realistic(engine, dbname, rows=60_000)
+    cli(engine, "init")
+    report = cli(engine, "create", "b", "--tables", f"{dbname}.*", "--json").json()
+    assert report["new_bytes"] < 0.9 * report["logical_bytes"]
+
+
+@pytest.mark.parametrize("args", [["tables"], ["tables", "--json"]])
+def test_tables_lists_what_create_would_back_up(
+    engine: Engine, dbname: str, cli: Any, args: list[str]
+) -> None:
+    create_realistic(engine, dbname, rows=1000)
+    result = cli(engine, *args, "--tables", f"{dbname}.*")
+    assert result.code == 0, result.stderr
+    text = result.stdout
+    assert f"{dbname}.agg" in text and f"{dbname}.v" in text
+    if "--json" in args:
+        listed = [t["table"] for t in result.json()]
+        assert listed.index(f"{dbname}.agg") < listed.index(f"{dbname}.mv")  # creation order
+
+
+def test_show_reads_the_manifest(engine: Engine, dbname: str, cli: Any) -> None:
+    create_realistic(engine, dbname, rows=1000)
+    cli(engine, "init")
+    cli(engine, "create", "b", "--tables", f"{dbname}.*")
+    shown = cli(engine, "show", "b", "--parts")
+    assert shown.code == 0 and f"{dbname}.agg" in shown.stdout
+    document = cli(engine, "show", "b", "--json").json()
+    assert document["clickhouse_version"] and any(t["parts"] for t in document["tables"])

@@ -1,0 +1,394 @@
+"""Failures an operator can meet: each one really happens here, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.errors import ExitCode, StoreFull
+from casbackup.store.local import LocalStore
+from tests.clickhouse.schema import create_realistic, fingerprints, q
+from tests.engines import PROTECTED_PASSWORD, PROTECTED_USER, Engine, ServerEngine, free_port
+
+CASBACKUP = [sys.executable, "-m", "casbackup"]
+
+
+def one_line_error(stderr: str) -> None:
+    assert stderr.startswith("casbackup: error: "), stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+
+
+def catalog_rows(repo: Path, sql: str) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    with sqlite3.connect(repo / "catalog.sqlite") as conn:
+        return conn.execute(sql).fetchall()
+
+
+# --- failures inside a backup ---------------------------------------------------------
+
+
+def test_exception_mid_backup_cleans_shadow_and_commits_nothing(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from casbackup.backup import BackupService
+
+    create_realistic(engine, dbname, rows=4000)
+    cli(engine, "init")
+    real = BackupService._store_parts
+    calls = {"n": 0}
+
+    def failing(self: BackupService, *args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second table with data, while its parts are frozen
+            assert engine.shadow_dirs(), "the table should be frozen at this point"
+            raise RuntimeError("injected failure")
+        return real(self, *args)
+
+    monkeypatch.setattr(BackupService, "_store_parts", failing)
+    result = cli(engine, "create", "doomed", "--tables", f"{dbname}.*")
+    assert result.code == ExitCode.INTERNAL
+    one_line_error(result.stderr)
+    assert "injected failure" in result.stderr
+    assert engine.shadow_dirs() == []
+    assert not (tmp_path / "repo" / "manifests").exists() or not list(
+        (tmp_path / "repo" / "manifests").iterdir()
+    )
+    assert catalog_rows(tmp_path / "repo", "SELECT name, state FROM backups") == []
+    monkeypatch.undo()
+    assert (
+        cli(engine, "create", "doomed", "--tables", f"{dbname}.*").code == 0
+    )  # the name is free again
+
+
+def test_full_store_is_a_clear_error(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create_realistic(engine, dbname, rows=4000)
+    cli(engine, "init")
+
+    def full(self: LocalStore, key: str, data: object) -> None:
+        raise StoreFull(key=key, detail=f"{self.root}: No space left on device")
+
+    monkeypatch.setattr(LocalStore, "put", full)
+    result = cli(engine, "create", "b", "--tables", f"{dbname}.*")
+    assert result.code == ExitCode.STORE
+    one_line_error(result.stderr)
+    assert "no space left" in result.stderr
+    assert engine.shadow_dirs() == []
+
+
+# --- signals: Ctrl-C, systemd stop, kill -9 ---------------------------------------------
+
+
+def _big_table(engine: ServerEngine, db: str) -> None:
+    engine.sql(f"CREATE DATABASE {q(db)}")
+    engine.sql(
+        f"CREATE TABLE {q(db)}.big (id UInt64, payload String) ENGINE = MergeTree "
+        "PARTITION BY id % 8 ORDER BY id"
+    )
+    engine.sql(
+        f"INSERT INTO {q(db)}.big SELECT number, concat(toString(rand64()), toString(rand64()), "
+        "toString(rand64())) FROM numbers(3000000)"
+    )
+
+
+def _start_backup(engine: Engine, repo: Path, db: str, name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            *CASBACKUP,
+            "--repo",
+            str(repo),
+            "--clickhouse",
+            engine.url,
+            "create",
+            name,
+            "--tables",
+            f"{db}.*",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for_shadow(engine: Engine, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while not engine.shadow_dirs():
+        if process.poll() is not None or time.monotonic() > deadline:
+            out, err = process.communicate()
+            pytest.fail(f"backup ended before freezing anything: {err.decode()}")
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_backup_cleans_up(
+    server_engine: ServerEngine, tmp_path: Path, sig: signal.Signals
+) -> None:
+    db = f"t_sig_{sig.name.lower()}"
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    _big_table(server_engine, db)
+    repo = tmp_path / "repo"
+    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
+    process = _start_backup(server_engine, repo, db, "interrupted")
+    _wait_for_shadow(server_engine, process)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == ExitCode.INTERRUPTED, err.decode()
+    assert err.decode().count("\n") == 1 and "Traceback" not in err.decode()
+    assert server_engine.shadow_dirs() == []
+    assert catalog_rows(repo, "SELECT name FROM backups") == []
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
+def test_kill_9_then_clean_removes_the_shadow(server_engine: ServerEngine, tmp_path: Path) -> None:
+    db = "t_kill9"
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    _big_table(server_engine, db)
+    repo = tmp_path / "repo"
+    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
+    process = _start_backup(server_engine, repo, db, "killed")
+    _wait_for_shadow(server_engine, process)
+    process.kill()
+    process.wait()
+    assert server_engine.shadow_dirs() != []  # what a killed run leaves...
+    cleaned = subprocess.run(
+        [*CASBACKUP, "--repo", str(repo), "--clickhouse", server_engine.url, "clean", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert len(__import__("json").loads(cleaned.stdout)["shadows"]) == 1
+    assert server_engine.shadow_dirs() == []  # ...and clean removes
+    again = subprocess.run(
+        [
+            *CASBACKUP,
+            "--repo",
+            str(repo),
+            "--clickhouse",
+            server_engine.url,
+            "create",
+            "after",
+            "--tables",
+            f"{db}.*",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
+def test_clean_leaves_a_running_backups_shadow_alone(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    db = "t_clean_live"
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    _big_table(server_engine, db)
+    repo = tmp_path / "repo"
+    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
+    process = _start_backup(server_engine, repo, db, "live")
+    _wait_for_shadow(server_engine, process)
+    os.kill(process.pid, signal.SIGSTOP)  # hold it mid-backup
+    try:
+        cleaned = subprocess.run(
+            [*CASBACKUP, "--repo", str(repo), "--clickhouse", server_engine.url, "clean", "--json"],
+            capture_output=True,
+            text=True,
+        )
+        document = __import__("json").loads(cleaned.stdout)
+        assert document["shadows"] == [] and len(document["in_use"]) == 1
+        assert server_engine.shadow_dirs() != []
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err.decode()
+    assert server_engine.shadow_dirs() == []
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
+CHDB_SETUP = """
+import sys
+from chdb import session
+s = session.Session(sys.argv[1])
+s.query("CREATE DATABASE IF NOT EXISTS big")
+s.query("CREATE TABLE IF NOT EXISTS big.t (id UInt64, payload String) ENGINE = MergeTree PARTITION BY id % 8 ORDER BY id")
+s.query("INSERT INTO big.t SELECT number, concat(toString(rand64()), toString(rand64())) FROM numbers(4000000)")
+s.close()
+"""
+
+
+def test_kill_9_then_clean_on_chdb(tmp_path: Path) -> None:
+    """chdb locks its directory to one process: each step here is its own process."""
+    pytest.importorskip("chdb")
+    data = tmp_path / "chdb"
+    repo = tmp_path / "repo"
+    subprocess.run([sys.executable, "-c", CHDB_SETUP, str(data)], check=True, capture_output=True)
+    url = f"chdb://{data}"
+    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
+    process = subprocess.Popen(
+        [*CASBACKUP, "--repo", str(repo), "--clickhouse", url, "create", "killed"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    shadow = data / "shadow"
+    deadline = time.monotonic() + 120
+    while not list(shadow.glob("casbackup_*")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[
+            1
+        ].decode()
+        time.sleep(0.005)
+    process.kill()
+    process.wait()
+    assert list(shadow.glob("casbackup_*"))
+    cleaned = subprocess.run(
+        [*CASBACKUP, "--repo", str(repo), "--clickhouse", url, "clean"],
+        capture_output=True,
+        text=True,
+    )
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not list(shadow.glob("casbackup_*"))
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def test_unreachable_server(cli: Any, tmp_path: Path) -> None:
+    cli(None, "init")
+    port = free_port()
+    result = cli(None, "--clickhouse", f"clickhouse://default@127.0.0.1:{port}", "create")
+    assert result.code == ExitCode.CLICKHOUSE_CONNECT
+    one_line_error(result.stderr)
+    assert f"cannot reach ClickHouse at clickhouse://default@127.0.0.1:{port}" in result.stderr
+
+
+def test_wrong_password_is_refused_and_never_printed(server_engine: ServerEngine, cli: Any) -> None:
+    cli(None, "init")
+    url = f"clickhouse://{PROTECTED_USER}:wrong-{PROTECTED_PASSWORD}@127.0.0.1:{server_engine.tcp_port}"
+    result = cli(None, "-vv", "--clickhouse", url, "tables")
+    assert result.code == ExitCode.CLICKHOUSE_CONNECT
+    one_line_error(result.stderr)
+    assert f"refused the credentials of user '{PROTECTED_USER}'" in result.stderr
+    assert PROTECTED_PASSWORD not in result.stderr + result.stdout
+
+
+def test_password_from_environment(
+    server_engine: ServerEngine, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_engine.sql("CREATE DATABASE IF NOT EXISTS t_pwenv")
+    server_engine.sql(
+        "CREATE TABLE IF NOT EXISTS t_pwenv.t (x UInt8) ENGINE = MergeTree ORDER BY x"
+    )
+    monkeypatch.setenv("CASBACKUP_CLICKHOUSE_PASSWORD", PROTECTED_PASSWORD)
+    url = f"clickhouse://{PROTECTED_USER}@127.0.0.1:{server_engine.tcp_port}"
+    result = cli(None, "--clickhouse", url, "tables", "--tables", "t_pwenv.*", "--json")
+    assert result.code == 0, result.stderr
+    assert PROTECTED_PASSWORD not in result.stdout + result.stderr
+    server_engine.sql("DROP DATABASE t_pwenv")
+
+
+def test_missing_repository(engine: Engine, cli: Any, tmp_path: Path) -> None:
+    result = cli(engine, "list", repo=tmp_path / "nowhere")
+    assert result.code == ExitCode.NOT_FOUND
+    one_line_error(result.stderr)
+    assert "casbackup init" in result.stderr
+
+
+def test_init_twice(cli: Any) -> None:
+    assert cli(None, "init").code == 0
+    result = cli(None, "init")
+    assert result.code == ExitCode.CONFLICT
+    one_line_error(result.stderr)
+
+
+def test_no_table_matches(engine: Engine, cli: Any) -> None:
+    cli(engine, "init")
+    result = cli(engine, "create", "--tables", "no_such_db.*")
+    assert result.code == ExitCode.NOT_FOUND
+    one_line_error(result.stderr)
+    assert "no tables match no_such_db.*" in result.stderr
+
+
+def test_unknown_backup(engine: Engine, cli: Any) -> None:
+    cli(engine, "init")
+    for command in (["restore", "nope"], ["show", "nope"]):
+        result = cli(engine, *command)
+        assert result.code == ExitCode.NOT_FOUND
+        one_line_error(result.stderr)
+        assert "no backup named 'nope'" in result.stderr
+
+
+def test_duplicate_and_invalid_backup_names(engine: Engine, dbname: str, cli: Any) -> None:
+    create_realistic(engine, dbname, rows=100)
+    cli(engine, "init")
+    assert cli(engine, "create", "same", "--tables", f"{dbname}.agg").code == 0
+    duplicate = cli(engine, "create", "same", "--tables", f"{dbname}.agg")
+    assert duplicate.code == ExitCode.CONFLICT
+    one_line_error(duplicate.stderr)
+    invalid = cli(engine, "create", "../escape", "--tables", f"{dbname}.agg")
+    assert invalid.code == ExitCode.USAGE
+    one_line_error(invalid.stderr)
+    assert engine.shadow_dirs() == []
+
+
+def test_bad_mapping_argument(engine: Engine, cli: Any) -> None:
+    cli(engine, "init")
+    result = cli(engine, "restore", "x", "--as", "nocolon")
+    assert result.code == ExitCode.USAGE
+    one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[repository\nlocation = 1", "Expected ']'"),
+        ("[repository]\ncompression_level = 99", "repository.compression_level"),
+        ("[surprise]\nx = 1", "surprise"),
+        ("[backup]\ntables = ['nodot']", "database.table"),
+    ],
+)
+def test_bad_config_file(cli: Any, tmp_path: Path, content: str, message: str) -> None:
+    config = tmp_path / "casbackup.toml"
+    config.write_text(content)
+    result = cli(None, "--config", str(config), "init")
+    assert result.code == ExitCode.CONFIG
+    one_line_error(result.stderr)
+    assert message in result.stderr and str(config) in result.stderr
+
+
+def test_missing_config_file(cli: Any, tmp_path: Path) -> None:
+    result = cli(None, "--config", str(tmp_path / "absent.toml"), "list")
+    assert result.code == ExitCode.CONFIG
+    one_line_error(result.stderr)
+
+
+def test_restore_into_server_with_corrupted_pack_is_an_integrity_error(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    create_realistic(engine, dbname, rows=3000)
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    before = fingerprints(engine, [dbname])
+    for pack in (tmp_path / "repo" / "packs").rglob("*"):
+        if pack.is_file():
+            data = bytearray(pack.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            pack.write_bytes(bytes(data))
+    engine.sql(f"DROP DATABASE {q(dbname)}")
+    result = cli(engine, "restore", "b")
+    assert result.code == ExitCode.INTEGRITY
+    one_line_error(result.stderr)
+    assert "corrupt" in result.stderr
+    # Each table is all or nothing: either intact or empty, never half-restored or damaged.
+    leftovers = fingerprints(engine, [dbname])
+    assert any(f.rows == 0 for f in leftovers.values())
+    for table, found in leftovers.items():
+        assert found.rows == 0 or found == before[table], table
+    for detached in engine.data_root.rglob("detached"):
+        assert not list(detached.glob("casbackup_tmp_*"))

@@ -1,0 +1,137 @@
+"""Quoting and CREATE-statement surgery (pure; no server)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from casbackup.clickhouse.sql import (
+    Token,
+    bare_identifiers,
+    create_target,
+    materialized_view_target,
+    qualified_references,
+    quote_identifier,
+    quote_string,
+    rename_databases,
+    set_create_target,
+    statement_kind,
+    tokenize,
+)
+
+
+@given(st.text())
+def test_tokenize_is_lossless(sql: str) -> None:
+    assert "".join(t.text for t in tokenize(sql)) == sql
+
+
+@given(st.text(min_size=1))
+def test_quoted_identifier_roundtrips(name: str) -> None:
+    tokens = [t for t in tokenize(quote_identifier(name))]
+    assert len(tokens) == 1 and tokens[0].identifier == name
+
+
+@given(st.text())
+def test_quoted_string_is_one_token(value: str) -> None:
+    tokens = list(tokenize(quote_string(value)))
+    assert len(tokens) == 1 and tokens[0].text == quote_string(value)
+
+
+def test_set_create_target_table() -> None:
+    sql = "CREATE TABLE d.t (`id` UInt64) ENGINE = MergeTree ORDER BY id"
+    assert (
+        set_create_target(sql, "new db")
+        == "CREATE TABLE `new db`.`t` (`id` UInt64) ENGINE = MergeTree ORDER BY id"
+    )
+    assert set_create_target(sql, "d", uuid="0000-1") == (
+        "CREATE TABLE `d`.`t` UUID '0000-1' (`id` UInt64) ENGINE = MergeTree ORDER BY id"
+    )
+
+
+def test_set_create_target_replaces_existing_uuid_and_handles_quoting() -> None:
+    sql = "CREATE TABLE `my db`.`tab``le` UUID 'aaaa' (x UInt8) ENGINE = Log"
+    assert (
+        set_create_target(sql, "other") == "CREATE TABLE `other`.`tab\\`le` (x UInt8) ENGINE = Log"
+    )
+
+
+def test_set_create_target_database() -> None:
+    assert (
+        set_create_target("CREATE DATABASE d\nENGINE = Atomic", "x y")
+        == "CREATE DATABASE `x y`\nENGINE = Atomic"
+    )
+    assert (
+        set_create_target("CREATE DATABASE d ENGINE = Ordinary", "d2")
+        == "CREATE DATABASE `d2` ENGINE = Ordinary"
+    )
+
+
+def test_unqualified_18_16_statement() -> None:
+    sql = "CREATE TABLE t ( id UInt64) ENGINE = MergeTree ORDER BY id"
+    assert create_target(sql) == (None, "t")
+    assert (
+        set_create_target(sql, "d")
+        == "CREATE TABLE `d`.`t` ( id UInt64) ENGINE = MergeTree ORDER BY id"
+    )
+
+
+def test_rename_databases_only_touches_qualified_references() -> None:
+    sql = (
+        "CREATE MATERIALIZED VIEW src.mv TO src.dst (`src` UInt8) AS "
+        "SELECT src, 'src.x' AS s, t.src.a FROM src.t -- src.comment\nWHERE src = 1"
+    )
+    out = rename_databases(sql, {"src": "dst db"})
+    assert out == (
+        "CREATE MATERIALIZED VIEW `dst db`.mv TO `dst db`.dst (`src` UInt8) AS "
+        "SELECT src, 'src.x' AS s, t.src.a FROM `dst db`.t -- src.comment\nWHERE src = 1"
+    )
+
+
+def test_references() -> None:
+    sql = "CREATE VIEW d.v AS SELECT a FROM `d`.`t 1` JOIN other.u USING a JOIN local ON 1"
+    assert qualified_references(sql) == {("d", "v"), ("d", "t 1"), ("other", "u")}
+    assert {"local", "a"} <= bare_identifiers(sql)
+    assert "t 1" not in bare_identifiers(sql)
+
+
+@pytest.mark.parametrize(
+    "sql, expected",
+    [
+        ("CREATE MATERIALIZED VIEW d.mv TO d.dst (id UInt64) AS SELECT 1", ("d", "dst")),
+        ("CREATE MATERIALIZED VIEW d.mv UUID 'x' TO `o`.`t` AS SELECT 1", ("o", "t")),
+        ("CREATE MATERIALIZED VIEW mv TO dst AS SELECT 1", (None, "dst")),
+        (
+            "CREATE MATERIALIZED VIEW d.mv (id UInt64) ENGINE = MergeTree ORDER BY id AS SELECT 1",
+            None,
+        ),
+        ("CREATE MATERIALIZED VIEW d.mv TO INNER UUID 'x' ENGINE = Log AS SELECT 1", None),
+        ("CREATE VIEW d.v AS SELECT 1 FROM t", None),
+    ],
+)
+def test_materialized_view_target(sql: str, expected: object) -> None:
+    assert materialized_view_target(sql) == expected
+
+
+@pytest.mark.parametrize(
+    "sql, kind",
+    [
+        ("CREATE TABLE a.b (x UInt8) ENGINE=Log", "TABLE"),
+        ("create materialized  view a.b TO c AS SELECT 1", "MATERIALIZED VIEW"),
+        ("CREATE DICTIONARY a.b (x UInt8) PRIMARY KEY x", "DICTIONARY"),
+        ("CREATE VIEW IF NOT EXISTS a.b AS SELECT 1", "VIEW"),
+        ("CREATE DATABASE x ENGINE = Atomic", "DATABASE"),
+    ],
+)
+def test_statement_kind(sql: str, kind: str) -> None:
+    assert statement_kind(sql) == kind
+
+
+def test_not_a_create_statement() -> None:
+    with pytest.raises(ValueError):
+        statement_kind("DROP TABLE x")
+
+
+def test_token_identifier() -> None:
+    assert Token.__name__ == "Token"
+    assert [t.identifier for t in tokenize("`a\\`b`")] == ["a`b"]
