@@ -267,8 +267,8 @@ class RestoreService:
                 except ClickHouseError as exc:
                     failed.append((item, exc))
             if len(failed) == len(todo):
-                item, exc = failed[0]
-                raise RestoreFailed(table=item.target, detail=exc.message)
+                stuck, error = failed[0]
+                raise RestoreFailed(table=stuck.target, detail=error.message)
             todo = [item for item, _ in failed]
 
     def _create(self, item: _Item) -> None:

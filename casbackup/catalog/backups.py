@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -64,7 +64,9 @@ class BackupRecords:
         try:
             with self.db.write() as conn:
                 result = conn.execute(
-                    Backup.__table__.insert().values(
+                    insert(Backup)
+                    .returning(Backup.id)
+                    .values(
                         name=name,
                         state=RUNNING,
                         started_at=started_at,
@@ -78,7 +80,7 @@ class BackupRecords:
                         clickhouse_version="",
                     )
                 )
-                return int(result.inserted_primary_key[0])
+                return int(result.scalar_one())
         except SQLIntegrityError:
             raise BackupExists(name=name) from None
 
@@ -110,7 +112,9 @@ class BackupRecords:
         """Index a committed manifest found in the store (rebuild, reconcile)."""
         conn.execute(delete(Backup).where(Backup.name == manifest.name))
         result = conn.execute(
-            Backup.__table__.insert().values(
+            insert(Backup)
+            .returning(Backup.id)
+            .values(
                 name=manifest.name,
                 state=COMMITTED,
                 started_at=manifest.started_at,
@@ -121,7 +125,7 @@ class BackupRecords:
                 **_stats_columns(manifest),
             )
         )
-        _insert_contents(conn, int(result.inserted_primary_key[0]), manifest)
+        _insert_contents(conn, int(result.scalar_one()), manifest)
 
     # --- queries ---------------------------------------------------------------
 
@@ -207,7 +211,7 @@ def _insert_contents(conn: Connection, backup_id: int, manifest: Manifest) -> No
     record_files(conn, {f.id: (f.size, f.chunks) for f in manifest.files})
     if manifest.databases:
         conn.execute(
-            BackupDatabase.__table__.insert(),
+            insert(BackupDatabase),
             [
                 {
                     "backup_id": backup_id,
@@ -223,7 +227,7 @@ def _insert_contents(conn: Connection, backup_id: int, manifest: Manifest) -> No
         return
     table_ids = _insert_returning_ids(
         conn,
-        BackupTable.__table__,
+        BackupTable,
         [
             {
                 "backup_id": backup_id,
@@ -250,7 +254,7 @@ def _insert_contents(conn: Connection, backup_id: int, manifest: Manifest) -> No
         return
     part_ids = _insert_returning_ids(
         conn,
-        Part.__table__,
+        Part,
         [
             {
                 "table_id": table_id,
@@ -285,12 +289,14 @@ def _insert_contents(conn: Connection, backup_id: int, manifest: Manifest) -> No
         for i, f in enumerate(part.files)
     ]
     for batch in batched(file_rows, 5000):
-        conn.execute(PartFile.__table__.insert(), batch)
+        conn.execute(insert(PartFile), batch)
 
 
-def _insert_returning_ids(conn: Connection, table: Any, rows: list[dict[str, Any]]) -> list[int]:
-    result = conn.execute(table.insert().returning(table.c.id, sort_by_parameter_order=True), rows)
-    return [row[0] for row in result]
+def _insert_returning_ids(
+    conn: Connection, model: type[BackupTable] | type[Part], rows: list[dict[str, Any]]
+) -> list[int]:
+    result = conn.execute(insert(model).returning(model.id, sort_by_parameter_order=True), rows)
+    return [int(row[0]) for row in result]
 
 
 def _utc(value: datetime) -> datetime:

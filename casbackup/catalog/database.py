@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
@@ -141,11 +141,7 @@ class CatalogDatabase:
                 select(CatalogMeta.value).where(CatalogMeta.key == REPOSITORY_ID_KEY)
             )
             if current is None:
-                conn.execute(
-                    CatalogMeta.__table__.insert().values(
-                        key=REPOSITORY_ID_KEY, value=repository_id
-                    )
-                )
+                conn.execute(insert(CatalogMeta).values(key=REPOSITORY_ID_KEY, value=repository_id))
             elif current != repository_id:
                 raise CatalogMismatch(
                     location=self.location, catalog_repo=current, repo=repository_id
@@ -181,7 +177,8 @@ def _stored_revision(engine: Engine) -> str | None:
     with engine.connect().execution_options(sqlite_begin="DEFERRED") as conn, conn.begin():
         if not inspect(conn).has_table("alembic_version"):
             return None
-        return conn.scalar(text("SELECT version_num FROM alembic_version"))
+        version = conn.scalar(text("SELECT version_num FROM alembic_version"))
+        return None if version is None else str(version)
 
 
 def redact_url(url: str) -> str:

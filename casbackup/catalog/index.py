@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, select
+from sqlalchemy import Connection, Insert, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from casbackup.catalog.database import CatalogDatabase
-from casbackup.catalog.models import LIVE, Chunk, File, FileChunk, Pack
+from casbackup.catalog.models import LIVE, Base, Chunk, File, FileChunk, Pack
 from casbackup.repo.pack import PackEntry
 from casbackup.repo.reader import ChunkLocation
 
@@ -35,14 +35,14 @@ def batched(items: Iterable[Any], size: int = BATCH) -> Iterator[list[Any]]:
         yield batch
 
 
-def insert_ignoring_duplicates(conn: Connection, table: Table) -> Insert:
+def insert_ignoring_duplicates(conn: Connection, model: type[Base]) -> Insert:
     """INSERT that skips rows whose key exists: shared content is indexed once."""
     dialect = conn.dialect.name
     if dialect == "sqlite":
-        return sqlite.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(model).on_conflict_do_nothing()
     if dialect == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return table.insert().prefix_with("IGNORE")  # MySQL/MariaDB
+        return postgresql.insert(model).on_conflict_do_nothing()
+    return insert(model).prefix_with("IGNORE")  # MySQL/MariaDB
 
 
 class ChunkIndex:
@@ -136,8 +136,8 @@ class ChunkIndex:
 def record_pack(
     conn: Connection, pack_id: bytes, size: int, entries: list[PackEntry], created_at: datetime
 ) -> None:
-    pack_row = conn.execute(
-        insert_ignoring_duplicates(conn, Pack.__table__).values(  # type: ignore[arg-type]
+    conn.execute(
+        insert_ignoring_duplicates(conn, Pack).values(
             digest=pack_id.hex(),
             size=size,
             chunk_count=len(entries),
@@ -145,9 +145,8 @@ def record_pack(
             created_at=created_at,
         )
     )
-    pack_pk = pack_row.inserted_primary_key[0] if pack_row.rowcount else None
-    if pack_pk is None:
-        pack_pk = conn.scalar(select(Pack.id).where(Pack.digest == pack_id.hex()))
+    # Already indexed (a re-run after a crash, or a sync) or just inserted: either way, look it up.
+    pack_pk = conn.execute(select(Pack.id).where(Pack.digest == pack_id.hex())).scalar_one()
     rows = [
         {
             "digest": e.chunk_id.hex(),
@@ -160,7 +159,7 @@ def record_pack(
         for e in entries
     ]
     for batch in batched(rows):
-        conn.execute(insert_ignoring_duplicates(conn, Chunk.__table__), batch)  # type: ignore[arg-type]
+        conn.execute(insert_ignoring_duplicates(conn, Chunk), batch)
 
 
 def record_files(conn: Connection, files: Mapping[bytes, tuple[int, list[bytes]]]) -> None:
@@ -180,6 +179,6 @@ def record_files(conn: Connection, files: Mapping[bytes, tuple[int, list[bytes]]
         for seq, cid in enumerate(files[f][1])
     ]
     for batch in batched(file_rows):
-        conn.execute(insert_ignoring_duplicates(conn, File.__table__), batch)  # type: ignore[arg-type]
+        conn.execute(insert_ignoring_duplicates(conn, File), batch)
     for batch in batched(chunk_rows):
-        conn.execute(insert_ignoring_duplicates(conn, FileChunk.__table__), batch)  # type: ignore[arg-type]
+        conn.execute(insert_ignoring_duplicates(conn, FileChunk), batch)

@@ -88,11 +88,8 @@ def parse_url(url: str) -> ConnectionSpec:
     secure = parts.scheme == "clickhouses" or query.get("secure", "").lower() in _TRUE
     try:
         port = parts.port or (9440 if secure else 9000)
-        timeouts = {
-            name: float(query[name])
-            for name in ("connect_timeout", "send_receive_timeout")
-            if name in query
-        }
+        connect_timeout = float(query.get("connect_timeout", 10.0))
+        send_receive_timeout = float(query.get("send_receive_timeout", 3600.0))
     except ValueError as exc:
         raise ConfigError(detail=f"invalid ClickHouse URL: {exc}") from None
     unknown = set(query) - {"secure", "connect_timeout", "send_receive_timeout"}
@@ -107,7 +104,8 @@ def parse_url(url: str) -> ConnectionSpec:
         user=unquote(parts.username) if parts.username else "default",
         password=unquote(parts.password) if parts.password else "",
         secure=secure,
-        **timeouts,
+        connect_timeout=connect_timeout,
+        send_receive_timeout=send_receive_timeout,
     )
 
 

@@ -6,6 +6,7 @@ stack trace appended; operators get the first line, with the error code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from clickhouse_driver import Client

@@ -170,7 +170,7 @@ def rename_databases(sql: str, mapping: Mapping[str, str]) -> str:
     idx = _significant(tokens)
     for pos, i in enumerate(idx[:-1]):
         name = tokens[i].identifier
-        if name in mapping and tokens[idx[pos + 1]].text == ".":
+        if name is not None and name in mapping and tokens[idx[pos + 1]].text == ".":
             before = tokens[idx[pos - 1]].text if pos > 0 else ""
             if before != ".":  # `a.b.c` column paths: only the head can be a database
                 tokens[i] = Token(Kind.QUOTED, quote_identifier(mapping[name]))

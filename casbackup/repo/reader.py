@@ -103,11 +103,14 @@ class ChunkFetcher:
             window: list[Future[list[tuple[bytes, bytes]]]] = []
             pending = iter(reads)
             for read in pending:
-                window.append(pool.submit(lambda r=read: list(self._serve(r))))
+                window.append(pool.submit(self._serve_all, read))
                 if len(window) > self.threads:
                     yield from window.pop(0).result()
             for future in window:
                 yield from future.result()
+
+    def _serve_all(self, read: RangeRead) -> list[tuple[bytes, bytes]]:
+        return list(self._serve(read))
 
     def _serve(self, read: RangeRead) -> Iterator[tuple[bytes, bytes]]:
         pack = read.pack_id.hex()

@@ -122,7 +122,7 @@ def _wait_for_shadow(engine: Engine, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while not engine.shadow_dirs():
         if process.poll() is not None or time.monotonic() > deadline:
-            out, err = process.communicate()
+            _, err = process.communicate()
             pytest.fail(f"backup ended before freezing anything: {err.decode()}")
         time.sleep(0.005)
 
