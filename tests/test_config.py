@@ -1,0 +1,85 @@
+"""Settings: file, environment and command-line precedence; validation."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from casbackup.config import load_settings, render_default_config
+from casbackup.errors import ConfigError
+
+
+def test_defaults_without_a_file(tmp_path: Path) -> None:
+    settings = load_settings(
+        tmp_path / "absent.toml" if False else None, environ={"HOME": str(tmp_path)}
+    )
+    assert settings.clickhouse.url.startswith("clickhouse://")
+    assert settings.catalog_url("r" * 32).endswith("/catalog.sqlite")
+
+
+def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[repository]\nlocation = "/from/file"\n[clickhouse]\nurl = "clickhouse://file@h:1"\n'
+    )
+    env = {"CASBACKUP_REPO": "/from/env"}
+    settings = load_settings(config, environ=env)
+    assert settings.repository.location == "/from/env"
+    assert settings.clickhouse.url == "clickhouse://file@h:1"
+    settings = load_settings(
+        config, environ=env, overrides={("repository", "location"): "/from/cli"}
+    )
+    assert settings.repository.location == "/from/cli"
+    assert settings.source == str(config)
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[repository]\ncompression_level = 5\n")
+    assert (
+        load_settings(environ={"CASBACKUP_CONFIG": str(config)}).repository.compression_level == 5
+    )
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(environ={"CASBACKUP_CONFIG": str(tmp_path / "nope.toml")})
+
+
+def test_password_is_secret(tmp_path: Path) -> None:
+    settings = load_settings(environ={"CASBACKUP_CLICKHOUSE_PASSWORD": "hunter2"})
+    assert settings.clickhouse.password is not None
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+    assert settings.clickhouse.password.get_secret_value() == "hunter2"
+
+
+def test_remote_repository_catalog_lives_in_the_state_dir() -> None:
+    settings = load_settings(environ={"CASBACKUP_REPO": "s3://bucket/prefix"})
+    assert settings.catalog_url("ab" * 16).endswith(f"catalogs/{'ab' * 16}.sqlite")
+
+
+def test_default_config_is_valid_and_complete(tmp_path: Path) -> None:
+    text = render_default_config()
+    document = tomllib.loads(text)
+    assert set(document) == {"repository", "catalog", "clickhouse", "backup"}
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    from_file = load_settings(path, environ={})
+    assert from_file.model_dump(exclude={"source"}) == load_settings(environ={}).model_dump(
+        exclude={"source"}
+    )
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[repository]\npack_size_mb = 0",
+        "[repository]\nthreads = 'two'",
+        "repository = 3",
+        "[clickhouse]\nport = 9000",
+    ],
+)
+def test_invalid_settings(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError):
+        load_settings(path, environ={})
