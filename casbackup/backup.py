@@ -20,13 +20,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from casbackup.catalog import Catalog
+from casbackup.catalog.reuse import PreviousFile, previous_files
+from casbackup.clickhouse.checksums import FileChecksum
 from casbackup.clickhouse.freeze import (
     FreezeName,
     remove_run_shadow,
     remove_table_shadow,
     table_shadow_dirs,
 )
-from casbackup.clickhouse.parts import DiskFile, PartName, frozen_part_dirs, part_files, read_count
+from casbackup.clickhouse.parts import (
+    DiskFile,
+    PartName,
+    frozen_part_dirs,
+    part_checksums,
+    part_files,
+    read_count,
+)
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer, PartInfo, TableInfo
 from casbackup.errors import ClickHouseError, NothingSelected, UnsupportedTable
 from casbackup.ordering import creation_order
@@ -48,6 +57,7 @@ class BackupOptions:
     pack_size: int = 32 * 1024 * 1024
     threads: int = 2
     upload_threads: int = 2
+    rehash: bool = False  # read every file even if it is known unchanged
 
 
 @dataclass
@@ -238,18 +248,19 @@ class BackupService:
         freeze_name: FreezeName,
         known: dict[str, PartInfo],
     ) -> list[mf.Part]:
-        frozen: list[tuple[str, Path, list[DiskFile]]] = []
+        frozen: list[tuple[str, Path, list[DiskFile], dict[str, FileChecksum]]] = []
         for disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
             for part_dir in frozen_part_dirs(shadow_dir):
-                frozen.append((disk.name, part_dir, part_files(part_dir)))
-        paths = [f.path for _, _, files in frozen for f in files]
-        stored: dict[Path, StoredFile] = {}
-        for path, result in snapshot.archiver.store_files(paths):
+                frozen.append((disk.name, part_dir, part_files(part_dir), part_checksums(part_dir)))
+        everything = [(f, sums.get(f.relative)) for _, _, files, sums in frozen for f in files]
+        stored = {} if self.options.rehash else self._unchanged_files(snapshot, everything)
+        to_read = [f.path for f, _ in everything if f.path not in stored]
+        for path, result in snapshot.archiver.store_files(to_read):
             snapshot.add_file(result)
             stored[path] = result
             self.progress.advance(result.size)
         parts = []
-        for disk_name, part_dir, files in frozen:
+        for disk_name, part_dir, files, sums in frozen:
             entries = [
                 mf.PartFile(
                     path=f.relative,
@@ -259,6 +270,7 @@ class BackupService:
                     dev=f.dev,
                     ino=f.ino,
                     mtime_ns=f.mtime_ns,
+                    ch_checksum=checksum.hash if (checksum := sums.get(f.relative)) else None,
                 )
                 for f in files
             ]
@@ -266,6 +278,35 @@ class BackupService:
                 self._describe_part(table, disk_name, part_dir, entries, known.get(part_dir.name))
             )
         return parts
+
+    def _unchanged_files(
+        self, snapshot: SnapshotWriter, files: list[tuple[DiskFile, FileChecksum | None]]
+    ) -> dict[Path, StoredFile]:
+        """Files a committed backup already stored, recognised without reading them.
+
+        Same inode (device, inode, size, mtime) *and* the same ClickHouse
+        checksum as recorded then, and every chunk still in a live pack.
+        Files checksums.txt does not list (itself, columns.txt...) are small
+        and always read.
+        """
+        candidates = [(f, c) for f, c in files if c is not None and c.size == f.size]
+        previous = previous_files(
+            self.catalog.db, [(f.dev, f.ino, f.size, f.mtime_ns) for f, _ in candidates]
+        )
+        matched: list[tuple[DiskFile, PreviousFile]] = []
+        for f, checksum in candidates:
+            before = previous.get((f.dev, f.ino, f.size, f.mtime_ns))
+            if before is not None and checksum is not None and before.ch_checksum == checksum.hash:
+                matched.append((f, before))
+        live = self.catalog.index.known(sorted({c for _, before in matched for c in before.chunks}))
+        reused: dict[Path, StoredFile] = {}
+        for f, before in matched:
+            if all(c in live for c in before.chunks):
+                stored = StoredFile(before.file_id, before.size, before.chunks, 0, 0)
+                snapshot.add_file(stored)
+                reused[f.path] = stored
+                self.progress.advance(f.size)
+        return reused
 
     @staticmethod
     def _describe_part(

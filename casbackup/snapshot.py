@@ -91,6 +91,7 @@ class SnapshotWriter:
                 logical_bytes=sum(pf.size for t in tables for p in t.parts for pf in p.files),
                 read_bytes=self.archiver.read_bytes,
                 new_bytes=self.writer.stats.pack_bytes,
+                new_raw_bytes=self.writer.stats.new_raw_bytes,
                 new_chunks=self.writer.stats.new_chunks,
                 duration_ms=int((time.monotonic() - self._clock) * 1000),
             ),

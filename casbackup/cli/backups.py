@@ -59,6 +59,9 @@ def create(
     ] = None,
     tables: TablesOption = None,
     exclude: ExcludeOption = None,
+    rehash: Annotated[
+        bool, typer.Option("--rehash", help="Read and hash every file, even ones known unchanged.")
+    ] = False,
     json_output: JsonOption = False,
 ) -> int:
     """Back up tables: FREEZE, store new content, commit a manifest."""
@@ -72,6 +75,7 @@ def create(
         pack_size=settings.repository.pack_size_mb * 1024 * 1024,
         threads=settings.repository.threads,
         upload_threads=settings.repository.upload_threads,
+        rehash=rehash,
     )
     bar = ByteProgress(enabled=not (json_output or app.quiet))
     with bar.running("backing up"):
@@ -97,6 +101,7 @@ def _report_document(report: BackupReport) -> dict[str, object]:
         "logical_bytes": m.stats.logical_bytes,
         "read_bytes": m.stats.read_bytes,
         "new_bytes": m.stats.new_bytes,
+        "new_raw_bytes": m.stats.new_raw_bytes,
         "new_chunks": m.stats.new_chunks,
         "warnings": report.warnings,
     }

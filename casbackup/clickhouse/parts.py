@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from casbackup.clickhouse.checksums import FileChecksum, read_checksums
+
 # FREEZE writes these for zero-copy object disks; they must never be attached,
 # and these are never written by FREEZE at all (CLICKHOUSE.md, "FREEZE").
 EXCLUDED_FILES = frozenset({"frozen_metadata.txt", "txn_version.txt", "delete-on-destroy.txt"})
@@ -97,3 +99,20 @@ def read_count(part_dir: Path) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def part_checksums(part_dir: Path) -> dict[str, FileChecksum]:
+    """ClickHouse's checksums of a part's files, projections included, by relative path.
+
+    Each projection (``<name>.proj/``) has a checksums.txt of its own.
+    """
+    result: dict[str, FileChecksum] = {}
+    directories = [part_dir, *sorted(p for p in part_dir.glob("*.proj") if p.is_dir())]
+    for directory in directories:
+        listed = read_checksums(directory / "checksums.txt")
+        if not listed:
+            continue
+        prefix = "" if directory == part_dir else f"{directory.name}/"
+        for name, checksum in listed.items():
+            result[prefix + name] = checksum
+    return result

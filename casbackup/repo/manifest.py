@@ -171,7 +171,8 @@ class Table(_Model):
 class Stats(_Model):
     logical_bytes: NonNegative = 0
     read_bytes: NonNegative = 0
-    new_bytes: NonNegative = 0  # bytes added to the store (compressed) by this backup
+    new_bytes: NonNegative = 0  # bytes added to the store (packs, compressed) by this backup
+    new_raw_bytes: NonNegative = 0  # the same chunks before compression
     new_chunks: NonNegative = 0
     duration_ms: NonNegative = 0
 
