@@ -333,14 +333,16 @@ class RestoreService:
                 staged.append(
                     (part, self._stage_part(part, detached, owner.st_uid, owner.st_gid, fetcher))
                 )
+            # Physical rows (count.txt) of attached parts: exact even for parts
+            # whose rows a lightweight DELETE masks (count() would not see those).
             expected = sum(p.rows for p in parts)
-            before = self.server.count(item.database, item.name)
+            before = self.server.part_rows(item.database, item.name)
             with self._merges_paused(item):
                 while staged:
                     part, temp = staged[0]
                     self._attach(item, part, temp, detached / part.name)
                     staged.pop(0)
-                after = self.server.count(item.database, item.name)
+                after = self.server.part_rows(item.database, item.name)
         finally:
             for _, temp in staged:
                 shutil.rmtree(temp, ignore_errors=True)

@@ -302,6 +302,14 @@ class ClickHouseServer:
             for r in rows
         ]
 
+    def part_rows(self, database: str, table: str) -> int:
+        """Rows stored in the table's active parts, including rows a lightweight DELETE masks."""
+        rows = self.client.query(
+            "SELECT sum(rows) AS r FROM system.parts WHERE active AND "
+            f"database = {quote_string(database)} AND table = {quote_string(table)}"
+        )
+        return int(rows[0]["r"] or 0)
+
     def count(self, database: str, table: str) -> int:
         return int(
             self.client.query(f"SELECT count() AS c FROM {qualified(database, table)}")[0]["c"]
