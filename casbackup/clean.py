@@ -55,6 +55,13 @@ def clean_clickhouse(
                     shutil.rmtree(entry, ignore_errors=True)
 
 
-def clean_store(store: ObjectStore, report: CleanReport, *, dry_run: bool = False) -> None:
+def clean_store(
+    store: ObjectStore,
+    report: CleanReport,
+    *,
+    dry_run: bool = False,
+    min_age: float = STORE_TEMP_MIN_AGE_S,
+) -> None:
+    """Partial uploads of killed runs (an in-progress upload of a live run is younger than min_age)."""
     if isinstance(store, LocalStore) and not dry_run:
-        report.store_temporaries = store.remove_stale_temporaries(STORE_TEMP_MIN_AGE_S)
+        report.store_temporaries = store.remove_stale_temporaries(min_age)

@@ -17,7 +17,16 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from casbackup.errors import ConfigError
+from casbackup.errors import ConfigError, UsageError
+from casbackup.retention import Policy, parse_duration
+
+
+def duration_seconds(text: str) -> float:
+    try:
+        return parse_duration(text).total_seconds()
+    except UsageError as exc:
+        raise ValueError(exc.message) from None
+
 
 # Environment variable -> (section, key).
 ENVIRONMENT: dict[str, tuple[str, str]] = {
@@ -85,11 +94,55 @@ class BackupSettings(_Section):
         return value
 
 
+class RetentionSettings(_Section):
+    """What `forget` and `run` keep; all zero means `run` keeps every backup."""
+
+    keep_last: Annotated[int, Field(ge=0)] = 0
+    keep_hourly: Annotated[int, Field(ge=0)] = 0
+    keep_daily: Annotated[int, Field(ge=0)] = 0
+    keep_weekly: Annotated[int, Field(ge=0)] = 0
+    keep_monthly: Annotated[int, Field(ge=0)] = 0
+    keep_yearly: Annotated[int, Field(ge=0)] = 0
+    keep_within: str | None = None
+
+    @field_validator("keep_within")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(value)
+        return value
+
+    def policy(self) -> Policy:
+        return Policy(
+            keep_last=self.keep_last,
+            keep_hourly=self.keep_hourly,
+            keep_daily=self.keep_daily,
+            keep_weekly=self.keep_weekly,
+            keep_monthly=self.keep_monthly,
+            keep_yearly=self.keep_yearly,
+            keep_within=parse_duration(self.keep_within) if self.keep_within else None,
+        )
+
+
+class GcConfig(_Section):
+    min_age: str = "1h"  # a mark's minimum age before its packs are deleted
+    repack_below: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    lease_ttl: str = "15m"  # silence after which another host's lease is presumed dead
+
+    @field_validator("min_age", "lease_ttl")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        duration_seconds(value)
+        return value
+
+
 class Settings(_Section):
     repository: RepositorySettings = Field(default_factory=RepositorySettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    gc: GcConfig = Field(default_factory=GcConfig)
     source: str = "defaults"  # where the file part came from, for messages
 
     def catalog_url(self, repository_id: str) -> str:
@@ -176,6 +229,26 @@ url = "clickhouse://default@127.0.0.1:9000"
 # Which tables `create` backs up: database.table glob patterns.
 tables = ["*.*"]
 exclude = []
+
+[retention]
+# What `forget` and the nightly `run` keep (like restic's forget). All zero:
+# `run` keeps everything. keep_within is relative to the newest backup.
+keep_last = 0
+keep_hourly = 0
+keep_daily = 0
+keep_weekly = 0
+keep_monthly = 0
+keep_yearly = 0
+# keep_within = "7d"
+
+[gc]
+# A pack is deleted in the second gc run after it became garbage, once its
+# mark is at least min_age old and every backup running at marking time ended.
+min_age = "1h"
+# Packs whose live bytes are below this fraction are rewritten (repacked).
+repack_below = 0.5
+# A lease of another host that has not been refreshed for this long is dead.
+lease_ttl = "15m"
 """
 
 

@@ -79,6 +79,12 @@ class ObjectNotFound(StoreError):
     """object not found in the store: {key}"""
 
 
+class ObjectExists(StoreError):
+    """object already exists in the store: {key}"""
+
+    exit_code = ExitCode.CONFLICT
+
+
 class InvalidKey(StoreError):
     """invalid object key {key!r}: {reason}"""
 
@@ -223,6 +229,12 @@ class RestoreFailed(CasbackupError):
 
 class LockHeld(CasbackupError):
     """{what} is locked by {holder}; wait, or break a stale lock with `casbackup unlock`"""
+
+    exit_code = ExitCode.LOCKED
+
+
+class LockLost(CasbackupError):
+    """lost {what}: {detail}; nothing was committed, run it again"""
 
     exit_code = ExitCode.LOCKED
 

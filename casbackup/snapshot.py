@@ -14,16 +14,21 @@ from __future__ import annotations
 import socket
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 import blake3
 
 from casbackup import __version__
 from casbackup.catalog import Catalog
-from casbackup.errors import BackupExists
+from casbackup.catalog.packs import set_states
+from casbackup.catalog.rebuild import sync
+from casbackup.errors import BackupExists, IntegrityError, LockLost
 from casbackup.repo.archiver import FileArchiver, StoredFile
 from casbackup.repo.compression import DEFAULT_LEVEL, ChunkCompressor
 from casbackup.repo.keys import validate_backup_name
+from casbackup.repo.locks import Lock
 from casbackup.repo.manifest import Database, FileContent, Manifest, Stats, Table
+from casbackup.repo.marks import condemned_packs
 from casbackup.repo.repository import Repository
 from casbackup.repo.writer import DEFAULT_PACK_SIZE, ChunkWriter
 
@@ -47,13 +52,23 @@ class SnapshotWriter:
         self._clock = time.monotonic()
         if repo.has_manifest(name):
             raise BackupExists(name=name)
-        self.backup_id = catalog.backups.start(
-            name, self.started_at, socket.gethostname(), __version__
-        )
+        # The lease first: from here on gc will not delete a pack this backup
+        # may come to rely on. Then learn what gc condemned or deleted since
+        # the catalog last looked, so dedupe never picks such a pack.
+        self.lease = Lock(repo.store, "backup", exclusive=False, command=f"create {name}").acquire()
+        try:
+            self.sync_report = sync(repo, catalog, strict=False)
+            set_states(catalog.db, condemned_packs(repo.store), self.started_at)
+            self.backup_id = catalog.backups.start(
+                name, self.started_at, socket.gethostname(), __version__, run_id=self.lease.id
+            )
+        except BaseException:
+            self.lease.release()
+            raise
         self.writer = ChunkWriter(
             repo.store,
             ChunkCompressor(compression_level),
-            catalog.index.record_pack,
+            partial(catalog.index.record_pack, created_by=self.lease.id),
             pack_size=pack_size,
             upload_threads=upload_threads,
         )
@@ -76,6 +91,7 @@ class SnapshotWriter:
     ) -> Manifest:
         self.writer.flush()
         referenced = {pf.file_id for t in tables for p in t.parts for pf in p.files}
+        self._check_references({c for f in referenced for c in self.files[f].chunks})
         manifest = Manifest(
             name=self.name,
             repository_id=self.repo.id,
@@ -105,6 +121,28 @@ class SnapshotWriter:
         self._shutdown()
         return manifest
 
+    def _check_references(self, chunks: set[bytes]) -> None:
+        """Refuse to commit if gc could have deleted something this backup relies on.
+
+        While the lease is intact, gc deletes no pack condemned after the lease
+        began (it may condemn them; the next gc resurrects what this backup
+        references). So: the lease must provably still be ours, and every chunk
+        must still be indexed. A backup whose lease was lost (broken, or frozen
+        past its TTL) never commits.
+        """
+        try:
+            self.lease.check()
+        except LockLost as exc:
+            raise LockLost(
+                what=f"the lease of backup {self.name}", detail=exc.fields["detail"]
+            ) from None
+        missing = chunks - self.catalog.index.locate(chunks).keys()
+        if missing:
+            raise IntegrityError(
+                detail=f"backup {self.name} references {len(missing)} chunks the index no longer holds "
+                f"(e.g. {min(missing).hex()}); nothing was committed, run it again"
+            )
+
     def abort(self) -> None:
         """Give up: stop workers, forget the running row. Stored packs become garbage."""
         if self._finished:
@@ -114,8 +152,11 @@ class SnapshotWriter:
         self.catalog.backups.abandon(self.backup_id)
 
     def _shutdown(self) -> None:
-        self.archiver.close()
-        self.writer.close()
+        try:
+            self.archiver.close()
+            self.writer.close()
+        finally:
+            self.lease.release()
 
     def __enter__(self) -> SnapshotWriter:
         return self

@@ -60,7 +60,14 @@ class BackupRecords:
 
     # --- a backup's life -------------------------------------------------------
 
-    def start(self, name: str, started_at: datetime, hostname: str, tool_version: str) -> int:
+    def start(
+        self,
+        name: str,
+        started_at: datetime,
+        hostname: str,
+        tool_version: str,
+        run_id: str | None = None,
+    ) -> int:
         try:
             with self.db.write() as conn:
                 result = conn.execute(
@@ -78,6 +85,7 @@ class BackupRecords:
                         new_chunks=0,
                         duration_ms=0,
                         clickhouse_version="",
+                        run_id=run_id,
                     )
                 )
                 return int(result.scalar_one())

@@ -17,6 +17,8 @@ with what to do about it.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,7 +38,7 @@ REPOSITORY_ID_KEY = "repository_id"
 # The newest migration in schema/migrations/versions. Opening a catalog that is
 # already there needs no alembic at all (importing it costs a quarter second on
 # every command); tests/catalog/test_database.py checks this against the scripts.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 
 def migrations_dir() -> Path:
@@ -79,7 +81,7 @@ def make_engine(url: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _switch_to_wal(cursor)
         # FULL: a committed catalog row survives power loss, so GC never acts
         # on a catalog that forgot a pack it had been told about.
         cursor.execute("PRAGMA synchronous = FULL")
@@ -91,6 +93,21 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """WAL mode, retried: on a new file the switch needs exclusive access and
+    SQLite reports "database is locked" at once, without its busy handler, when
+    several processes open the catalog for the first time together."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class CatalogDatabase:

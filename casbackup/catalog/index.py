@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, insert, select
+from sqlalchemy import Connection, Insert, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from casbackup.catalog.database import CatalogDatabase
-from casbackup.catalog.models import LIVE, Base, Chunk, File, FileChunk, Pack
+from casbackup.catalog.models import CONDEMNED, LIVE, Base, Chunk, File, FileChunk, Pack
 from casbackup.repo.pack import PackEntry
 from casbackup.repo.reader import ChunkLocation
 
@@ -48,8 +48,10 @@ def insert_ignoring_duplicates(conn: Connection, model: type[Base]) -> Insert:
 class ChunkIndex:
     def __init__(self, db: CatalogDatabase) -> None:
         self.db = db
-        self._local = threading.local()
-        self._lookup_connections: list[Any] = []
+        # thread -> its lookup connection; connections of finished threads go
+        # back to the pool when the next thread asks for one (thread pools come
+        # and go with each backup in a long-lived process).
+        self._lookup_connections: dict[threading.Thread, Any] = {}
         self._lookup_lock = threading.Lock()
 
     def known(self, chunk_ids: Sequence[bytes]) -> set[bytes]:
@@ -81,22 +83,26 @@ class ChunkIndex:
 
     def close(self) -> None:
         with self._lookup_lock:
-            for connection in self._lookup_connections:
+            for connection in self._lookup_connections.values():
                 connection.close()
             self._lookup_connections.clear()
-        self._local = threading.local()
 
     def _lookup_connection(self) -> Any:
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = self.db.engine.raw_connection()
-            with self._lookup_lock:
-                self._lookup_connections.append(connection)
-        return connection
+        me = threading.current_thread()
+        with self._lookup_lock:
+            connection = self._lookup_connections.get(me)
+            if connection is not None:
+                return connection
+            for thread in [t for t in self._lookup_connections if not t.is_alive()]:
+                self._lookup_connections.pop(thread).close()
+            connection = self._lookup_connections[me] = self.db.engine.raw_connection()
+            return connection
 
-    def record_pack(self, pack_id: bytes, size: int, entries: list[PackEntry]) -> None:
+    def record_pack(
+        self, pack_id: bytes, size: int, entries: list[PackEntry], created_by: str | None = None
+    ) -> None:
         with self.db.write() as conn:
-            record_pack(conn, pack_id, size, entries, datetime.now(UTC))
+            record_pack(conn, pack_id, size, entries, datetime.now(UTC), created_by)
 
     def locate(self, chunk_ids: Iterable[bytes]) -> dict[bytes, ChunkLocation]:
         found: dict[bytes, ChunkLocation] = {}
@@ -134,7 +140,12 @@ class ChunkIndex:
 
 
 def record_pack(
-    conn: Connection, pack_id: bytes, size: int, entries: list[PackEntry], created_at: datetime
+    conn: Connection,
+    pack_id: bytes,
+    size: int,
+    entries: list[PackEntry],
+    created_at: datetime,
+    created_by: str | None = None,
 ) -> None:
     conn.execute(
         insert_ignoring_duplicates(conn, Pack).values(
@@ -143,6 +154,7 @@ def record_pack(
             chunk_count=len(entries),
             state=LIVE,
             created_at=created_at,
+            created_by=created_by,
         )
     )
     # Already indexed (a re-run after a crash, or a sync) or just inserted: either way, look it up.
@@ -160,6 +172,33 @@ def record_pack(
     ]
     for batch in batched(rows):
         conn.execute(insert_ignoring_duplicates(conn, Chunk), batch)
+    # A chunk stored again because its indexed copy is in a condemned pack:
+    # index the live copy, so the condemned pack can go and this one stays.
+    if not rows:
+        return
+    condemned = select(Pack.id).where(Pack.state == CONDEMNED).scalar_subquery()
+    conn.execute(
+        update(Chunk)
+        .where(Chunk.digest == bindparam("d"), Chunk.pack_id.in_(condemned))
+        .values(
+            pack_id=pack_pk,
+            offset=bindparam("o"),
+            length=bindparam("l"),
+            raw_size=bindparam("r"),
+            compression=bindparam("c"),
+        )
+        .execution_options(synchronize_session=False),
+        [
+            {
+                "d": row["digest"],
+                "o": row["offset"],
+                "l": row["length"],
+                "r": row["raw_size"],
+                "c": row["compression"],
+            }
+            for row in rows
+        ],
+    )
 
 
 def record_files(conn: Connection, files: Mapping[bytes, tuple[int, list[bytes]]]) -> None:

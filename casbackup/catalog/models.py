@@ -92,6 +92,8 @@ class Pack(Base):
     state: Mapped[str] = mapped_column(String(16), default=LIVE, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     condemned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # The run (lease id) that wrote the pack; gc leaves packs of live runs alone.
+    created_by: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class Chunk(Base):
@@ -144,6 +146,8 @@ class Backup(Base):
     duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     manifest_digest: Mapped[str | None] = mapped_column(String(HEX_DIGEST_LENGTH))
     manifest_size: Mapped[int | None] = mapped_column(BigInteger)
+    # Lease of the process writing a running backup: tells a live run from an abandoned one.
+    run_id: Mapped[str | None] = mapped_column(String(64), default=None)
 
     databases: Mapped[list[BackupDatabase]] = relationship(
         back_populates="backup",

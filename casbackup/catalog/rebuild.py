@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +27,8 @@ from sqlalchemy.engine import make_url
 from casbackup.catalog import Catalog
 from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.index import batched, record_pack
-from casbackup.catalog.models import COMMITTED, Backup, Base, Chunk, Pack
+from casbackup.catalog.models import COMMITTED, Backup, Base, Chunk, FileChunk, Pack, PartFile
+from casbackup.catalog.packs import forget_packs
 from casbackup.errors import CatalogError, IntegrityError
 from casbackup.repo import keys
 from casbackup.repo import manifest as manifest_codec
@@ -42,16 +43,41 @@ class SyncReport:
     backups_imported: int = 0
     backups_forgotten: int = 0
     packs_forgotten: int = 0
+    warnings: list[str] = field(default_factory=list)
 
 
-def sync(repo: Repository, catalog: Catalog, progress: Progress | None = None) -> SyncReport:
+def sync(
+    repo: Repository, catalog: Catalog, progress: Progress | None = None, *, strict: bool = True
+) -> SyncReport:
+    """Make the catalog agree with the store. Order matters for foreign keys and safety:
+
+    1. forget committed backups whose manifest is gone (deleted elsewhere);
+    2. forget packs gone from the store (gc elsewhere), if nothing here still
+       needs them: afterwards no dedupe lookup can pick a deleted pack;
+    3. index packs the catalog has not seen (their trailers);
+    4. import manifests the catalog has not seen.
+    """
     db = catalog.db
     report = SyncReport()
     note = progress or (lambda _msg: None)
+    records = catalog.backups
+
+    store_names = set(repo.list_backup_names())
+    committed = records.committed_names()
+    for name in sorted(committed - store_names):
+        with db.write() as conn:
+            conn.execute(delete(Backup).where(Backup.name == name, Backup.state == COMMITTED))
+        report.backups_forgotten += 1
 
     store_packs = dict(repo.list_packs())
     with db.read() as conn:
         catalog_packs = {bytes.fromhex(d) for d in conn.scalars(select(Pack.digest))}
+    gone = catalog_packs - set(store_packs)
+    if gone:
+        unneeded = [p for p in gone if p not in _packs_still_needed(db, gone)]
+        forget_packs(db, unneeded)
+        report.packs_forgotten = len(unneeded)
+
     for pack_id in sorted(set(store_packs) - catalog_packs):
         entries = repo.read_trailer(pack_id, store_packs[pack_id])
         with db.write() as conn:
@@ -60,28 +86,41 @@ def sync(repo: Repository, catalog: Catalog, progress: Progress | None = None) -
         if report.packs_indexed % 100 == 0:
             note(f"indexed {report.packs_indexed} packs")
 
-    store_names = set(repo.list_backup_names())
-    records = catalog.backups
-    committed = records.committed_names()
     for name in sorted(store_names - committed):
         data = repo.store.get(keys.manifest_key(name))
         manifest = manifest_codec.decode(data, name)
         missing = _unindexed_chunks(db, manifest.chunk_ids())
         if missing:
-            raise IntegrityError(
+            error = IntegrityError(
                 detail=f"backup {name} references {len(missing)} chunks no pack holds, "
                 f"e.g. {min(missing).hex()}; run `casbackup verify` for details"
             )
+            if strict:
+                raise error
+            report.warnings.append(error.message)  # a damaged old backup must not stop new ones
+            continue
         with db.write() as conn:
             records.import_manifest(conn, manifest, blake3.blake3(data).digest(), len(data))
         report.backups_imported += 1
         note(f"imported backup {name}")
-
-    for name in sorted(committed - store_names):
-        with db.write() as conn:
-            conn.execute(delete(Backup).where(Backup.name == name, Backup.state == COMMITTED))
-        report.backups_forgotten += 1
     return report
+
+
+def _packs_still_needed(db: CatalogDatabase, packs: set[bytes]) -> set[bytes]:
+    """Packs among ``packs`` holding a chunk some backup in the catalog references."""
+    needed: set[bytes] = set()
+    with db.read() as conn:
+        for batch in batched(sorted(p.hex() for p in packs)):
+            rows = conn.scalars(
+                select(Pack.digest)
+                .distinct()
+                .join(Chunk, Chunk.pack_id == Pack.id)
+                .join(FileChunk, FileChunk.chunk_digest == Chunk.digest)
+                .join(PartFile, PartFile.file_digest == FileChunk.file_digest)
+                .where(Pack.digest.in_(batch))
+            )
+            needed.update(bytes.fromhex(d) for d in rows)
+    return needed
 
 
 def _unindexed_chunks(db: CatalogDatabase, chunk_ids: set[bytes]) -> set[bytes]:

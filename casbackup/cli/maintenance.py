@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.rebuild import rebuild, sync
-from casbackup.clean import CleanReport, clean_clickhouse, clean_store
+from casbackup.clean import STORE_TEMP_MIN_AGE_S, CleanReport, clean_clickhouse, clean_store
 from casbackup.cli.backups import JsonOption
 from casbackup.cli.context import AppContext
-from casbackup.cli.output import emit_json, note
-from casbackup.config import render_default_config
+from casbackup.cli.lifecycle import duration_seconds_cli
+from casbackup.cli.output import emit_json, human_bytes, note
+from casbackup.config import duration_seconds, render_default_config
 from casbackup.errors import ClickHouseError, ExitCode
+from casbackup.gc import collect_garbage
+from casbackup.lifecycle import abandoned_runs, forget_abandoned
+from casbackup.nightly import gc_settings
+from casbackup.repo.locks import Lock
 from casbackup.repo.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,15 @@ def clean(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only show what would be removed.")
     ] = False,
+    broken: Annotated[
+        bool,
+        typer.Option(
+            "--broken", help="Also remove catalog rows and packs of backups that never committed."
+        ),
+    ] = False,
+    margin: Annotated[
+        str, typer.Option("--margin", help="With --broken: leave runs younger than this alone.")
+    ] = "1h",
     json_output: JsonOption = False,
 ) -> int:
     """Remove shadows, temporary parts and store temporaries left by killed runs."""
@@ -54,7 +69,12 @@ def clean(
     except ClickHouseError as exc:
         note(f"warning: skipped ClickHouse cleanup: {exc.message}")
         status = ExitCode.WARNING
-    clean_store(app.store, report, dry_run=dry_run)
+    margin_s = duration_seconds_cli(margin)
+    temp_age = min(STORE_TEMP_MIN_AGE_S, margin_s) if broken else STORE_TEMP_MIN_AGE_S
+    clean_store(app.store, report, dry_run=dry_run, min_age=temp_age)
+    broken_document: dict[str, object] | None = None
+    if broken:
+        broken_document = _clean_broken(app, margin_s, dry_run)
     if json_output:
         emit_json(
             {
@@ -63,6 +83,7 @@ def clean(
                 "temp_parts": report.temp_parts,
                 "store_temporaries": report.store_temporaries,
                 "in_use": report.skipped_live,
+                "broken": broken_document,
             }
         )
         return status
@@ -78,6 +99,39 @@ def clean(
     if not (report.shadows or report.temp_parts or report.store_temporaries):
         print("nothing to clean")
     return status
+
+
+def _clean_broken(app: AppContext, margin: float, dry_run: bool) -> dict[str, object]:
+    """Abandoned running backups (process gone, older than margin) and the packs only they wrote."""
+    repo, catalog = app.repository, app.catalog
+    runs = abandoned_runs(
+        repo, catalog, margin=margin, ttl=duration_seconds(app.settings.gc.lease_ttl)
+    )
+    if not dry_run:
+        forget_abandoned(catalog, runs)
+    settings = replace(
+        gc_settings(app.settings, app.settings.repository.pack_size_mb * 1024 * 1024),
+        min_age=margin,
+        only_dead_runs=True,
+    )
+    with Lock(repo.store, "gc", exclusive=True, command="clean --broken") as lock:
+        report = collect_garbage(repo, catalog, settings, run_id=lock.id, dry_run=dry_run)
+    verb = "would forget" if dry_run else "forgot"
+    if not app.quiet:
+        for run in runs:
+            note(
+                f"{verb} abandoned backup {run.name} (started {run.started_at:%Y-%m-%d %H:%M:%S} UTC)"
+            )
+        note(
+            f"broken packs: deleted {report.packs_deleted} ({human_bytes(report.bytes_freed)}), "
+            f"condemned {len(report.plan.condemn)} (deleted by a later gc or clean --broken)"
+        )
+    return {
+        "abandoned_backups": [r.name for r in runs],
+        "packs_deleted": report.packs_deleted,
+        "bytes_freed": report.bytes_freed,
+        "packs_condemned": len(report.plan.condemn),
+    }
 
 
 catalog_app = typer.Typer(

@@ -10,6 +10,7 @@ CONFIG_KEY = "config"
 PACKS_PREFIX = "packs/"
 MANIFESTS_PREFIX = "manifests/"
 LOCKS_PREFIX = "locks/"
+CONDEMNED_PREFIX = "condemned/"
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Backup names become store keys and appear in shell scripts: keep them plain.

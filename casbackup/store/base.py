@@ -12,6 +12,8 @@ only on the behaviour pinned down here and checked by
 - ``list`` yields every committed key with the given string prefix, sorted.
 - ``delete`` of a missing key is not an error (S3 semantics), so a retried or
   re-run delete is harmless.
+- ``create`` is ``put`` that fails with ``ObjectExists`` if the key exists,
+  atomically: of two racing creators exactly one wins (locks rely on it).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class ObjectStore(Protocol):
         ...
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
+
+    def create(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
 

@@ -17,7 +17,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from casbackup.errors import ObjectNotFound, StoreError, StoreFull, StorePermissionDenied
+from casbackup.errors import (
+    ObjectExists,
+    ObjectNotFound,
+    StoreError,
+    StoreFull,
+    StorePermissionDenied,
+)
 from casbackup.store.base import ObjectInfo, validate_key, validate_prefix, validate_range
 
 TEMP_PREFIX = ".tmp-"
@@ -37,16 +43,26 @@ class LocalStore:
         temp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
         try:
             self._make_dirs(path.parent)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._write_temp(temp, data)
             os.rename(temp, path)
+            _fsync_directory(path.parent)
+        except OSError as exc:
+            _unlink_quietly(temp)
+            raise self._translate(exc, key) from exc
+
+    def create(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Atomic create-if-absent: link(2) of a complete temporary file fails if the key exists."""
+        path = self._path(key)
+        temp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
+        try:
+            self._make_dirs(path.parent)
+            self._write_temp(temp, data)
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                raise ObjectExists(key=key) from None
+            finally:
+                _unlink_quietly(temp)
             _fsync_directory(path.parent)
         except OSError as exc:
             _unlink_quietly(temp)
@@ -141,6 +157,18 @@ class LocalStore:
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
+
+    @staticmethod
+    def _write_temp(temp: Path, data: bytes | bytearray | memoryview) -> None:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _make_dirs(self, directory: Path) -> None:
         missing: list[Path] = []

@@ -129,3 +129,38 @@ def test_invalid_url() -> None:
 
 def test_password_is_redacted() -> None:
     assert "s3cret" not in redact_url("postgresql://u:s3cret@db/cat")
+
+
+def test_catalog_at_an_older_revision_is_migrated_with_its_data(tmp_path: Path) -> None:
+    """A 0001 catalog (casbackup before leases) upgrades in place and keeps every row."""
+    from alembic import command
+
+    from casbackup.catalog.database import SCHEMA_HEAD, _alembic_config
+
+    path = tmp_path / "old.sqlite"
+    engine = make_engine(f"sqlite:///{path}")
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with sqlite3.connect(path) as raw:
+        raw.execute("INSERT INTO catalog_meta VALUES ('repository_id', ?)", (REPO,))
+        raw.execute(
+            "INSERT INTO packs (digest, size, chunk_count, state, created_at) "
+            f"VALUES ('{'a' * 64}', 100, 1, 'live', '2026-01-01 00:00:00')"
+        )
+        raw.execute(
+            "INSERT INTO backups (name, state, started_at, hostname, tool_version, clickhouse_version, "
+            "logical_bytes, read_bytes, new_bytes, new_chunks, duration_ms) "
+            "VALUES ('old', 'committed', '2026-01-01 00:00:00', 'h', '0.1', '', 1, 1, 1, 1, 1)"
+        )
+    engine.dispose()
+
+    db = CatalogDatabase.open(f"sqlite:///{path}", REPO)
+    with db.read() as conn:
+        assert (
+            conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == SCHEMA_HEAD
+        )
+        assert conn.exec_driver_sql("SELECT name, run_id FROM backups").all() == [("old", None)]
+        assert conn.exec_driver_sql("SELECT size, created_by FROM packs").all() == [(100, None)]
+    db.close()

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from casbackup.errors import InvalidKey, ObjectNotFound
+from casbackup.errors import InvalidKey, ObjectExists, ObjectNotFound
 from casbackup.store.base import ObjectStore
 
 
@@ -144,6 +144,36 @@ class StoreConformance:
             t.join()
         assert store.get("race") in versions
         assert [i.key for i in store.list("")] == ["race"]
+
+    def test_create_if_absent(self, store: ObjectStore) -> None:
+        store.create("locks/exclusive-gc", b"first")
+        with pytest.raises(ObjectExists):
+            store.create("locks/exclusive-gc", b"second")
+        assert store.get("locks/exclusive-gc") == b"first"
+        store.delete("locks/exclusive-gc")
+        store.create("locks/exclusive-gc", b"third")
+        assert store.get("locks/exclusive-gc") == b"third"
+
+    def test_racing_creates_have_exactly_one_winner(self, store: ObjectStore) -> None:
+        outcomes: list[bool] = []
+        lock = threading.Lock()
+
+        def attempt(i: int) -> None:
+            try:
+                store.create("race-create", bytes([i]) * 1000)
+                won = True
+            except ObjectExists:
+                won = False
+            with lock:
+                outcomes.append(won)
+
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert outcomes.count(True) == 1
+        assert len(set(store.get("race-create"))) == 1
 
     def test_describe_is_a_string(self, store: ObjectStore) -> None:
         assert isinstance(store.describe(), str) and store.describe()

@@ -1,0 +1,174 @@
+"""Pack lifecycle in the catalog: usage, condemnation state, deletion, repacking.
+
+"Referenced" means reachable from any backup the catalog holds, committed or
+running (a running backup's contents are recorded before its manifest is
+written). What a backup that has not recorded its contents yet depends on is
+protected by leases and marks (``casbackup.gc``), not by this query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, delete, select, text, update
+
+from casbackup.catalog.database import CatalogDatabase
+from casbackup.catalog.index import batched, insert_ignoring_duplicates
+from casbackup.catalog.models import CONDEMNED, LIVE, Chunk, Pack
+from casbackup.repo.pack import PackEntry
+
+
+@dataclass(frozen=True)
+class PackUsage:
+    pack_id: bytes
+    size: int
+    state: str
+    created_at: datetime
+    created_by: str | None
+    chunks: int  # chunks the catalog locates in this pack
+    live_chunks: int  # ... of which some backup references
+    live_bytes: int  # stored bytes of the referenced ones
+
+    @property
+    def live_fraction(self) -> float:
+        return self.live_bytes / self.size if self.size else 0.0
+
+
+_USAGE = """
+WITH referenced AS (
+    SELECT DISTINCT fc.chunk_digest AS digest
+    FROM file_chunks fc
+    WHERE fc.file_digest IN (SELECT DISTINCT file_digest FROM part_files)
+)
+SELECT p.digest, p.size, p.state, p.created_at, p.created_by,
+       count(c.digest) AS chunks,
+       count(r.digest) AS live_chunks,
+       coalesce(sum(CASE WHEN r.digest IS NOT NULL THEN c.length ELSE 0 END), 0) AS live_bytes
+FROM packs p
+LEFT JOIN chunks c ON c.pack_id = p.id
+LEFT JOIN referenced r ON r.digest = c.digest
+GROUP BY p.id, p.digest, p.size, p.state, p.created_at, p.created_by
+"""
+
+
+def pack_usage(db: CatalogDatabase) -> list[PackUsage]:
+    with db.read() as conn:
+        rows = conn.execute(text(_USAGE)).all()
+    return [
+        PackUsage(
+            pack_id=bytes.fromhex(digest),
+            size=int(size),
+            state=str(state),
+            created_at=_utc(created_at),
+            created_by=created_by,
+            chunks=int(chunks),
+            live_chunks=int(live),
+            live_bytes=int(live_bytes),
+        )
+        for digest, size, state, created_at, created_by, chunks, live, live_bytes in rows
+    ]
+
+
+def set_states(db: CatalogDatabase, condemned: set[bytes], now: datetime) -> None:
+    """Make the catalog's pack states exactly what the store's marks say."""
+    with db.write() as conn:
+        current = {
+            bytes.fromhex(d): s for d, s in conn.execute(select(Pack.digest, Pack.state)).all()
+        }
+        to_condemn = [p.hex() for p, s in current.items() if p in condemned and s != CONDEMNED]
+        to_revive = [p.hex() for p, s in current.items() if p not in condemned and s == CONDEMNED]
+        for batch in batched(to_condemn):
+            conn.execute(
+                update(Pack).where(Pack.digest.in_(batch)).values(state=CONDEMNED, condemned_at=now)
+            )
+        for batch in batched(to_revive):
+            conn.execute(
+                update(Pack).where(Pack.digest.in_(batch)).values(state=LIVE, condemned_at=None)
+            )
+
+
+def delete_orphan_files(conn: Connection) -> int:
+    """Forget file contents no backup references any more (their chunk lists go with them)."""
+    result = conn.execute(
+        text("DELETE FROM files WHERE digest NOT IN (SELECT DISTINCT file_digest FROM part_files)")
+    )
+    return int(result.rowcount or 0)
+
+
+def forget_packs(db: CatalogDatabase, pack_ids: Iterable[bytes]) -> int:
+    """Remove deleted packs and the chunk locations inside them; returns chunks forgotten."""
+    forgotten = 0
+    with db.write() as conn:
+        delete_orphan_files(conn)
+        for batch in batched([p.hex() for p in pack_ids]):
+            ids = list(conn.scalars(select(Pack.id).where(Pack.digest.in_(batch))))
+            if not ids:
+                continue
+            forgotten += int(
+                conn.execute(delete(Chunk).where(Chunk.pack_id.in_(ids))).rowcount or 0
+            )
+            conn.execute(delete(Pack).where(Pack.id.in_(ids)))
+    return forgotten
+
+
+def live_entries(db: CatalogDatabase, pack_id: bytes) -> set[bytes]:
+    """Chunks located in ``pack_id`` that some backup references (what a repack must keep)."""
+    with db.read() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT c.digest FROM chunks c JOIN packs p ON p.id = c.pack_id "
+                "WHERE p.digest = :pack AND c.digest IN (SELECT DISTINCT fc.chunk_digest FROM file_chunks fc "
+                "WHERE fc.file_digest IN (SELECT DISTINCT file_digest FROM part_files))"
+            ),
+            {"pack": pack_id.hex()},
+        ).all()
+    return {bytes.fromhex(d) for (d,) in rows}
+
+
+def record_repacked(
+    db: CatalogDatabase, pack_id: bytes, size: int, entries: list[PackEntry], created_by: str
+) -> None:
+    """A new pack holding copies of chunks: index it and point those chunks at it."""
+    with db.write() as conn:
+        conn.execute(
+            insert_ignoring_duplicates(conn, Pack).values(
+                digest=pack_id.hex(),
+                size=size,
+                chunk_count=len(entries),
+                state=LIVE,
+                created_at=datetime.now(UTC),
+                created_by=created_by,
+            )
+        )
+        new_pk = conn.execute(select(Pack.id).where(Pack.digest == pack_id.hex())).scalar_one()
+        for e in entries:
+            conn.execute(
+                update(Chunk)
+                .where(Chunk.digest == e.chunk_id.hex())
+                .values(
+                    pack_id=new_pk,
+                    offset=e.offset,
+                    length=e.length,
+                    raw_size=e.raw_size,
+                    compression=int(e.compression),
+                )
+            )
+
+
+def orphan_file_count(db: CatalogDatabase) -> int:
+    with db.read() as conn:
+        return int(
+            conn.execute(
+                text(
+                    "SELECT count(*) FROM files WHERE digest NOT IN (SELECT DISTINCT file_digest FROM part_files)"
+                )
+            ).scalar_one()
+        )
+
+
+def _utc(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

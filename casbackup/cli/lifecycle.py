@@ -1,0 +1,313 @@
+"""Commands that keep a repository bounded: delete, forget, gc, locks, unlock, run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Annotated
+
+import typer
+
+from casbackup.backup import BackupOptions
+from casbackup.cli.backups import JsonOption, _BackupBar, _print_report, _report_document, patterns
+from casbackup.cli.context import AppContext
+from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table
+from casbackup.config import duration_seconds
+from casbackup.errors import ExitCode, UsageError
+from casbackup.gc import GcReport, collect_garbage
+from casbackup.lifecycle import delete_backups, forget
+from casbackup.nightly import gc_settings, run_nightly
+from casbackup.repo.locks import Lock, read_locks
+from casbackup.retention import Decision, Policy, parse_duration
+
+
+def delete(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="Backups to delete.")],
+    json_output: JsonOption = False,
+) -> None:
+    """Delete backups (their manifests); `gc` frees the space. Never breaks another backup."""
+    app: AppContext = ctx.obj
+    deleted = delete_backups(app.repository, app.synced_catalog(), names)
+    if json_output:
+        emit_json({"deleted": deleted})
+    else:
+        for name in deleted:
+            print(f"deleted backup {name}")
+
+
+def _decision_rows(decision: Decision) -> list[list[str]]:
+    rows = [[name, "keep", "; ".join(reasons)] for name, reasons in decision.keep.items()]
+    rows += [[name, "remove", ""] for name in decision.remove]
+    return sorted(rows, key=lambda r: r[0], reverse=True)
+
+
+def forget_command(
+    ctx: typer.Context,
+    keep_last: Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest.")] = None,
+    keep_hourly: Annotated[int | None, typer.Option("--keep-hourly")] = None,
+    keep_daily: Annotated[int | None, typer.Option("--keep-daily")] = None,
+    keep_weekly: Annotated[int | None, typer.Option("--keep-weekly")] = None,
+    keep_monthly: Annotated[int | None, typer.Option("--keep-monthly")] = None,
+    keep_yearly: Annotated[int | None, typer.Option("--keep-yearly")] = None,
+    keep_within: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-within", help="Keep everything this close to the newest backup (7d, 2w)."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only show what would be removed.")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Apply a retention policy: options, or [retention] in the config when none are given."""
+    app: AppContext = ctx.obj
+    given = {
+        "keep_last": keep_last,
+        "keep_hourly": keep_hourly,
+        "keep_daily": keep_daily,
+        "keep_weekly": keep_weekly,
+        "keep_monthly": keep_monthly,
+        "keep_yearly": keep_yearly,
+    }
+    if any(v is not None for v in given.values()) or keep_within:
+        policy = Policy(
+            **{k: v or 0 for k, v in given.items()},
+            keep_within=parse_duration(keep_within) if keep_within else None,
+        )
+    else:
+        policy = app.settings.retention.policy()
+    decision = forget(app.repository, app.synced_catalog(), policy, dry_run=dry_run)
+    if json_output:
+        emit_json(
+            {
+                "policy": policy.describe(),
+                "dry_run": dry_run,
+                "keep": decision.keep,
+                "remove": decision.remove,
+            }
+        )
+        return
+    print(f"policy: {policy.describe()}")
+    print_table(["backup", "action", "kept because"], _decision_rows(decision))
+    verb = "would remove" if dry_run else "removed"
+    print(f"{verb} {len(decision.remove)} of {len(decision.keep) + len(decision.remove)} backups")
+
+
+def _gc_document(report: GcReport, dry_run: bool) -> dict[str, object]:
+    plan = report.plan
+    return {
+        "dry_run": dry_run,
+        "plan": {
+            "delete": [{"pack": a.name, "bytes": a.size} for a in plan.delete],
+            "resurrect": [a.name for a in plan.resurrect],
+            "condemn": [{"pack": a.name, "bytes": a.size} for a in plan.condemn],
+            "repack": [
+                {"pack": a.name, "bytes": a.size, "live_bytes": a.live_bytes} for a in plan.repack
+            ],
+            "waiting_marks": [
+                {"mark": m.id, "packs": len(m.packs), "reason": why}
+                for m, why in plan.waiting_marks
+            ],
+            "bytes_to_free": plan.bytes_to_free,
+            "bytes_to_condemn": plan.bytes_to_condemn,
+        },
+        "packs_deleted": report.packs_deleted,
+        "bytes_freed": report.bytes_freed,
+        "chunks_freed": report.chunks_freed,
+        "packs_resurrected": report.packs_resurrected,
+        "packs_condemned": report.packs_condemned,
+        "packs_repacked": report.packs_repacked,
+        "repack_bytes_written": report.repack_bytes_written,
+        "warnings": report.warnings,
+    }
+
+
+def _print_gc(report: GcReport, dry_run: bool) -> None:
+    plan = report.plan
+    if dry_run:
+        print(
+            f"would delete {len(plan.delete)} packs ({human_bytes(plan.bytes_to_free)}), resurrect "
+            f"{len(plan.resurrect)}, condemn {len(plan.condemn)} and repack {len(plan.repack)} "
+            f"({human_bytes(plan.bytes_to_condemn)} to be freed by a later gc)"
+        )
+    else:
+        print(
+            f"deleted {report.packs_deleted} packs, freed {human_bytes(report.bytes_freed)} "
+            f"({report.chunks_freed} chunks); resurrected {report.packs_resurrected}; condemned "
+            f"{report.packs_condemned} packs ({human_bytes(plan.bytes_to_condemn)} to be freed by a later "
+            f"gc); repacked {report.packs_repacked} (wrote {human_bytes(report.repack_bytes_written)})"
+        )
+    for mark, why in plan.waiting_marks:
+        note(f"mark {mark.id} ({len(mark.packs)} packs) waits: {why}")
+    for warning in report.warnings:
+        note(f"warning: {warning}")
+
+
+def gc(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the exact plan; change nothing.")
+    ] = False,
+    min_age: Annotated[
+        str | None, typer.Option("--min-age", help="Override [gc] min_age (e.g. 0s in drills).")
+    ] = None,
+    repack_below: Annotated[float | None, typer.Option("--repack-below", min=0.0, max=1.0)] = None,
+    json_output: JsonOption = False,
+) -> int:
+    """Free packs no backup references (two runs: condemn, then delete)."""
+    app: AppContext = ctx.obj
+    settings = gc_settings(app.settings, app.settings.repository.pack_size_mb * 1024 * 1024)
+    if min_age is not None:
+        settings = replace(settings, min_age=duration_seconds_cli(min_age))
+    if repack_below is not None:
+        settings = replace(settings, repack_below=repack_below)
+    with Lock(app.repository.store, "gc", exclusive=True, command="gc") as lock:
+        report = collect_garbage(
+            app.repository,
+            app.catalog,
+            settings,
+            run_id=lock.id,
+            dry_run=dry_run,
+            progress=None if app.quiet else note,
+        )
+    if json_output:
+        emit_json(_gc_document(report, dry_run))
+    else:
+        _print_gc(report, dry_run)
+    return ExitCode.WARNING if report.warnings else ExitCode.OK
+
+
+def duration_seconds_cli(text: str) -> float:
+    try:
+        return duration_seconds(text)
+    except ValueError as exc:
+        raise UsageError(detail=str(exc)) from None
+
+
+def locks(ctx: typer.Context, json_output: JsonOption = False) -> None:
+    """Show locks and leases: who holds them, since when, and whether they are stale."""
+    app: AppContext = ctx.obj
+    ttl = duration_seconds(app.settings.gc.lease_ttl)
+    now = time.time()
+    records = read_locks(app.repository.store)
+    if json_output:
+        emit_json(
+            [
+                {
+                    "key": r.key,
+                    "kind": r.kind,
+                    "exclusive": r.exclusive,
+                    "host": r.host,
+                    "pid": r.pid,
+                    "command": r.command,
+                    "created_at": r.created_at,
+                    "heartbeat_age_s": round(now - r.heartbeat_at, 1),
+                    "stale": r.stale(now, ttl),
+                }
+                for r in records
+            ]
+        )
+        return
+    if not records:
+        print("no locks")
+        return
+    print_table(
+        ["lock", "held by", "age", "last heartbeat", "stale"],
+        [
+            [
+                r.key,
+                f"{r.command} (pid {r.pid} on {r.host})",
+                f"{now - r.created_at:.0f} s",
+                f"{now - r.heartbeat_at:.0f} s ago",
+                "yes" if r.stale(now, ttl) else "no",
+            ]
+            for r in records
+        ],
+    )
+
+
+def unlock(
+    ctx: typer.Context,
+    keys: Annotated[
+        list[str] | None, typer.Argument(help="Lock keys to remove (see `locks`).")
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Remove every lock, live or not (dangerous).")
+    ] = False,
+) -> int:
+    """Remove stale locks (default), the given ones, or all of them."""
+    app: AppContext = ctx.obj
+    store = app.repository.store
+    ttl = duration_seconds(app.settings.gc.lease_ttl)
+    now = time.time()
+    records = read_locks(store)
+    if keys:
+        unknown = set(keys) - {r.key for r in records}
+        if unknown:
+            raise UsageError(detail=f"no such lock: {', '.join(sorted(unknown))}")
+        chosen = [r for r in records if r.key in keys]
+    elif all_:
+        chosen = records
+    else:
+        chosen = [r for r in records if r.stale(now, ttl)]
+    for record in chosen:
+        store.delete(record.key)
+        print(
+            f"removed {record.key} ({record.describe()}{', stale' if record.stale(now, ttl) else ', LIVE'})"
+        )
+    if not chosen:
+        print("nothing to remove")
+    return ExitCode.OK
+
+
+def run(
+    ctx: typer.Context,
+    json_output: JsonOption = False,
+) -> int:
+    """The nightly job: create, forget (configured policy), gc; under a repository lock."""
+    app: AppContext = ctx.obj
+    settings = app.settings
+    options = BackupOptions(
+        tables=patterns(None, settings.backup.tables),
+        exclude=patterns(None, settings.backup.exclude),
+        compression_level=settings.repository.compression_level,
+        pack_size=settings.repository.pack_size_mb * 1024 * 1024,
+        threads=settings.repository.threads,
+        upload_threads=settings.repository.upload_threads,
+    )
+    bar = ByteProgress(enabled=not (json_output or app.quiet))
+    with bar.running("backing up"):
+        report = run_nightly(
+            app.server, app.repository, app.catalog, settings, options, _BackupBar(bar)
+        )
+    if json_output:
+        emit_json(
+            {
+                "backup": _report_document(report.backup),
+                "forget": None
+                if report.forget is None
+                else {"keep": report.forget.keep, "remove": report.forget.remove},
+                "gc": None if report.gc is None else _gc_document(report.gc, False),
+                "warnings": report.warnings,
+            }
+        )
+    else:
+        _print_report(report.backup, app.quiet)
+        if report.forget is not None:
+            print(
+                f"forget: removed {len(report.forget.remove)} backups, kept {len(report.forget.keep)}"
+            )
+        if report.gc is not None:
+            _print_gc(report.gc, False)
+    return ExitCode.WARNING if report.warnings else ExitCode.OK
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(delete)
+    app.command(name="forget")(forget_command)
+    app.command()(gc)
+    app.command()(locks)
+    app.command()(unlock)
+    app.command()(run)

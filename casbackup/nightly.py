@@ -1,0 +1,61 @@
+"""`casbackup run`: the nightly job in one command, under a repository lock.
+
+create, then forget with the configured retention policy (if any), then gc.
+Two runs never overlap (an exclusive ``run`` lock); a manual ``create`` may
+run alongside, protected like any backup by its lease. Each step's result is
+reported; a failing step stops the job with that step's error and exit code,
+and what earlier steps committed stays committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from casbackup.backup import BackupOptions, BackupProgress, BackupReport, BackupService
+from casbackup.catalog import Catalog
+from casbackup.clickhouse.server import ClickHouseServer
+from casbackup.config import Settings, duration_seconds
+from casbackup.gc import GcReport, GcSettings, collect_garbage
+from casbackup.lifecycle import forget
+from casbackup.repo.locks import Lock
+from casbackup.repo.repository import Repository
+from casbackup.retention import Decision
+
+
+@dataclass
+class NightlyReport:
+    backup: BackupReport
+    forget: Decision | None = None
+    gc: GcReport | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def gc_settings(settings: Settings, pack_size: int) -> GcSettings:
+    return GcSettings(
+        min_age=duration_seconds(settings.gc.min_age),
+        repack_below=settings.gc.repack_below,
+        lease_ttl=duration_seconds(settings.gc.lease_ttl),
+        pack_size=pack_size,
+    )
+
+
+def run_nightly(
+    server: ClickHouseServer,
+    repo: Repository,
+    catalog: Catalog,
+    settings: Settings,
+    options: BackupOptions,
+    progress: BackupProgress | None = None,
+) -> NightlyReport:
+    with Lock(repo.store, "run", exclusive=True, command="run"):
+        report = NightlyReport(backup=BackupService(server, repo, catalog, options, progress).run())
+        report.warnings += report.backup.warnings
+        policy = settings.retention.policy()
+        if not policy.empty:
+            report.forget = forget(repo, catalog, policy)
+        with Lock(repo.store, "gc", exclusive=True, command="gc (run)") as lock:
+            report.gc = collect_garbage(
+                repo, catalog, gc_settings(settings, options.pack_size), run_id=lock.id
+            )
+        report.warnings += report.gc.warnings
+    return report

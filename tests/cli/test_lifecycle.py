@@ -1,0 +1,329 @@
+"""delete, forget, gc, locks/unlock, run and clean --broken through the CLI, on real ClickHouse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.errors import ExitCode
+from casbackup.repo.locks import LockRecord, machine_id
+from tests.cli.test_incremental import create_table, fill, mutate
+from tests.clickhouse.schema import fingerprints, q
+from tests.engines import Engine, ServerEngine
+
+CASBACKUP = [sys.executable, "-m", "casbackup"]
+
+
+def store_bytes(repo: Path) -> int:
+    return sum(p.stat().st_size for p in (repo / "packs").rglob("*") if p.is_file())
+
+
+def dead_lock(repo: Path, kind: str, exclusive: bool) -> Path:
+    """A lock object whose holder (a pid that cannot exist) is gone."""
+    key = f"exclusive-{kind}" if exclusive else f"{kind}-deadbeef"
+    record = LockRecord(
+        key=f"locks/{key}",
+        kind=kind,
+        id="deadbeef",
+        exclusive=exclusive,
+        host="this",
+        machine=machine_id(),
+        pid=2**22 + 123,
+        process_start=1,
+        created_at=time.time() - 7200,
+        heartbeat_at=time.time() - 7200,
+        command=f"{kind} (crashed)",
+    )
+    path = repo / "locks" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(record.encode())
+    return path
+
+
+def test_delete_then_gc_frees_space_and_keeps_the_rest(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=300_000)
+    cli(engine, "init")
+    assert cli(engine, "create", "mon", "--tables", f"{dbname}.*").code == 0
+    engine.sql(f"TRUNCATE TABLE {q(dbname)}.events")
+    fill(engine, dbname, rows=200_000)  # different content
+    assert cli(engine, "create", "tue", "--tables", f"{dbname}.*").code == 0
+    tuesday = fingerprints(engine, [dbname])
+    full = store_bytes(repo)
+
+    assert cli(engine, "delete", "mon").code == 0
+    assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["tue"]
+    plan = cli(engine, "gc", "--dry-run", "--min-age", "0s", "--json").json()["plan"]
+    # Monday's packs also hold a few chunks Tuesday shares (identical small files): repacked, not dropped.
+    assert plan["condemn"] or plan["repack"]
+    assert store_bytes(repo) == full
+    first = cli(engine, "gc", "--min-age", "0s", "--json")
+    assert first.code == 0, first.stderr
+    condemned = first.json()
+    assert condemned["packs_condemned"] > 0 and condemned["bytes_freed"] == 0
+    assert (
+        store_bytes(repo) == full + condemned["repack_bytes_written"]
+    )  # nothing deleted in the first run
+    second = cli(engine, "gc", "--min-age", "0s", "--json").json()
+    assert second["bytes_freed"] > 0
+    assert store_bytes(repo) == full + condemned["repack_bytes_written"] - second["bytes_freed"]
+    assert store_bytes(repo) < full
+
+    engine.sql(f"DROP DATABASE {q(dbname)}")
+    assert cli(engine, "restore", "tue").code == 0
+    assert fingerprints(engine, [dbname]) == tuesday
+
+
+def test_delete_unknown_name_changes_nothing(engine: Engine, dbname: str, cli: Any) -> None:
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    cli(engine, "init")
+    cli(engine, "create", "a", "--tables", f"{dbname}.*")
+    result = cli(engine, "delete", "a", "nope")
+    assert result.code == ExitCode.NOT_FOUND
+    assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["a"]
+
+
+def test_forget_with_options_and_with_the_config(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    cli(engine, "init")
+    for i in range(5):
+        assert cli(engine, "create", f"b{i}", "--tables", f"{dbname}.*").code == 0
+    dry = cli(engine, "forget", "--keep-last", "2", "--dry-run", "--json").json()
+    assert set(dry["keep"]) == {"b3", "b4"} and set(dry["remove"]) == {"b0", "b1", "b2"}
+    assert len(cli(engine, "list", "--json").json()) == 5
+    assert cli(engine, "forget", "--keep-last", "3").code == 0
+    assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["b2", "b3", "b4"]
+    config = tmp_path / "c.toml"
+    config.write_text("[retention]\nkeep_last = 1\n")
+    assert cli(engine, "--config", str(config), "forget").code == 0
+    assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["b4"]
+    refused = cli(engine, "forget")
+    assert refused.code == ExitCode.USAGE and "refusing" in refused.stderr
+
+
+def test_locks_and_unlock(cli: Any, tmp_path: Path) -> None:
+    cli(None, "init")
+    repo = tmp_path / "repo"
+    stale = dead_lock(repo, "gc", exclusive=True)
+    listed = cli(None, "locks", "--json").json()
+    assert [(lk["key"], lk["stale"]) for lk in listed] == [("locks/exclusive-gc", True)]
+    # A stale exclusive lock is broken automatically by the next gc...
+    assert cli(None, "gc", "--json").code == 0
+    assert not stale.exists()
+    # ...and `unlock` removes stale ones, leaving live ones alone.
+    dead_lock(repo, "backup", exclusive=False)
+    live = LockRecord(
+        key="locks/backup-live",
+        kind="backup",
+        id="live",
+        exclusive=False,
+        host="h",
+        machine=machine_id(),
+        pid=os.getpid(),
+        process_start=__import__("casbackup.process", fromlist=["x"]).ProcessTag.current().start,
+        created_at=time.time(),
+        heartbeat_at=time.time(),
+        command="create (test)",
+    )
+    (repo / "locks" / "backup-live").write_bytes(live.encode())
+    result = cli(None, "unlock")
+    assert result.code == 0 and "backup-deadbeef" in result.stdout
+    assert [lk["key"] for lk in cli(None, "locks", "--json").json()] == ["locks/backup-live"]
+    assert cli(None, "unlock", "locks/backup-live").code == 0
+    assert cli(None, "locks", "--json").json() == []
+
+
+def test_a_live_exclusive_lock_stops_a_second_run(
+    server_engine: ServerEngine, cli: Any, tmp_path: Path
+) -> None:
+    cli(None, "init")
+    repo = tmp_path / "repo"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from casbackup.store.local import LocalStore; from casbackup.repo.locks import Lock;"
+            "lock = Lock(LocalStore(sys.argv[1]), 'run', exclusive=True, command='run').acquire();"
+            "print('held', flush=True); time.sleep(120)",
+            str(repo),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        result = cli(server_engine, "run")
+        assert result.code == ExitCode.LOCKED
+        assert "locked by run (pid" in result.stderr and result.stderr.count("\n") == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing: its lock is stale and the next run proceeds.
+    server_engine.sql("CREATE DATABASE IF NOT EXISTS t_lockrun")
+    server_engine.sql(
+        "CREATE TABLE IF NOT EXISTS t_lockrun.t (x UInt8) ENGINE = MergeTree ORDER BY x"
+    )
+    config = tmp_path / "c.toml"
+    config.write_text('[backup]\ntables = ["t_lockrun.*"]\n')
+    assert cli(server_engine, "--config", str(config), "run").code == 0
+    server_engine.sql("DROP DATABASE t_lockrun")
+
+
+def test_nightly_run_applies_retention_and_collects(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=100_000)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[backup]\ntables = ["{dbname}.*"]\n[retention]\nkeep_last = 2\n[gc]\nmin_age = "0s"\n'
+    )
+    cli(engine, "--config", str(config), "init")
+    reports = []
+    for night in range(4):
+        engine.sql(f"TRUNCATE TABLE {q(dbname)}.events")
+        engine.sql(  # different data every night
+            f"INSERT INTO {q(dbname)}.events SELECT number, toDate('2024-01-01') + number % 90, number % 1000, "
+            f"concat('s', toString(cityHash64(number, {night}))), number * {night + 2}, number / 100 "
+            "FROM numbers(100000)"
+        )
+        result = cli(engine, "--config", str(config), "run", "--json")
+        assert result.code == 0, result.stderr
+        reports.append(result.json())
+        time.sleep(1.1)  # distinct backup names (second resolution)
+    assert len(cli(engine, "list", "--json").json()) == 2
+    assert reports[2]["forget"]["remove"] and reports[3]["gc"]["bytes_freed"] > 0
+    latest = cli(engine, "list", "--json").json()[-1]["name"]
+    engine.sql(f"DROP DATABASE {q(dbname)}")
+    assert cli(engine, "restore", latest).code == 0
+
+
+def test_clean_broken_removes_what_a_killed_backup_left(
+    server_engine: ServerEngine, cli: Any, tmp_path: Path
+) -> None:
+    db = "t_clean_broken"
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    server_engine.sql(f"CREATE DATABASE {db}")
+    server_engine.sql(
+        f"CREATE TABLE {db}.big (id UInt64, s String) ENGINE = MergeTree PARTITION BY id % 4 ORDER BY id"
+    )
+    server_engine.sql(
+        f"INSERT INTO {db}.big SELECT number, toString(rand64()) FROM numbers(4000000)"
+    )
+    repo = tmp_path / "repo"
+    config = tmp_path / "c.toml"
+    config.write_text("[repository]\npack_size_mb = 1\n")
+    base = [
+        *CASBACKUP,
+        "--config",
+        str(config),
+        "--repo",
+        str(repo),
+        "--clickhouse",
+        server_engine.url,
+    ]
+    subprocess.run([*base, "init"], check=True, capture_output=True)
+    process = subprocess.Popen(
+        [*base, "create", "doomed", "--tables", f"{db}.*"], stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while store_bytes(repo) < 3 << 20 if (repo / "packs").exists() else True:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    orphaned = sum(
+        p.stat().st_size
+        for p in (repo / "packs").rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    assert orphaned > 0
+    subprocess.run([*base, "clean"], check=True, capture_output=True)  # the shadow
+
+    first = subprocess.run(
+        [*base, "clean", "--broken", "--margin", "0s", "--json"], capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)["broken"]
+    assert report["abandoned_backups"] == ["doomed"] and report["packs_condemned"] > 0
+    second = subprocess.run(
+        [*base, "clean", "--broken", "--margin", "0s", "--json"], capture_output=True, text=True
+    )
+    assert json.loads(second.stdout)["broken"]["bytes_freed"] == orphaned
+    assert store_bytes(repo) == 0  # packs and the killed upload's partial file
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
+@pytest.mark.slow
+def test_create_and_gc_processes_together_on_clickhouse(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """`casbackup create` and `casbackup gc` started together, round after round, with deletes."""
+    db = "t_create_gc_race"
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    create_table(server_engine, db)
+    fill(server_engine, db, rows=200_000)
+    repo = tmp_path / "repo"
+    config = tmp_path / "c.toml"
+    config.write_text("[repository]\npack_size_mb = 1\n")
+    base = [
+        *CASBACKUP,
+        "--config",
+        str(config),
+        "--repo",
+        str(repo),
+        "--clickhouse",
+        server_engine.url,
+    ]
+    subprocess.run([*base, "init"], check=True, capture_output=True)
+    recorded: dict[str, Any] = {}
+    for round_ in range(8):
+        mutate(
+            server_engine,
+            f"ALTER TABLE {db}.events UPDATE v = v + {round_ + 1} WHERE id % 3 = {round_ % 3}",
+        )
+        name = f"r{round_}"
+        create = subprocess.Popen(
+            [*base, "create", name, "--tables", f"{db}.*"], stderr=subprocess.PIPE
+        )
+        gc = subprocess.Popen(
+            [*base, "gc", "--min-age", "0s", "--repack-below", "0.8"], stderr=subprocess.PIPE
+        )
+        _, create_err = create.communicate(timeout=300)
+        _, gc_err = gc.communicate(timeout=300)
+        assert create.returncode == 0, create_err.decode()
+        assert gc.returncode in (0, ExitCode.LOCKED), gc_err.decode()
+        recorded[name] = fingerprints(server_engine, [db])
+        if round_ >= 2 and round_ % 2 == 0:
+            victim = f"r{round_ - 2}"
+            subprocess.run([*base, "delete", victim], check=True, capture_output=True)
+            del recorded[victim]
+    for _ in range(2):
+        subprocess.run([*base, "gc", "--min-age", "0s"], check=True, capture_output=True)
+    for name, expected in recorded.items():
+        copy = f"{db}_{name}"
+        result = subprocess.run(
+            [*base, "restore", name, "--as", f"{db}:{copy}"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        restored = {
+            k.replace(copy, db, 1): v for k, v in fingerprints(server_engine, [copy]).items()
+        }
+        assert restored == expected, name
+        server_engine.sql(f"DROP DATABASE {copy}")
+    server_engine.sql(f"DROP DATABASE {db}")

@@ -1,0 +1,150 @@
+"""Retention against fixed calendars: expected keep sets and reasons (table-driven)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from casbackup.errors import UsageError
+from casbackup.retention import Dated, Policy, apply_policy, format_duration, parse_duration
+
+
+def nightly(days: int, start: datetime = datetime(2026, 1, 1, 2, 15, tzinfo=UTC)) -> list[Dated]:
+    """One backup every night at 02:15 UTC, named by date."""
+    return [
+        Dated((start + timedelta(days=i)).strftime("%Y-%m-%d"), start + timedelta(days=i))
+        for i in range(days)
+    ]
+
+
+def hourly(hours: int) -> list[Dated]:
+    start = datetime(2026, 3, 1, 0, 30, tzinfo=UTC)
+    return [
+        Dated((start + timedelta(hours=i)).strftime("%m-%dT%H"), start + timedelta(hours=i))
+        for i in range(hours)
+    ]
+
+
+CASES = [
+    ("last 3", nightly(10), Policy(keep_last=3), {"2026-01-10", "2026-01-09", "2026-01-08"}),
+    (
+        "daily 7 of 60 nights",
+        nightly(60),
+        Policy(keep_daily=7),
+        {f"2026-02-{d:02d}" for d in range(23, 30) if d <= 28} | {"2026-03-01"},
+    ),
+    (
+        "weekly 4: newest backup of each ISO week",
+        nightly(60),
+        Policy(keep_weekly=4),
+        # 2026-03-01 is a Sunday: weeks end on Sundays; the newest of each of the last 4 weeks
+        {"2026-03-01", "2026-02-22", "2026-02-15", "2026-02-08"},
+    ),
+    ("monthly 3", nightly(100), Policy(keep_monthly=3), {"2026-04-10", "2026-03-31", "2026-02-28"}),
+    (
+        "yearly 2 across a year end",
+        nightly(400),
+        Policy(keep_yearly=2),
+        {"2027-02-04", "2026-12-31"},
+    ),
+    (
+        "daily 2 + weekly 2 + monthly 2 overlap",
+        nightly(45),
+        Policy(keep_daily=2, keep_weekly=2, keep_monthly=2),
+        {"2026-02-14", "2026-02-13", "2026-02-08", "2026-01-31"},
+    ),
+    (
+        "hourly 5 of 48 hours",
+        hourly(48),
+        Policy(keep_hourly=5),
+        {"03-02T23", "03-02T22", "03-02T21", "03-02T20", "03-02T19"},
+    ),
+    (
+        "within 3d of the newest backup",
+        nightly(30),
+        Policy(keep_within=timedelta(days=3)),
+        {"2026-01-30", "2026-01-29", "2026-01-28", "2026-01-27"},
+    ),
+    (
+        "more rules than backups keeps all",
+        nightly(3),
+        Policy(keep_last=10, keep_daily=10),
+        {"2026-01-01", "2026-01-02", "2026-01-03"},
+    ),
+    ("empty history", [], Policy(keep_last=1), set()),
+]
+
+
+@pytest.mark.parametrize("title, backups, policy, expected", CASES, ids=[c[0] for c in CASES])
+def test_keep_sets(title: str, backups: list[Dated], policy: Policy, expected: set[str]) -> None:
+    decision = apply_policy(backups, policy)
+    assert set(decision.keep) == expected
+    assert set(decision.remove) == {b.name for b in backups} - expected
+
+
+def test_reasons_explain_each_keep() -> None:
+    decision = apply_policy(nightly(40), Policy(keep_last=1, keep_daily=2, keep_monthly=2))
+    assert decision.keep["2026-02-09"] == ["last 1", "daily 2026-02-09", "monthly 2026-02"]
+    assert decision.keep["2026-02-08"] == ["daily 2026-02-08"]
+    assert decision.keep["2026-01-31"] == ["monthly 2026-01"]
+
+
+def test_several_backups_a_day_keep_the_newest_of_the_day() -> None:
+    t = datetime(2026, 5, 5, tzinfo=UTC)
+    backups = [Dated(f"b{h}", t + timedelta(hours=h)) for h in (1, 9, 17, 23)]
+    assert set(apply_policy(backups, Policy(keep_daily=1)).keep) == {"b23"}
+
+
+def test_empty_policy_is_refused() -> None:
+    with pytest.raises(UsageError, match="refusing"):
+        apply_policy(nightly(3), Policy())
+
+
+def test_negative_is_refused() -> None:
+    with pytest.raises(UsageError):
+        Policy(keep_last=-1)
+
+
+@given(
+    st.lists(
+        st.datetimes(
+            min_value=datetime(2020, 1, 1), max_value=datetime(2030, 1, 1), timezones=st.just(UTC)
+        ),
+        max_size=60,
+        unique=True,
+    ),
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.integers(0, 5),
+    st.integers(0, 3),
+)
+def test_properties(
+    times: list[datetime], last: int, daily: int, weekly: int, monthly: int
+) -> None:
+    policy = Policy(keep_last=last, keep_daily=daily, keep_weekly=weekly, keep_monthly=monthly or 1)
+    backups = [Dated(f"b{i}", t) for i, t in enumerate(times)]
+    decision = apply_policy(backups, policy)
+    assert set(decision.keep) | set(decision.remove) == {b.name for b in backups}
+    assert not set(decision.keep) & set(decision.remove)
+    if backups:
+        newest = max(backups, key=lambda b: (b.time, b.name))
+        assert newest.name in decision.keep  # every rule keeps the newest backup
+    assert len(decision.keep) <= last + daily + weekly + (monthly or 1)
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90s", 90), ("15m", 900), ("1h30m", 5400), ("7d", 604800), ("2w", 1209600), ("1y", 31536000)],
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text).total_seconds() == seconds
+    assert parse_duration(format_duration(parse_duration(text))) == parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "3x", "1h-2m"])
+def test_invalid_durations(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text)
