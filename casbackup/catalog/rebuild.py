@@ -62,16 +62,23 @@ def sync(
     note = progress or (lambda _msg: None)
     records = catalog.backups
 
-    store_names = set(repo.list_backup_names())
+    # The catalog's view first, the store's second. Writers put an object in
+    # the store before they record it in the catalog, so whatever this view
+    # holds and a later store listing lacks was really deleted. The other way
+    # round, a pack or backup recorded between the two reads would look
+    # deleted, and be forgotten under a running backup (a race the concurrent
+    # backup/gc test caught).
     committed = records.committed_names()
+    with db.read() as conn:
+        catalog_packs = {bytes.fromhex(d) for d in conn.scalars(select(Pack.digest))}
+    store_names = set(repo.list_backup_names())
+    store_packs = dict(repo.list_packs())
+
     for name in sorted(committed - store_names):
         with db.write() as conn:
             conn.execute(delete(Backup).where(Backup.name == name, Backup.state == COMMITTED))
         report.backups_forgotten += 1
 
-    store_packs = dict(repo.list_packs())
-    with db.read() as conn:
-        catalog_packs = {bytes.fromhex(d) for d in conn.scalars(select(Pack.digest))}
     gone = catalog_packs - set(store_packs)
     if gone:
         unneeded = [p for p in gone if p not in _packs_still_needed(db, gone)]
