@@ -20,8 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from casbackup.catalog import Catalog
+from casbackup.catalog.backups import previous_fingerprints
 from casbackup.catalog.reuse import PreviousFile, previous_files
 from casbackup.clickhouse.checksums import FileChecksum
+from casbackup.clickhouse.fingerprint import part_fingerprints
 from casbackup.clickhouse.freeze import (
     FreezeName,
     remove_run_shadow,
@@ -41,6 +43,7 @@ from casbackup.errors import ClickHouseError, NothingSelected, UnsupportedTable
 from casbackup.ordering import creation_order
 from casbackup.repo import manifest as mf
 from casbackup.repo.archiver import StoredFile
+from casbackup.repo.chunker import Chunker, chunk_id, file_id
 from casbackup.repo.repository import Repository
 from casbackup.selection import select
 from casbackup.snapshot import SnapshotWriter
@@ -58,6 +61,7 @@ class BackupOptions:
     threads: int = 2
     upload_threads: int = 2
     rehash: bool = False  # read every file even if it is known unchanged
+    fingerprints: bool = True  # record row fingerprints of new parts (for verify --restore)
 
 
 @dataclass
@@ -221,7 +225,8 @@ class BackupService:
             known_parts = {
                 p.name: p for p in self.server.parts(table.database, table.name, active_only=False)
             }
-            parts = self._store_parts(snapshot, table, freeze_name, known_parts)
+            fingerprints = self._fingerprints(snapshot, table, freeze_name)
+            parts = self._store_parts(snapshot, table, freeze_name, known_parts, fingerprints)
         finally:
             remove_table_shadow(self.server, table, freeze_name)
         parts.sort(key=lambda p: (p.min_block, p.max_block, p.name))
@@ -247,6 +252,7 @@ class BackupService:
         table: TableInfo,
         freeze_name: FreezeName,
         known: dict[str, PartInfo],
+        fingerprints: dict[str, mf.PartFingerprint],
     ) -> list[mf.Part]:
         frozen: list[tuple[str, Path, list[DiskFile], dict[str, FileChecksum]]] = []
         for disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
@@ -274,10 +280,46 @@ class BackupService:
                 )
                 for f in files
             ]
+            part = self._describe_part(
+                table, disk_name, part_dir, entries, known.get(part_dir.name)
+            )
+            fingerprint = fingerprints.get(part_dir.name)
             parts.append(
-                self._describe_part(table, disk_name, part_dir, entries, known.get(part_dir.name))
+                part.model_copy(update={"fingerprint": fingerprint}) if fingerprint else part
             )
         return parts
+
+    def _fingerprints(
+        self, snapshot: SnapshotWriter, table: TableInfo, freeze_name: FreezeName
+    ) -> dict[str, mf.PartFingerprint]:
+        """Row fingerprints of the frozen parts, for `verify --restore` to compare against.
+
+        Cost follows change, not size: a part whose content (its checksums.txt)
+        an earlier backup fingerprinted reuses that fingerprint, even when a
+        mutation renamed it; only new parts are scanned, right after FREEZE so
+        that merges have little time to retire them.
+        """
+        if not self.options.fingerprints:
+            return {}
+        chunker = Chunker(snapshot.repo.config.chunker)
+        keys: dict[str, bytes] = {}
+        for _disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
+            for part_dir in frozen_part_dirs(shadow_dir):
+                try:
+                    data = (part_dir / "checksums.txt").read_bytes()
+                except OSError:
+                    continue
+                keys[part_dir.name] = file_id([chunk_id(c) for c in chunker.split_bytes(data)])
+        previous = previous_fingerprints(self.catalog.db, set(keys.values()))
+        result = {
+            name: mf.PartFingerprint(rows=previous[key][0], hash=previous[key][1])
+            for name, key in keys.items()
+            if key in previous
+        }
+        scan = sorted(name for name in keys if name not in result)
+        for name, fp in part_fingerprints(self.server, table.database, table.name, scan).items():
+            result[name] = mf.PartFingerprint(rows=fp.rows, hash=fp.hash)
+        return result
 
     def _unchanged_files(
         self, snapshot: SnapshotWriter, files: list[tuple[DiskFile, FileChecksum | None]]

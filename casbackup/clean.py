@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casbackup.clickhouse.freeze import shadow_root, stale_shadows
-from casbackup.clickhouse.server import ClickHouseServer
+from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
+from casbackup.process import ProcessTag
 from casbackup.restore import TEMP_PREFIX, temp_part_owner
 from casbackup.store.base import ObjectStore
 from casbackup.store.local import LocalStore
@@ -25,6 +26,7 @@ STORE_TEMP_MIN_AGE_S = 3600
 class CleanReport:
     shadows: list[str] = field(default_factory=list)
     temp_parts: list[str] = field(default_factory=list)
+    scratch_databases: list[str] = field(default_factory=list)
     store_temporaries: int = 0
     skipped_live: list[str] = field(default_factory=list)
 
@@ -40,6 +42,18 @@ def clean_clickhouse(
         report.shadows.append(str(root))
         if not dry_run:
             shutil.rmtree(root, ignore_errors=True)
+    for database in server.databases():
+        if not database.name.startswith(SCRATCH_PREFIX):
+            continue
+        owner = ProcessTag.parse(
+            "_".join(database.name.removeprefix(SCRATCH_PREFIX).split("_")[:2])
+        )
+        if owner is not None and owner.alive():
+            report.skipped_live.append(database.name)
+            continue
+        report.scratch_databases.append(database.name)  # left by a verify that was killed
+        if not dry_run:
+            server.drop_database(database.name)
     for table in server.tables():
         for data_path in table.data_paths:
             detached = Path(data_path) / "detached"

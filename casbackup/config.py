@@ -136,6 +136,13 @@ class GcConfig(_Section):
         return value
 
 
+class VerifySettings(_Section):
+    """What the nightly `run` verifies after gc."""
+
+    read_data_subset: str | None = "5%"  # None: structure only
+    restore: bool = False  # also test-restore the new backup (costs its size in scratch space)
+
+
 class Settings(_Section):
     repository: RepositorySettings = Field(default_factory=RepositorySettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
@@ -143,6 +150,7 @@ class Settings(_Section):
     backup: BackupSettings = Field(default_factory=BackupSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     gc: GcConfig = Field(default_factory=GcConfig)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
     source: str = "defaults"  # where the file part came from, for messages
 
     def catalog_url(self, repository_id: str) -> str:
@@ -249,6 +257,14 @@ min_age = "1h"
 repack_below = 0.5
 # A lease of another host that has not been refreshed for this long is dead.
 lease_ttl = "15m"
+
+[verify]
+# After gc, `run` checks the repository's structure and reads this share of
+# the packs (a window that moves every day: 5% covers everything in 20 runs).
+read_data_subset = "5%"
+# Also test-restore the night's backup into scratch databases and compare
+# fingerprints (needs the backup's size free on the ClickHouse disk).
+restore = false
 """
 
 

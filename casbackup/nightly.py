@@ -20,6 +20,7 @@ from casbackup.lifecycle import forget
 from casbackup.repo.locks import Lock
 from casbackup.repo.repository import Repository
 from casbackup.retention import Decision
+from casbackup.verify import Verifier, VerifyOptions, VerifyReport
 
 
 @dataclass
@@ -27,6 +28,7 @@ class NightlyReport:
     backup: BackupReport
     forget: Decision | None = None
     gc: GcReport | None = None
+    verify: VerifyReport | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -58,4 +60,15 @@ def run_nightly(
                 repo, catalog, gc_settings(settings, options.pack_size), run_id=lock.id
             )
         report.warnings += report.gc.warnings
+        report.verify = Verifier(
+            repo,
+            catalog,
+            VerifyOptions(
+                read_data=settings.verify.read_data_subset is not None,
+                subset=settings.verify.read_data_subset,
+                restore=settings.verify.restore,
+                names=(report.backup.name,) if settings.verify.restore else (),
+            ),
+            server,
+        ).run()
     return report

@@ -60,7 +60,15 @@ def test_remote_repository_catalog_lives_in_the_state_dir() -> None:
 def test_default_config_is_valid_and_complete(tmp_path: Path) -> None:
     text = render_default_config()
     document = tomllib.loads(text)
-    assert set(document) == {"repository", "catalog", "clickhouse", "backup", "retention", "gc"}
+    assert set(document) == {
+        "repository",
+        "catalog",
+        "clickhouse",
+        "backup",
+        "retention",
+        "gc",
+        "verify",
+    }
     path = tmp_path / "c.toml"
     path.write_text(text)
     from_file = load_settings(path, environ={})

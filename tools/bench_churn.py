@@ -53,9 +53,13 @@ RAM, the table was just written); `sync` runs before every timed step.
 Caveats, by design of the peers: restic sees a new path every night (the
 freeze name changes) and FREEZE's hard links change every file's ctime, so it
 re-reads every file each night; what it stores is deduplicated by content
-regardless. The part-name diff counts part bytes as they are on disk; the
-tools that upload by part name would upload that, before their own
-compression.
+regardless. restic picks its chunker polynomial at random per repository,
+so its byte counts on rewrite nights (ALTER DELETE) vary by a few percent of
+the logical size from run to run, most at small --rows (files of a few MB are
+only a few chunks long). The part-name diff counts part bytes as they are on
+disk; the tools that upload by part name would upload that, before their own
+compression. casbackup's restore also creates the table and attaches and
+checks the parts; restic's only writes files.
 
 Goals (PASS/FAIL per engine; "stored" = repository directory growth, the same
 measure for casbackup and restic, metadata included; against the part-name
@@ -791,7 +795,8 @@ def evaluate(result: dict[str, Any]) -> list[Verdict]:
     verdicts: list[Verdict] = []
 
     over_restic = [
-        f"night {n['night']}: {human(n['cas_repo_growth'])} > {human(n['restic_repo_growth'])} + 2% "
+        f"night {n['night']}: {human(n['cas_repo_growth'])} > {human(n['restic_repo_growth'])} "
+        f"+ {human(0.02 * n['logical_bytes'])}"
         for n in nights
         if n["cas_repo_growth"] > n["restic_repo_growth"] + 0.02 * n["logical_bytes"]
     ]
@@ -1065,4 +1070,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as exc:
+        sys.exit(f"interrupted ({exc or 'Ctrl-C'})")

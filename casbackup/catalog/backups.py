@@ -31,7 +31,7 @@ from casbackup.catalog.models import (
     PartFile,
 )
 from casbackup.errors import BackupExists, BackupNotFound
-from casbackup.repo.manifest import Manifest
+from casbackup.repo.manifest import Manifest, part_content_id
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,24 @@ class BackupSummary:
     def dedupe_ratio(self) -> float:
         """Logical bytes per byte this backup added to the store."""
         return self.logical_bytes / self.new_bytes if self.new_bytes else float("inf")
+
+
+def previous_fingerprints(
+    db: CatalogDatabase, content_ids: set[bytes]
+) -> dict[bytes, tuple[int, int]]:
+    """Fingerprints recorded for parts of these contents by any earlier backup."""
+    found: dict[bytes, tuple[int, int]] = {}
+    with db.read() as conn:
+        for batch in batched(sorted(c.hex() for c in content_ids)):
+            rows = conn.execute(
+                select(Part.content_id, Part.fp_rows, Part.fp_hash).where(
+                    Part.content_id.in_(batch), Part.fp_rows.is_not(None)
+                )
+            )
+            for content_id, rows_, hash_ in rows:
+                if content_id is not None and rows_ is not None and hash_ is not None:
+                    found[bytes.fromhex(content_id)] = (int(rows_), int(hash_))
+    return found
 
 
 class BackupRecords:
@@ -276,6 +294,9 @@ def _insert_contents(conn: Connection, backup_id: int, manifest: Manifest) -> No
                 "rows": p.rows,
                 "bytes": p.bytes,
                 "disk": p.disk,
+                "content_id": part_content_id(p).hex(),
+                "fp_rows": p.fingerprint.rows if p.fingerprint else None,
+                "fp_hash": str(p.fingerprint.hash) if p.fingerprint else None,
             }
             for table_id, position, p in parts
         ],

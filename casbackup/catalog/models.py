@@ -214,6 +214,14 @@ class Part(Base):
     rows: Mapped[int] = mapped_column(BigInteger)
     bytes: Mapped[int] = mapped_column(BigInteger)
     disk: Mapped[str] = mapped_column(String(255))
+    # What the part holds (its paths and file ids), and ClickHouse's fingerprint
+    # of its rows when backed up: a later backup of the same content (even
+    # renamed by a mutation) reuses the fingerprint instead of scanning again.
+    content_id: Mapped[str | None] = mapped_column(
+        String(HEX_DIGEST_LENGTH), index=True, default=None
+    )
+    fp_rows: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    fp_hash: Mapped[str | None] = mapped_column(String(20), default=None)  # UInt64 as decimal text
     table: Mapped[BackupTable] = relationship(back_populates="parts")
     files: Mapped[list[PartFile]] = relationship(
         back_populates="part",

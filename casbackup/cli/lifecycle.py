@@ -12,6 +12,7 @@ from casbackup.backup import BackupOptions
 from casbackup.cli.backups import JsonOption, _BackupBar, _print_report, _report_document, patterns
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table
+from casbackup.cli.verifying import raise_if_failed, report_document
 from casbackup.config import duration_seconds
 from casbackup.errors import ExitCode, UsageError
 from casbackup.gc import GcReport, collect_garbage
@@ -290,6 +291,7 @@ def run(
                 if report.forget is None
                 else {"keep": report.forget.keep, "remove": report.forget.remove},
                 "gc": None if report.gc is None else _gc_document(report.gc, False),
+                "verify": None if report.verify is None else report_document(report.verify),
                 "warnings": report.warnings,
             }
         )
@@ -301,6 +303,15 @@ def run(
             )
         if report.gc is not None:
             _print_gc(report.gc, False)
+        if report.verify is not None:
+            verdict = "OK" if report.verify.ok else f"{len(report.verify.problems)} problems"
+            print(
+                f"verify: {verdict} ({report.verify.packs_read} packs read, {report.verify.subset or 'structure'})"
+            )
+            for problem in report.verify.problems:
+                note(f"problem: {problem}")
+    if report.verify is not None:
+        raise_if_failed(report.verify)
     return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from casbackup import __version__, interrupts
-from casbackup.cli import backups, lifecycle, maintenance, restores
+from casbackup.cli import backups, lifecycle, maintenance, restores, verifying
 from casbackup.cli.context import AppContext
 from casbackup.errors import CasbackupError, ExitCode, Interrupted
 from casbackup.runtime import tune_allocator
@@ -92,6 +92,7 @@ def main(
 backups.register(app)
 restores.register(app)
 lifecycle.register(app)
+verifying.register(app)
 maintenance.register(app)
 
 

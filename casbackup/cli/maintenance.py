@@ -81,6 +81,7 @@ def clean(
                 "dry_run": dry_run,
                 "shadows": report.shadows,
                 "temp_parts": report.temp_parts,
+                "scratch_databases": report.scratch_databases,
                 "store_temporaries": report.store_temporaries,
                 "in_use": report.skipped_live,
                 "broken": broken_document,
@@ -92,11 +93,15 @@ def clean(
         print(f"{verb} shadow {path}")
     for path in report.temp_parts:
         print(f"{verb} temporary part {path}")
+    for database in report.scratch_databases:
+        print(f"{verb} scratch database {database}")
     if report.store_temporaries:
         print(f"{verb} {report.store_temporaries} temporary files in the store")
     for path in report.skipped_live:
         note(f"left alone (its run is still going): {path}")
-    if not (report.shadows or report.temp_parts or report.store_temporaries):
+    if not (
+        report.shadows or report.temp_parts or report.scratch_databases or report.store_temporaries
+    ):
         print("nothing to clean")
     return status
 

@@ -75,3 +75,31 @@ def fingerprint(server: ClickHouseServer, database: str, table: str) -> Fingerpr
         f"SELECT count() AS rows, sum({expression}) AS hash FROM {qualified(database, table)}"
     )[0]
     return Fingerprint(int(row["rows"]), int(row["hash"]))
+
+
+def part_fingerprints(
+    server: ClickHouseServer, database: str, table: str, parts: list[str]
+) -> dict[str, Fingerprint]:
+    """Fingerprints of named active parts (one scan of just those parts).
+
+    A part with no visible row (all masked by lightweight deletes) has the
+    empty fingerprint; a part no longer active (merged away meanwhile) is
+    absent from the result.
+    """
+    if not parts:
+        return {}
+    expression = fingerprint_expression(server, database, table)
+    found: dict[str, Fingerprint] = {}
+    for start in range(0, len(parts), 500):
+        batch = parts[start : start + 500]
+        rows = server.client.query(
+            f"SELECT _part AS part, count() AS rows, sum({expression}) AS hash FROM {qualified(database, table)} "
+            f"WHERE _part IN ({', '.join(quote_string(p) for p in batch)}) GROUP BY _part"
+        )
+        for r in rows:
+            found[str(r["part"])] = Fingerprint(int(r["rows"]), int(r["hash"] or 0))
+    active = {p.name for p in server.parts(database, table)}
+    for name in parts:
+        if name not in found and name in active:
+            found[name] = Fingerprint(0, 0)
+    return found

@@ -121,6 +121,13 @@ class PartFile(_Model):
     ch_checksum: Annotated[bytes | None, AfterValidator(_optional_checksum)] = None
 
 
+class PartFingerprint(_Model):
+    """``count()`` and the sum of row hashes of a part, as ClickHouse computed them at backup time."""
+
+    rows: NonNegative
+    hash: Annotated[int, Field(ge=0, lt=2**64)]
+
+
 class Part(_Model):
     name: PartName
     partition_id: str = Field(max_length=255)
@@ -132,16 +139,23 @@ class Part(_Model):
     bytes: NonNegative
     disk: str = Field(default="default", max_length=255)
     files: list[PartFile]
+    fingerprint: PartFingerprint | None = None
 
-    @model_validator(mode="after")
-    def _unique_paths(self) -> Part:
-        paths = [f.path for f in self.files]
-        if len(set(paths)) != len(paths):
-            raise ValueError(f"part {self.name} lists a file twice")
-        prefixes = {p.rsplit("/", 1)[0] for p in paths if "/" in p}
-        if prefixes & set(paths):
-            raise ValueError(f"part {self.name} has a file that is also a directory")
-        return self
+
+def part_content_id(part: Part) -> bytes:
+    """What a part holds, independent of its name.
+
+    The file id of its checksums.txt, which lists the size and hash of every
+    data file: equal checksums.txt, equal data. Parts without one (very old
+    formats) are identified by all their paths and contents.
+    """
+    for f in part.files:
+        if f.path == "checksums.txt":
+            return f.file_id
+    h = blake3.blake3(b"casbackup.part.v1\x00")
+    for f in sorted(part.files, key=lambda f: f.path):
+        h.update(f.path.encode() + b"\x00" + f.file_id)
+    return h.digest()
 
 
 class Database(_Model):

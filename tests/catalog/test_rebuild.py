@@ -21,7 +21,8 @@ QUERIES = {
     "tables": "SELECT b.name, t.position, t.database, t.name, t.engine, t.create_sql, t.uuid, t.has_data, "
     "t.rows, t.bytes, t.depends_on FROM backup_tables t JOIN backups b ON b.id = t.backup_id ORDER BY 1, 2",
     "parts": "SELECT b.name, t.name, p.position, p.name, p.partition_id, p.min_block, p.max_block, p.level, "
-    "p.mutation, p.rows, p.bytes, p.disk FROM parts p JOIN backup_tables t ON t.id = p.table_id "
+    "p.mutation, p.rows, p.bytes, p.disk, p.content_id, p.fp_rows, p.fp_hash FROM parts p "
+    "JOIN backup_tables t ON t.id = p.table_id "
     "JOIN backups b ON b.id = t.backup_id ORDER BY 1, 2, 3",
     "part_files": "SELECT b.name, p.name, f.position, f.path, f.file_digest, f.size, f.mode, f.dev, f.ino, "
     "f.mtime_ns, f.ch_checksum FROM part_files f JOIN parts p ON p.id = f.part_id "

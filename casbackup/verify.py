@@ -1,0 +1,461 @@
+"""`casbackup verify`: prove that backups restore, at three depths.
+
+- **structure** (default, no data bytes read): every manifest parses; every
+  file's chunks are indexed; every pack they live in exists in the store with
+  the size the catalog expects; catalog and store agree on backups and packs.
+- **--read-data**: download packs, check each against its name (BLAKE3 of the
+  whole object), every chunk against its id after decompressing to its
+  recorded size, and the catalog's chunk locations against the trailers.
+  ``--subset`` reads part of them: ``P%`` a window of the pack-id space that
+  moves every day (consecutive daily runs cover everything in 100/P days),
+  ``n/m`` a fixed group, or a size such as ``2G`` of randomly chosen packs.
+- **--restore**: restore into scratch databases (``_casbackup_verify_…``) on
+  the same server, then per table: parts attached with the recorded rows, a
+  full scan of every column (ClickHouse checks its block checksums),
+  ``CHECK TABLE`` where the server supports it, and the row fingerprint
+  compared with the one recorded at backup time. Scratch databases are
+  dropped afterwards, also when verification fails.
+
+Nothing is changed: verify never syncs the catalog or repairs anything; it
+says what is wrong and what to run.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import blake3
+from sqlalchemy import select
+
+from casbackup.catalog import Catalog
+from casbackup.catalog.index import batched
+from casbackup.catalog.models import COMMITTED, Backup, Chunk, Pack
+from casbackup.clickhouse.fingerprint import Fingerprint, fingerprint
+from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
+from casbackup.clickhouse.sql import qualified
+from casbackup.errors import CasbackupError, ClickHouseError, ObjectNotFound, UsageError
+from casbackup.process import ProcessTag
+from casbackup.repo import keys
+from casbackup.repo import manifest as mf
+from casbackup.repo.chunker import chunk_id as digest_of
+from casbackup.repo.compression import decompress
+from casbackup.repo.pack import parse_pack
+from casbackup.repo.repository import Repository
+from casbackup.restore import RestoreOptions, RestoreService
+from casbackup.selection import select as select_tables
+
+STRUCTURE, DATA, RESTORE, CATALOG = "structure", "data", "restore", "catalog"
+
+
+@dataclass(frozen=True)
+class Problem:
+    level: str
+    object: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.object}: {self.detail}"
+
+
+@dataclass
+class TableCheck:
+    backup: str
+    table: str
+    scratch: str
+    rows_expected: int | None = None
+    rows_found: int | None = None
+    fingerprint: str = "not recorded"  # match / mismatch / not recorded
+    check_table: str = "not supported"
+    ok: bool = True
+
+
+@dataclass
+class VerifyReport:
+    backups: list[str] = field(default_factory=list)
+    files: int = 0
+    chunks: int = 0
+    packs: int = 0
+    packs_read: int = 0
+    bytes_read: int = 0
+    chunks_verified: int = 0
+    subset: str = ""
+    tables: list[TableCheck] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    names: tuple[str, ...] = ()
+    read_data: bool = False
+    subset: str | None = None
+    restore: bool = False
+    tables: tuple[str, ...] = ("*.*",)
+    threads: int = 4
+
+
+Progress = Callable[[str], None]
+
+
+class Verifier:
+    def __init__(
+        self,
+        repo: Repository,
+        catalog: Catalog,
+        options: VerifyOptions,
+        server: ClickHouseServer | None = None,
+        *,
+        progress: Progress | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repo = repo
+        self.catalog = catalog
+        self.options = options
+        self.server = server
+        self.note = progress or (lambda _m: None)
+        self.clock = clock
+        self.report = VerifyReport()
+        self.manifests: dict[str, mf.Manifest] = {}
+
+    def run(self) -> VerifyReport:
+        self._structure()
+        if self.options.read_data:
+            self._read_data()
+        if self.options.restore:
+            self._restore()
+        return self.report
+
+    def _problem(self, level: str, obj: str, detail: str) -> None:
+        self.report.problems.append(Problem(level, obj, detail))
+
+    # --- structure -------------------------------------------------------------------
+
+    def _structure(self) -> None:
+        in_store = set(self.repo.list_backup_names())
+        with self.catalog.db.read() as conn:
+            in_catalog = set(conn.scalars(select(Backup.name).where(Backup.state == COMMITTED)))
+        names = list(self.options.names) or sorted(in_store | in_catalog)
+        for name in names:
+            if name not in in_store:
+                if name in in_catalog:
+                    self._problem(
+                        STRUCTURE, f"backup {name}", "its manifest is missing from the store"
+                    )
+                else:
+                    self._problem(STRUCTURE, f"backup {name}", "no such backup")
+                continue
+            if name not in in_catalog:
+                self._problem(
+                    CATALOG,
+                    f"backup {name}",
+                    "the catalog does not know it (run `casbackup catalog sync`)",
+                )
+            try:
+                self.manifests[name] = self.repo.read_manifest(name)
+            except CasbackupError as exc:
+                self._problem(STRUCTURE, f"backup {name}", exc.message)
+        self.report.backups = names
+        self.report.files = sum(len(m.files) for m in self.manifests.values())
+        self.users: dict[bytes, set[str]] = defaultdict(set)  # chunk -> backups using it
+        for name, m in self.manifests.items():
+            for cid in m.chunk_ids():
+                self.users[cid].add(name)
+        self.report.chunks = len(self.users)
+        self.locations = self.catalog.index.locate(self.users)
+        unindexed = set(self.users) - set(self.locations)
+        for name in sorted({n for c in unindexed for n in self.users[c]}):
+            count = sum(1 for c in unindexed if name in self.users[c])
+            self._problem(
+                CATALOG,
+                f"backup {name}",
+                f"{count} of its chunks are not in the catalog's index (run `casbackup catalog rebuild`)",
+            )
+        self.store_packs = dict(self.repo.list_packs())
+        with self.catalog.db.read() as conn:
+            catalog_packs = {
+                bytes.fromhex(d): s for d, s in conn.execute(select(Pack.digest, Pack.size)).all()
+            }
+        referenced: dict[bytes, set[str]] = defaultdict(set)
+        for cid, location in self.locations.items():
+            referenced[location.pack_id] |= self.users[cid]
+        self.referenced_packs = referenced
+        self.report.packs = len(referenced)
+        for pack_id, users in sorted(referenced.items()):
+            used_by = ", ".join(sorted(users)[:3]) + (" …" if len(users) > 3 else "")
+            if pack_id not in self.store_packs:
+                self._problem(
+                    STRUCTURE,
+                    f"pack {pack_id.hex()}",
+                    f"missing from the store (needed by {used_by})",
+                )
+            elif self.store_packs[pack_id] != catalog_packs.get(pack_id):
+                self._problem(
+                    STRUCTURE,
+                    f"pack {pack_id.hex()}",
+                    f"is {self.store_packs[pack_id]} bytes in the store, the catalog recorded "
+                    f"{catalog_packs.get(pack_id)} (truncated or replaced; needed by {used_by})",
+                )
+        unknown = set(self.store_packs) - set(catalog_packs)
+        if unknown:
+            self._problem(
+                CATALOG,
+                f"{len(unknown)} packs",
+                f"in the store but not in the catalog, e.g. {min(unknown).hex()} (run `casbackup catalog sync`)",
+            )
+        gone = {p for p in set(catalog_packs) - set(self.store_packs) if p not in referenced}
+        if gone:
+            self._problem(
+                CATALOG,
+                f"{len(gone)} packs",
+                f"in the catalog but gone from the store, e.g. {min(gone).hex()} (run `casbackup catalog sync`)",
+            )
+
+    # --- data --------------------------------------------------------------------------
+
+    def _read_data(self) -> None:
+        candidates = {
+            p: self.store_packs[p] for p in self.referenced_packs if p in self.store_packs
+        }
+        chosen, self.report.subset = choose_subset(candidates, self.options.subset, self.clock())
+        indexed: dict[bytes, dict[bytes, tuple[int, int]]] = defaultdict(dict)
+        with self.catalog.db.read() as conn:
+            for batch in batched(sorted(p.hex() for p in chosen)):
+                rows = conn.execute(
+                    select(Pack.digest, Chunk.digest, Chunk.offset, Chunk.length)
+                    .join(Pack, Pack.id == Chunk.pack_id)
+                    .where(Pack.digest.in_(batch))
+                )
+                for pack, cid, offset, length in rows:
+                    indexed[bytes.fromhex(pack)][bytes.fromhex(cid)] = (offset, length)
+        for position, pack_id in enumerate(sorted(chosen), start=1):
+            self._check_pack(pack_id, indexed.get(pack_id, {}))
+            if position % 50 == 0:
+                self.note(f"read {position} of {len(chosen)} packs")
+
+    def _check_pack(self, pack_id: bytes, indexed: dict[bytes, tuple[int, int]]) -> None:
+        name = pack_id.hex()
+        users = ", ".join(sorted(self.referenced_packs.get(pack_id, set()))[:3])
+        try:
+            data = self.repo.store.get(keys.pack_key(pack_id))
+        except ObjectNotFound:
+            self._problem(DATA, f"pack {name}", "missing from the store")
+            return
+        self.report.packs_read += 1
+        self.report.bytes_read += len(data)
+        if blake3.blake3(data).digest() != pack_id:
+            self._problem(
+                DATA,
+                f"pack {name}",
+                f"content does not match its name (damaged; needed by {users})",
+            )
+        try:
+            entries = parse_pack(data, name)
+        except CasbackupError as exc:
+            self._problem(DATA, f"pack {name}", exc.message)
+            return
+        in_pack = {}
+        for e in entries:
+            in_pack[e.chunk_id] = (e.offset, e.length)
+            try:
+                raw = decompress(
+                    e.compression,
+                    data[e.offset : e.end],
+                    e.raw_size,
+                    chunk=e.chunk_id.hex(),
+                    pack=name,
+                )
+                if digest_of(raw) != e.chunk_id:
+                    raise ValueError("BLAKE3 digest mismatch")
+                self.report.chunks_verified += 1
+            except (CasbackupError, ValueError) as exc:
+                detail = exc.message if isinstance(exc, CasbackupError) else str(exc)
+                affected = ", ".join(sorted(self.users.get(e.chunk_id, set()))) or "no backup"
+                self._problem(
+                    DATA,
+                    f"chunk {e.chunk_id.hex()} in pack {name}",
+                    f"{detail} (used by {affected})",
+                )
+        for cid, (offset, length) in sorted(indexed.items()):
+            actual = in_pack.get(cid)
+            if actual is None:
+                self._problem(
+                    DATA,
+                    f"chunk {cid.hex()}",
+                    f"the catalog locates it in pack {name}, which does not hold it",
+                )
+            elif actual != (offset, length):
+                self._problem(
+                    DATA,
+                    f"chunk {cid.hex()}",
+                    f"the catalog locates it at offset {offset} (+{length}) in pack {name}, the pack has it at "
+                    f"{actual[0]} (+{actual[1]}) (run `casbackup catalog rebuild`)",
+                )
+
+    # --- restore -----------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        if self.server is None:
+            raise UsageError(detail="--restore needs a ClickHouse server (--clickhouse)")
+        prefix = f"{SCRATCH_PREFIX}{ProcessTag.current()}_"
+        for name, manifest in sorted(self.manifests.items()):
+            selected = select_tables(manifest.tables, self.options.tables)
+            if not selected:
+                continue
+            mapping = {db: f"{prefix}{db}" for db in sorted({t.database for t in selected})}
+            try:
+                self._restore_backup(name, manifest, selected, mapping)
+            finally:
+                for scratch in mapping.values():
+                    try:
+                        self.server.drop_database(scratch)
+                    except ClickHouseError as exc:
+                        self._problem(
+                            RESTORE, f"database {scratch}", f"could not drop it: {exc.message}"
+                        )
+
+    def _restore_backup(
+        self, name: str, manifest: mf.Manifest, selected: list[mf.Table], mapping: dict[str, str]
+    ) -> None:
+        assert self.server is not None
+        patterns = tuple(exact_pattern(t.database, t.name) for t in selected)
+        base = RestoreOptions(tables=patterns, database_map=mapping, threads=self.options.threads)
+        try:
+            RestoreService(
+                self.server, self.repo, self.catalog, manifest, replace(base, schema_only=True)
+            ).run()
+        except CasbackupError as exc:
+            self._problem(RESTORE, f"backup {name}", f"schema: {exc.message}")
+            return
+        for table in selected:
+            if not table.has_data:
+                continue
+            scratch_db = mapping[table.database]
+            check = TableCheck(
+                backup=name, table=table.qualified, scratch=f"{scratch_db}.{table.name}"
+            )
+            self.report.tables.append(check)
+            self.note(f"verifying {table.qualified} of {name}")
+            try:
+                outcome = RestoreService(
+                    self.server,
+                    self.repo,
+                    self.catalog,
+                    manifest,
+                    replace(
+                        base, tables=(exact_pattern(table.database, table.name),), data_only=True
+                    ),
+                ).run()
+                target = (
+                    outcome.tables[0].target.split(".", 1)
+                    if outcome.tables
+                    else [scratch_db, table.name]
+                )
+                self._check_table(check, table, target[0], target[1])
+            except CasbackupError as exc:
+                check.ok = False
+                self._problem(RESTORE, f"{name}: {table.qualified}", exc.message)
+
+    def _check_table(self, check: TableCheck, table: mf.Table, database: str, name: str) -> None:
+        assert self.server is not None
+        expected = table_fingerprint(table)
+        found = fingerprint(self.server, database, name)  # reads every column of every row
+        check.rows_found = found.rows
+        if expected is None:
+            check.fingerprint = "not recorded"
+        else:
+            check.rows_expected = expected.rows
+            check.fingerprint = "match" if found == expected else "mismatch"
+            if found != expected:
+                check.ok = False
+                detail = (
+                    f"{found.rows} rows after restore, {expected.rows} at backup time"
+                    if found.rows != expected.rows
+                    else "same row count, different content (row hashes differ)"
+                )
+                self._problem(RESTORE, f"{check.backup}: {table.qualified}", detail)
+        if self.server.info.has_check_table:
+            try:
+                rows = self.server.client.query(
+                    f"CHECK TABLE {qualified(database, name)} SETTINGS check_query_single_value_result = 1"
+                )
+                value = next(iter(rows[0].values())) if rows else 1
+                check.check_table = "passed" if int(value) == 1 else "failed"
+                if check.check_table == "failed":
+                    check.ok = False
+                    self._problem(
+                        RESTORE,
+                        f"{check.backup}: {table.qualified}",
+                        "CHECK TABLE found a damaged part",
+                    )
+            except ClickHouseError as exc:
+                check.check_table = f"not run: {exc.message}"
+
+
+def table_fingerprint(table: mf.Table) -> Fingerprint | None:
+    """The backup-time fingerprint of a table: the sum over its parts, if every part has one."""
+    if any(p.fingerprint is None for p in table.parts):
+        return None
+    rows = sum(p.fingerprint.rows for p in table.parts if p.fingerprint)
+    digest = sum(p.fingerprint.hash for p in table.parts if p.fingerprint) % 2**64
+    return Fingerprint(rows, digest)
+
+
+def exact_pattern(database: str, table: str) -> str:
+    """A glob that matches exactly ``database.table`` even if the names hold * ? or [."""
+    return re.sub(r"([*?\[])", r"[\1]", f"{database}.{table}")
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
+_GROUP = re.compile(r"^(\d+)/(\d+)$")
+_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
+def choose_subset(
+    packs: dict[bytes, int], subset: str | None, now: float
+) -> tuple[set[bytes], str]:
+    """Which packs a --read-data run reads, and a description of the choice."""
+    if not subset:
+        return set(packs), "all packs"
+    text = subset.strip()
+    if m := _PERCENT.match(text):
+        share = float(m.group(1)) / 100
+        if not 0 < share <= 1:
+            raise UsageError(detail="--subset percent must be in (0, 100]")
+        day = int(now // 86400)
+        start = (day * share) % 1.0
+        chosen = {p for p in packs if ((_position(p) - start) % 1.0) < share}
+        return (
+            chosen,
+            f"{m.group(1)}% of the pack-id space starting at {start:.3f} (moves every day)",
+        )
+    if m := _GROUP.match(text):
+        n, total = int(m.group(1)), int(m.group(2))
+        if not 1 <= n <= total:
+            raise UsageError(detail="--subset n/m needs 1 <= n <= m")
+        chosen = {p for p in packs if int.from_bytes(p[:8], "big") % total == n - 1}
+        return chosen, f"group {n} of {total}"
+    if m := _SIZE.match(text):
+        unit = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}[m.group(2).lower()]
+        budget = float(m.group(1)) * unit
+        order = sorted(packs)
+        random.shuffle(order)
+        chosen, used = set(), 0
+        for p in order:
+            if used + packs[p] > budget and chosen:
+                break
+            chosen.add(p)
+            used += packs[p]
+        return chosen, f"random packs totalling {used} bytes"
+    raise UsageError(detail=f"invalid --subset {subset!r} (use 5%, 1/7 or a size such as 2G)")
+
+
+def _position(pack_id: bytes) -> float:
+    return int.from_bytes(pack_id[:8], "big") / 2**64

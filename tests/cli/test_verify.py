@@ -1,0 +1,238 @@
+"""verify: each kind of damage is reported exactly, at the level that can see it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.clickhouse.server import SCRATCH_PREFIX
+from casbackup.errors import ExitCode
+from casbackup.repo.repository import Repository
+from casbackup.store.local import LocalStore
+from casbackup.verify import choose_subset
+from tests.cli.test_incremental import create_table, fill, mutate
+from tests.engines import Engine
+
+
+def backed_up(engine: Engine, dbname: str, cli: Any, name: str = "b1", rows: int = 300_000) -> None:
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=rows)
+    engine.sql(f"CREATE VIEW `{dbname}`.v AS SELECT id FROM `{dbname}`.events WHERE id < 10")
+    if cli(engine, "init").code not in (0, ExitCode.CONFLICT):
+        raise AssertionError("init failed")
+    assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
+
+
+def verify(cli: Any, engine: Engine | None, *args: str) -> tuple[int, dict[str, Any]]:
+    result = cli(engine, "verify", *args, "--json")
+    return result.code, result.json()
+
+
+def scratch_databases(engine: Engine) -> list[str]:
+    return [
+        db
+        for (db,) in engine.sql("SELECT name FROM system.databases")
+        if db.startswith(SCRATCH_PREFIX)
+    ]
+
+
+def packs(repo: Path) -> list[Path]:
+    return sorted(
+        p for p in (repo / "packs").rglob("*") if p.is_file() and not p.name.startswith(".")
+    )
+
+
+def only(problems: list[dict[str, str]], level: str) -> list[dict[str, str]]:
+    return [p for p in problems if p["level"] == level]
+
+
+def test_healthy_repository_passes_every_level(engine: Engine, dbname: str, cli: Any) -> None:
+    backed_up(engine, dbname, cli)
+    for args in (
+        [],
+        ["--read-data"],
+        ["--restore"],
+        ["--read-data", "--restore", "--subset", "1/1"],
+    ):
+        code, report = verify(cli, engine, *args)
+        assert code == 0 and report["ok"] and report["problems"] == [], (args, report)
+    code, report = verify(cli, engine, "--restore")
+    [table] = report["tables"]
+    assert table["fingerprint"] == "match" and table["rows_found"] == 300_000
+    assert table["check_table"] == ("passed" if engine.modern else "not supported")
+    assert scratch_databases(engine) == []
+    text = cli(engine, "verify", "b1", "--restore")
+    assert text.code == 0 and "verify OK" in text.stdout
+
+
+def test_flipped_byte_is_found_by_read_data(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    backed_up(engine, dbname, cli)
+    target = packs(tmp_path / "repo")[0]
+    data = bytearray(target.read_bytes())
+    data[100] ^= 0x10
+    target.write_bytes(bytes(data))
+    code, report = verify(cli, engine)
+    assert code == 0, "structure cannot see a flipped byte: same size, same name"
+    code, report = verify(cli, engine, "--read-data")
+    assert code == ExitCode.VERIFY_FAILED
+    problems = only(report["problems"], "data")
+    assert any(
+        p["object"] == f"pack {target.name}" and "does not match its name" in p["detail"]
+        for p in problems
+    )
+    assert any(
+        p["object"].startswith("chunk ") and target.name in p["object"] and "b1" in p["detail"]
+        for p in problems
+    )
+
+
+def test_truncated_pack_is_found_by_structure(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    backed_up(engine, dbname, cli)
+    target = packs(tmp_path / "repo")[0]
+    os.truncate(target, target.stat().st_size - 7)
+    code, report = verify(cli, engine)
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert problem["level"] == "structure" and problem["object"] == f"pack {target.name}"
+    assert "truncated" in problem["detail"]
+
+
+def test_deleted_pack_is_found_by_structure(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    backed_up(engine, dbname, cli)
+    target = packs(tmp_path / "repo")[-1]
+    target.unlink()
+    code, report = verify(cli, engine)
+    assert code == ExitCode.VERIFY_FAILED
+    assert {(p["level"], p["object"]) for p in report["problems"]} == {
+        ("structure", f"pack {target.name}")
+    }
+    assert "missing from the store (needed by b1)" in report["problems"][0]["detail"]
+    failed = cli(engine, "verify")
+    assert (
+        failed.stderr.strip()
+        .splitlines()[-1]
+        .startswith("casbackup: error: verification failed: [structure] pack ")
+    )
+
+
+def test_deleted_manifest_is_found_by_structure(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    backed_up(engine, dbname, cli)
+    (tmp_path / "repo" / "manifests" / "b1").unlink()
+    code, report = verify(cli, engine)
+    assert code == ExitCode.VERIFY_FAILED
+    assert report["problems"][0] == {
+        "level": "structure",
+        "object": "backup b1",
+        "detail": "its manifest is missing from the store",
+    }
+
+
+def test_catalog_pointing_at_wrong_offset_is_found_by_read_data(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    backed_up(engine, dbname, cli)
+    with sqlite3.connect(tmp_path / "repo" / "catalog.sqlite") as raw:
+        (digest,) = raw.execute("SELECT digest FROM chunks ORDER BY length DESC LIMIT 1").fetchone()
+        raw.execute('UPDATE chunks SET "offset" = "offset" + 3 WHERE digest = ?', (digest,))
+    assert verify(cli, engine)[0] == 0  # structure trusts the catalog's locations
+    code, report = verify(cli, engine, "--read-data")
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert (
+        problem["object"] == f"chunk {digest}"
+        and "the catalog locates it at offset" in problem["detail"]
+    )
+
+
+def test_part_altered_before_attach_is_found_by_restore(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from casbackup.restore import RestoreService
+
+    backed_up(engine, dbname, cli)
+    real = RestoreService._stage_part
+
+    def altered(self: RestoreService, *args: Any) -> Path:
+        temp = real(self, *args)
+        if not getattr(altered, "done", False):
+            victim = max((p for p in temp.rglob("*.bin")), key=lambda p: p.stat().st_size)
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 0x01  # same size: ATTACH PART only checks sizes
+            victim.write_bytes(bytes(data))
+            altered.done = True  # type: ignore[attr-defined]
+        return temp
+
+    monkeypatch.setattr(RestoreService, "_stage_part", altered)
+    assert verify(cli, engine, "--read-data")[0] == 0  # the repository itself is fine
+    code, report = verify(cli, engine, "--restore")
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert problem["level"] == "restore" and problem["object"] == f"b1: {dbname}.events"
+    assert scratch_databases(engine) == []  # dropped although verification failed
+
+
+def test_verify_one_backup_and_tables(engine: Engine, dbname: str, cli: Any) -> None:
+    backed_up(engine, dbname, cli)
+    assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
+    code, report = verify(cli, engine, "b2", "--restore", "--tables", f"{dbname}.events")
+    assert (
+        code == 0
+        and report["backups"] == ["b2"]
+        and [t["table"] for t in report["tables"]] == [f"{dbname}.events"]
+    )
+    code, report = verify(cli, engine, "nope")
+    assert code == ExitCode.VERIFY_FAILED and report["problems"][0]["detail"] == "no such backup"
+
+
+def test_fingerprints_scan_only_new_parts(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import casbackup.backup as backup_module
+
+    scanned: list[list[str]] = []
+    real = backup_module.part_fingerprints
+
+    def spy(server: Any, database: str, table: str, parts: list[str]) -> Any:
+        scanned.append(list(parts))
+        return real(server, database, table, parts)
+
+    monkeypatch.setattr(backup_module, "part_fingerprints", spy)
+    backed_up(engine, dbname, cli)
+    first = scanned[-1]
+    assert len(first) > 1  # the first backup scans every part
+    assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
+    assert scanned[-1] == []  # nothing new: nothing scanned
+    mutate(engine, f"ALTER TABLE `{dbname}`.events UPDATE v = v + 1 WHERE toYYYYMM(d) = 202402")
+    assert cli(engine, "create", "b3", "--tables", f"{dbname}.*").code == 0
+    assert scanned[-1] and all(
+        p.startswith("202402_") for p in scanned[-1]
+    )  # renamed parts reuse theirs
+    repo = Repository.open(LocalStore(tmp_path / "repo"))
+    assert all(p.fingerprint is not None for t in repo.read_manifest("b3").tables for p in t.parts)
+    assert verify(cli, engine, "b3", "--restore")[1]["tables"][0]["fingerprint"] == "match"
+
+
+def test_subset_windows_cover_everything_over_consecutive_days() -> None:
+    packs = {os.urandom(32): 1 for _ in range(500)}
+    seen: set[bytes] = set()
+    for day in range(20):
+        chosen, _ = choose_subset(packs, "5%", day * 86400.0)
+        assert 5 <= len(chosen) <= 50
+        seen |= chosen
+    assert seen == set(packs)
+    groups = [choose_subset(packs, f"{n}/4", 0)[0] for n in range(1, 5)]
+    assert set().union(*groups) == set(packs) and sum(map(len, groups)) == len(packs)
+    sized, _ = choose_subset(packs, "10", 0)
+    assert len(sized) == 10
