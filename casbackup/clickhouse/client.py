@@ -109,6 +109,16 @@ def parse_url(url: str) -> ConnectionSpec:
     )
 
 
+def first_line(message: str) -> str:
+    """ClickHouse appends a stack trace to messages; keep what a human needs."""
+    text = message.strip()
+    for marker in (". Stack trace:", "Stack trace:", "\n"):
+        cut = text.find(marker)
+        if cut > 0:
+            text = text[:cut]
+    return text.strip().rstrip(".")
+
+
 def connect(spec: ConnectionSpec) -> ClickHouseClient:
     """Open a client for ``spec``; each adapter imports its driver only when chosen."""
     if spec.scheme == "chdb":

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from casbackup.clickhouse.client import Row
-from casbackup.clickhouse.native import first_line
+from casbackup.clickhouse.client import Row, first_line
 from casbackup.errors import ClickHouseError, ClickHouseUnavailable
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from clickhouse_driver import Client
 from clickhouse_driver import errors as driver_errors
 
-from casbackup.clickhouse.client import ConnectionSpec, Row
+from casbackup.clickhouse.client import ConnectionSpec, Row, first_line
 from casbackup.errors import ClickHouseAuthFailed, ClickHouseError, ClickHouseUnavailable
 
 # Server error codes that mean "who you are", not "what you asked".
@@ -23,16 +23,6 @@ _AUTH_CODES = {
     195,
     516,
 }  # UNKNOWN_USER, WRONG_PASSWORD, REQUIRED_PASSWORD, IP_ADDRESS_NOT_ALLOWED, AUTHENTICATION_FAILED
-
-
-def first_line(message: str) -> str:
-    """ClickHouse appends a stack trace to messages; keep what a human needs."""
-    text = message.strip()
-    for marker in (". Stack trace:", "Stack trace:", "\n"):
-        cut = text.find(marker)
-        if cut > 0:
-            text = text[:cut]
-    return text.strip().rstrip(".")
 
 
 class NativeClient:
