@@ -14,7 +14,11 @@ replay them as they are.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,15 +222,26 @@ class BackupService:
                     table=table.qualified,
                     reason=f"its data is on object-storage disk {disk.name!r}, which casbackup does not back up yet",
                 )
+        clock = time.monotonic()
         self.server.freeze(table.database, table.name, freeze_name.value)
+        log.info("%s: FREEZE %.2f s", table.qualified, time.monotonic() - clock)
         try:
             # Read the definition after FREEZE: it is the one the frozen parts match.
             current = self.server.table(table.database, table.name) or table
             known_parts = {
                 p.name: p for p in self.server.parts(table.database, table.name, active_only=False)
             }
-            fingerprints = self._fingerprints(snapshot, table, freeze_name)
-            parts = self._store_parts(snapshot, table, freeze_name, known_parts, fingerprints)
+            clock = time.monotonic()
+            with self._fingerprinting(snapshot, table, freeze_name) as fingerprints:
+                parts = self._store_parts(snapshot, table, freeze_name, known_parts)
+                log.info("%s: store %.2f s", table.qualified, time.monotonic() - clock)
+            parts = [
+                p.model_copy(update={"fingerprint": fingerprints[p.name]})
+                if p.name in fingerprints
+                else p
+                for p in parts
+            ]
+            log.info("%s: store and fingerprints %.2f s", table.qualified, time.monotonic() - clock)
         finally:
             remove_table_shadow(self.server, table, freeze_name)
         parts.sort(key=lambda p: (p.min_block, p.max_block, p.name))
@@ -252,7 +267,6 @@ class BackupService:
         table: TableInfo,
         freeze_name: FreezeName,
         known: dict[str, PartInfo],
-        fingerprints: dict[str, mf.PartFingerprint],
     ) -> list[mf.Part]:
         frozen: list[tuple[str, Path, list[DiskFile], dict[str, FileChecksum]]] = []
         for disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
@@ -280,27 +294,53 @@ class BackupService:
                 )
                 for f in files
             ]
-            part = self._describe_part(
-                table, disk_name, part_dir, entries, known.get(part_dir.name)
-            )
-            fingerprint = fingerprints.get(part_dir.name)
             parts.append(
-                part.model_copy(update={"fingerprint": fingerprint}) if fingerprint else part
+                self._describe_part(table, disk_name, part_dir, entries, known.get(part_dir.name))
             )
         return parts
 
-    def _fingerprints(
+    @contextlib.contextmanager
+    def _fingerprinting(
         self, snapshot: SnapshotWriter, table: TableInfo, freeze_name: FreezeName
-    ) -> dict[str, mf.PartFingerprint]:
+    ) -> Iterator[dict[str, mf.PartFingerprint]]:
         """Row fingerprints of the frozen parts, for `verify --restore` to compare against.
 
         Cost follows change, not size: a part whose content (its checksums.txt)
         an earlier backup fingerprinted reuses that fingerprint, even when a
-        mutation renamed it; only new parts are scanned, right after FREEZE so
-        that merges have little time to retire them.
+        mutation renamed it; only new parts are scanned. The scan is the
+        server's work: it runs on a second connection while this process
+        stores the parts (the embedded engine allows one connection, so there
+        it runs first). The dictionary yielded is complete when the block ends.
         """
+        result, scan = self._reusable_fingerprints(snapshot, table, freeze_name)
+        fork = self.server.clone() if scan else None
+        if fork is None:
+            result.update(self._scan(self.server, table, scan))
+            yield result
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="casbackup-fingerprint") as pool:
+            future = pool.submit(self._scan, fork, table, scan)
+            try:
+                yield result
+                result.update(future.result())
+            finally:
+                fork.close()  # also unblocks the scan if we are leaving early
+
+    @staticmethod
+    def _scan(
+        server: ClickHouseServer, table: TableInfo, parts: list[str]
+    ) -> dict[str, mf.PartFingerprint]:
+        return {
+            name: mf.PartFingerprint(rows=fp.rows, hash=fp.hash)
+            for name, fp in part_fingerprints(server, table.database, table.name, parts).items()
+        }
+
+    def _reusable_fingerprints(
+        self, snapshot: SnapshotWriter, table: TableInfo, freeze_name: FreezeName
+    ) -> tuple[dict[str, mf.PartFingerprint], list[str]]:
+        """Fingerprints earlier backups recorded for these parts' contents, and the parts to scan."""
         if not self.options.fingerprints:
-            return {}
+            return {}, []
         chunker = Chunker(snapshot.repo.config.chunker)
         keys: dict[str, bytes] = {}
         for _disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
@@ -316,10 +356,7 @@ class BackupService:
             for name, key in keys.items()
             if key in previous
         }
-        scan = sorted(name for name in keys if name not in result)
-        for name, fp in part_fingerprints(self.server, table.database, table.name, scan).items():
-            result[name] = mf.PartFingerprint(rows=fp.rows, hash=fp.hash)
-        return result
+        return result, sorted(name for name in keys if name not in result)
 
     def _unchanged_files(
         self, snapshot: SnapshotWriter, files: list[tuple[DiskFile, FileChecksum | None]]

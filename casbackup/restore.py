@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,6 +329,7 @@ class RestoreService:
                     "remove it or use --drop-existing",
                 )
         staged: list[tuple[mf.Part, Path]] = []
+        clock = time.monotonic()
         try:
             for part in parts:
                 staged.append(
@@ -335,6 +337,13 @@ class RestoreService:
                 )
             # Physical rows (count.txt) of attached parts: exact even for parts
             # whose rows a lightweight DELETE masks (count() would not see those).
+            log.info(
+                "%s: fetched and verified %d parts in %.2f s",
+                item.target,
+                len(parts),
+                time.monotonic() - clock,
+            )
+            clock = time.monotonic()
             expected = sum(p.rows for p in parts)
             before = self.server.part_rows(item.database, item.name)
             with self._merges_paused(item):
@@ -343,6 +352,7 @@ class RestoreService:
                     self._attach(item, part, temp, detached / part.name)
                     staged.pop(0)
                 after = self.server.part_rows(item.database, item.name)
+            log.info("%s: attached in %.2f s", item.target, time.monotonic() - clock)
         finally:
             for _, temp in staged:
                 shutil.rmtree(temp, ignore_errors=True)

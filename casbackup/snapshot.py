@@ -11,6 +11,7 @@ manifest references: garbage for ``gc``, never a half-visible backup.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from casbackup.repo.manifest import Database, FileContent, Manifest, Stats, Tabl
 from casbackup.repo.marks import condemned_packs
 from casbackup.repo.repository import Repository
 from casbackup.repo.writer import DEFAULT_PACK_SIZE, ChunkWriter
+
+log = logging.getLogger(__name__)
 
 
 class SnapshotWriter:
@@ -89,7 +92,9 @@ class SnapshotWriter:
     def commit(
         self, databases: list[Database], tables: list[Table], clickhouse_version: str = ""
     ) -> Manifest:
+        clock = time.monotonic()
         self.writer.flush()
+        log.info("flush of the last packs %.2f s", time.monotonic() - clock)
         referenced = {pf.file_id for t in tables for p in t.parts for pf in p.files}
         self._check_references({c for f in referenced for c in self.files[f].chunks})
         manifest = Manifest(

@@ -10,15 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -55,6 +46,8 @@ def print_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[str] = ()
 ) -> None:
     """Aligned columns; never wrapped when piped, so grep and awk see one line per row."""
+    from rich.table import Table  # loaded when a command prints a table, not at start-up
+
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
     table = Table(box=None, header_style="bold" if sys.stdout.isatty() else None, pad_edge=False)
     for column in columns:
@@ -69,7 +62,7 @@ class ByteProgress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and stderr.is_terminal
-        self._progress: Progress | None = None
+        self._progress: Any = None
         self._task: Any = None
 
     @contextmanager
@@ -77,6 +70,15 @@ class ByteProgress:
         if not self.enabled:
             yield self
             return
+        from rich.progress import (  # only on a terminal: not worth its start-up cost otherwise
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),

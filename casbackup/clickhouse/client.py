@@ -42,6 +42,10 @@ class ClickHouseClient(Protocol):
         """Where this client connects, for messages (no secrets)."""
         ...
 
+    def clone(self) -> ClickHouseClient | None:
+        """A second, independent connection to the same server, or None if there can be only one."""
+        ...
+
     def close(self) -> None: ...
 
 

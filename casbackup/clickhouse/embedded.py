@@ -44,6 +44,9 @@ class EmbeddedClient:
     def describe(self) -> str:
         return f"chdb://{self.path}"
 
+    def clone(self) -> None:
+        return None  # one engine per process, used from one thread
+
     def query(self, sql: str) -> list[Row]:
         text = self._run(sql, "JSON")
         if not text.strip():

@@ -44,6 +44,9 @@ class NativeClient:
     def describe(self) -> str:
         return self.spec.describe()
 
+    def clone(self) -> NativeClient:
+        return NativeClient(self.spec)
+
     def query(self, sql: str) -> list[Row]:
         rows, columns = self._run(sql, with_column_types=True)
         names = [name for name, _type in columns]

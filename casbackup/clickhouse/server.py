@@ -139,6 +139,17 @@ class ClickHouseServer:
     def describe(self) -> str:
         return self.client.describe()
 
+    def clone(self) -> ClickHouseServer | None:
+        """The same server over a second connection (for work in another thread), if possible."""
+        client = self.client.clone()
+        if client is None:
+            return None
+        twin = ClickHouseServer(client)
+        for cached in ("info", "disks"):
+            if cached in self.__dict__:
+                twin.__dict__[cached] = self.__dict__[cached]
+        return twin
+
     def close(self) -> None:
         self.client.close()
 
