@@ -16,8 +16,7 @@ from casbackup.clickhouse.freeze import shadow_root, stale_shadows
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.process import ProcessTag
 from casbackup.restore import TEMP_PREFIX, temp_part_owner
-from casbackup.store.base import ObjectStore
-from casbackup.store.local import LocalStore
+from casbackup.store.base import LeavesTemporaries, ObjectStore
 
 STORE_TEMP_MIN_AGE_S = 3600
 
@@ -77,5 +76,5 @@ def clean_store(
     min_age: float = STORE_TEMP_MIN_AGE_S,
 ) -> None:
     """Partial uploads of killed runs (an in-progress upload of a live run is younger than min_age)."""
-    if isinstance(store, LocalStore) and not dry_run:
+    if isinstance(store, LeavesTemporaries) and not dry_run:
         report.store_temporaries = store.remove_stale_temporaries(min_age)

@@ -13,9 +13,17 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from casbackup.errors import ConfigError, UsageError
 from casbackup.retention import Policy, parse_duration
@@ -143,6 +151,50 @@ class VerifySettings(_Section):
     restore: bool = False  # also test-restore the new backup (costs its size in scratch space)
 
 
+class S3Settings(_Section):
+    """How to reach an ``s3://bucket/prefix`` repository; unset keys fall back to boto3's chain.
+
+    Bucket and prefix come from the location. Credentials, region and endpoint
+    left unset come from boto3's standard sources (``AWS_ACCESS_KEY_ID``,
+    ``AWS_PROFILE``, ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3``, instance roles).
+    """
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    addressing_style: Literal["auto", "virtual", "path"] = "auto"
+    storage_class: str | None = None
+    sse: Literal["none", "AES256", "aws:kms"] = "none"
+    sse_kms_key_id: str | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 10
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+    read_timeout: Annotated[float, Field(gt=0)] = 120.0
+    concurrency: Annotated[int, Field(ge=1, le=64)] = 8
+    # S3 parts are 5 MiB to 5 GiB (the last may be smaller).
+    multipart_threshold_mb: Annotated[int, Field(ge=5, le=5120)] = 16
+    multipart_chunk_mb: Annotated[int, Field(ge=5, le=5120)] = 8
+    macros: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("storage_class")
+    @classmethod
+    def _readable_class(cls, value: str | None) -> str | None:
+        # Archive classes need a restore request before a GET: no restore,
+        # verify or dedupe could read them.
+        if value is not None and value.upper() in ("GLACIER", "DEEP_ARCHIVE"):
+            raise ValueError(f"{value} objects cannot be read without a restore request")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> S3Settings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("set both access_key_id and secret_access_key, or neither")
+        if self.sse_kms_key_id is not None and self.sse != "aws:kms":
+            raise ValueError('sse_kms_key_id needs sse = "aws:kms"')
+        return self
+
+
 class Settings(_Section):
     repository: RepositorySettings = Field(default_factory=RepositorySettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
@@ -151,7 +203,17 @@ class Settings(_Section):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     gc: GcConfig = Field(default_factory=GcConfig)
     verify: VerifySettings = Field(default_factory=VerifySettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
     source: str = "defaults"  # where the file part came from, for messages
+
+    @property
+    def on_s3(self) -> bool:
+        return self.repository.location.startswith("s3://")
+
+    @property
+    def upload_threads(self) -> int:
+        """Packs uploaded at once: ``[s3] concurrency`` for S3, where latency, not the disk, limits."""
+        return self.s3.concurrency if self.on_s3 else self.repository.upload_threads
 
     def catalog_url(self, repository_id: str) -> str:
         if self.catalog.url:
@@ -216,7 +278,7 @@ compression_level = 1
 # Target size of pack files, in MB. Bigger means fewer objects, smaller
 # means finer garbage collection.
 pack_size_mb = 32
-# Threads reading and hashing files, and uploading packs.
+# Threads reading and hashing files, and uploading packs (to S3: [s3] concurrency).
 threads = 2
 upload_threads = 2
 
@@ -265,6 +327,39 @@ read_data_subset = "5%"
 # Also test-restore the night's backup into scratch databases and compare
 # fingerprints (needs the backup's size free on the ClickHouse disk).
 restore = false
+
+[s3]
+# For repository.location = "s3://bucket/prefix". The prefix may use {{shard}},
+# {{replica}}, {{host}} (and any other macro): values from [s3.macros] below, else
+# the ClickHouse server's system.macros; {{host}} defaults to this hostname.
+# Unset keys fall back to boto3's standard environment and files:
+# AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_REGION,
+# AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, instance and container roles.
+# region = "eu-central-1"
+# endpoint_url = "https://minio.example.net:9000"   # S3-compatible servers
+# access_key_id = ""
+# secret_access_key = ""   # prefer the environment; never printed
+# "auto", "virtual" (bucket.host) or "path" (host/bucket, most S3-compatible servers).
+addressing_style = "auto"
+# storage_class = "STANDARD_IA"   # archive classes (GLACIER, DEEP_ARCHIVE) cannot be read back
+# Server-side encryption: "none", "AES256" or "aws:kms" (with sse_kms_key_id).
+sse = "none"
+# sse_kms_key_id = "arn:aws:kms:..."
+# Attempts per request (the first included) on throttling, 5xx and broken
+# connections, with backoff; "adaptive" also slows down the client on throttling.
+max_attempts = 10
+retry_mode = "standard"
+connect_timeout = 10.0
+read_timeout = 120.0
+# Threads uploading packs, and parts of multipart uploads in flight at once.
+concurrency = 8
+# Objects from this size up are uploaded in parts of multipart_chunk_mb, in parallel.
+multipart_threshold_mb = 16
+multipart_chunk_mb = 8
+
+[s3.macros]
+# shard = "01"
+# replica = "replica-1"
 """
 
 

@@ -95,3 +95,22 @@ def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
         return CliResult(code, out, err)
 
     return invoke
+
+
+# --- S3 (moto's standalone server on loopback, see tests/s3server.py) -------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from tests.s3server import start_s3_server
+
+    yield from start_s3_server(tmp_path_factory.mktemp("s3-server"))
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on the test server, with boto3's environment set to test credentials."""
+    from tests.s3server import use_test_credentials
+
+    use_test_credentials(monkeypatch)
+    return str(s3_server.new_bucket())

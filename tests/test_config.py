@@ -68,6 +68,7 @@ def test_default_config_is_valid_and_complete(tmp_path: Path) -> None:
         "retention",
         "gc",
         "verify",
+        "s3",
     }
     path = tmp_path / "c.toml"
     path.write_text(text)

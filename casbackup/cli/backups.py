@@ -74,7 +74,7 @@ def create(
         compression_level=settings.repository.compression_level,
         pack_size=settings.repository.pack_size_mb * 1024 * 1024,
         threads=settings.repository.threads,
-        upload_threads=settings.repository.upload_threads,
+        upload_threads=settings.upload_threads,
         rehash=rehash,
     )
     bar = ByteProgress(enabled=not (json_output or app.quiet))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from casbackup.catalog.rebuild import sync
 from casbackup.clickhouse.client import connect, parse_url
 from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.config import Settings, load_settings
+from casbackup.errors import ClickHouseError, ConfigError
 from casbackup.repo.repository import Repository
 from casbackup.store import ObjectStore, open_store
 
@@ -43,8 +45,22 @@ class AppContext:
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
-            self._store = open_store(self.settings.repository.location)
+            self._store = open_store(
+                self.settings.repository.location,
+                s3=self.settings.s3,
+                server_macros=self._server_macros,
+            )
         return self._store
+
+    def _server_macros(self) -> Mapping[str, str]:
+        """ClickHouse's system.macros, asked only for a location macro the config lacks."""
+        try:
+            return self.server.macros()
+        except ClickHouseError as exc:
+            raise ConfigError(
+                detail=f"repository location {self.settings.repository.location!r} uses macros "
+                f"that [s3] macros does not define, and reading system.macros failed: {exc.message}"
+            ) from None
 
     @property
     def repository(self) -> Repository:
@@ -84,3 +100,6 @@ class AppContext:
             self._catalog.close()
         if self._server is not None:
             self._server.close()
+        close_store = getattr(self._store, "close", None)  # S3: the transfer manager's threads
+        if close_store is not None:
+            close_store()

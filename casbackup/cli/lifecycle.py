@@ -276,7 +276,7 @@ def run(
         compression_level=settings.repository.compression_level,
         pack_size=settings.repository.pack_size_mb * 1024 * 1024,
         threads=settings.repository.threads,
-        upload_threads=settings.repository.upload_threads,
+        upload_threads=settings.upload_threads,
     )
     bar = ByteProgress(enabled=not (json_output or app.quiet))
     with bar.running("backing up"):

@@ -57,6 +57,18 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+@runtime_checkable
+class LeavesTemporaries(Protocol):
+    """A store where a killed write leaves debris invisible to ``list``.
+
+    A local store leaves temporary files beside their targets; S3 keeps the
+    parts of a multipart upload that was never completed (and bills them).
+    ``casbackup clean`` removes what is older than any live write can be.
+    """
+
+    def remove_stale_temporaries(self, older_than_seconds: float) -> int: ...
+
+
 def validate_key(key: str) -> str:
     """Reject keys that could escape a directory store or mean different things on S3.
 
