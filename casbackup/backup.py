@@ -49,8 +49,15 @@ from casbackup.repo import manifest as mf
 from casbackup.repo.archiver import StoredFile
 from casbackup.repo.chunker import Chunker, chunk_id, file_id
 from casbackup.repo.repository import Repository
-from casbackup.selection import select
-from casbackup.snapshot import SnapshotWriter
+from casbackup.selection import partition_selected, select
+from casbackup.server_state import (
+    access_directory,
+    capture_access,
+    capture_functions,
+    capture_named_collections,
+    store_directory,
+)
+from casbackup.snapshot import ServerState, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,10 @@ class BackupOptions:
     upload_threads: int = 2
     rehash: bool = False  # read every file even if it is known unchanged
     fingerprints: bool = True  # record row fingerprints of new parts (for verify --restore)
+    partitions: tuple[str, ...] = ()  # only these partitions ("P" or "db.table:P"), by id or value
+    access: bool = False  # also access entities (users, roles, grants) and the access directory
+    access_path: Path | None = None  # where the access directory is, if the server does not say
+    configs: Path | None = None  # also this config directory (e.g. /etc/clickhouse-server)
 
 
 @dataclass
@@ -83,7 +94,8 @@ class BackupReport:
     name: str
     manifest: mf.Manifest
     tables: list[TableReport] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # something asked for was not backed up
+    notes: list[str] = field(default_factory=list)  # worth saying, but nothing was missed
 
 
 class BackupProgress:
@@ -149,6 +161,7 @@ class BackupService:
         self.catalog = catalog
         self.options = options
         self.progress = progress or BackupProgress()
+        self.notes: list[str] = []
 
     def run(self) -> BackupReport:
         tables = plan_backup(self.server, self.options.tables, self.options.exclude)
@@ -193,10 +206,41 @@ class BackupService:
                     self.progress.table_done(report)
             finally:
                 remove_run_shadow(self.server, freeze_name)
+            extras, notes = self._server_state(snapshot)
+            warnings += notes
             manifest = snapshot.commit(
-                databases, recorded, clickhouse_version=self.server.info.version
+                databases, recorded, clickhouse_version=self.server.info.version, extras=extras
             )
-        return BackupReport(name=name, manifest=manifest, tables=reports, warnings=warnings)
+        return BackupReport(
+            name=name, manifest=manifest, tables=reports, warnings=warnings, notes=self.notes
+        )
+
+    def _server_state(self, snapshot: SnapshotWriter) -> tuple[ServerState, list[str]]:
+        """Functions and named collections always; access control and configs when asked."""
+        warnings: list[str] = []
+        collections, hidden = capture_named_collections(self.server)
+        warnings += hidden
+        state = ServerState(
+            functions=capture_functions(self.server),
+            named_collections=collections,
+            partitions=list(self.options.partitions),
+        )
+        if self.options.access:
+            captured = capture_access(self.server)
+            if captured is None:
+                self.notes.append(
+                    f"ClickHouse {self.server.info.version} has no SQL access control (users live "
+                    "in users.xml): no access entities to back up; use --configs for users.xml"
+                )
+            else:
+                state.access, hidden = captured
+                warnings += hidden
+            directory = self.options.access_path or access_directory(self.server)
+            if directory is not None and directory.is_dir():
+                state.access_files = store_directory(snapshot, directory)
+        if self.options.configs is not None:
+            state.configs = store_directory(snapshot, self.options.configs)
+        return state, warnings
 
     # --- one table -------------------------------------------------------------
 
@@ -232,7 +276,7 @@ class BackupService:
                 p.name: p for p in self.server.parts(table.database, table.name, active_only=False)
             }
             clock = time.monotonic()
-            with self._fingerprinting(snapshot, table, freeze_name) as fingerprints:
+            with self._fingerprinting(snapshot, table, freeze_name, known_parts) as fingerprints:
                 parts = self._store_parts(snapshot, table, freeze_name, known_parts)
                 log.info("%s: store %.2f s", table.qualified, time.monotonic() - clock)
             parts = [
@@ -268,10 +312,10 @@ class BackupService:
         freeze_name: FreezeName,
         known: dict[str, PartInfo],
     ) -> list[mf.Part]:
-        frozen: list[tuple[str, Path, list[DiskFile], dict[str, FileChecksum]]] = []
-        for disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
-            for part_dir in frozen_part_dirs(shadow_dir):
-                frozen.append((disk.name, part_dir, part_files(part_dir), part_checksums(part_dir)))
+        frozen = [
+            (disk_name, part_dir, part_files(part_dir), part_checksums(part_dir))
+            for disk_name, part_dir in self._selected_parts(table, freeze_name, known)
+        ]
         everything = [(f, sums.get(f.relative)) for _, _, files, sums in frozen for f in files]
         stored = {} if self.options.rehash else self._unchanged_files(snapshot, everything)
         to_read = [f.path for f, _ in everything if f.path not in stored]
@@ -301,7 +345,11 @@ class BackupService:
 
     @contextlib.contextmanager
     def _fingerprinting(
-        self, snapshot: SnapshotWriter, table: TableInfo, freeze_name: FreezeName
+        self,
+        snapshot: SnapshotWriter,
+        table: TableInfo,
+        freeze_name: FreezeName,
+        known: dict[str, PartInfo],
     ) -> Iterator[dict[str, mf.PartFingerprint]]:
         """Row fingerprints of the frozen parts, for `verify --restore` to compare against.
 
@@ -312,7 +360,7 @@ class BackupService:
         stores the parts (the embedded engine allows one connection, so there
         it runs first). The dictionary yielded is complete when the block ends.
         """
-        result, scan = self._reusable_fingerprints(snapshot, table, freeze_name)
+        result, scan = self._reusable_fingerprints(snapshot, table, freeze_name, known)
         fork = self.server.clone() if scan else None
         if fork is None:
             result.update(self._scan(self.server, table, scan))
@@ -336,20 +384,23 @@ class BackupService:
         }
 
     def _reusable_fingerprints(
-        self, snapshot: SnapshotWriter, table: TableInfo, freeze_name: FreezeName
+        self,
+        snapshot: SnapshotWriter,
+        table: TableInfo,
+        freeze_name: FreezeName,
+        known: dict[str, PartInfo],
     ) -> tuple[dict[str, mf.PartFingerprint], list[str]]:
         """Fingerprints earlier backups recorded for these parts' contents, and the parts to scan."""
         if not self.options.fingerprints:
             return {}, []
         chunker = Chunker(snapshot.repo.config.chunker)
         keys: dict[str, bytes] = {}
-        for _disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
-            for part_dir in frozen_part_dirs(shadow_dir):
-                try:
-                    data = (part_dir / "checksums.txt").read_bytes()
-                except OSError:
-                    continue
-                keys[part_dir.name] = file_id([chunk_id(c) for c in chunker.split_bytes(data)])
+        for _disk, part_dir in self._selected_parts(table, freeze_name, known):
+            try:
+                data = (part_dir / "checksums.txt").read_bytes()
+            except OSError:
+                continue
+            keys[part_dir.name] = file_id([chunk_id(c) for c in chunker.split_bytes(data)])
         previous = previous_fingerprints(self.catalog.db, set(keys.values()))
         result = {
             name: mf.PartFingerprint(rows=previous[key][0], hash=previous[key][1])
@@ -387,6 +438,23 @@ class BackupService:
                 self.progress.advance(f.size)
         return reused
 
+    def _selected_parts(
+        self, table: TableInfo, freeze_name: FreezeName, known: dict[str, PartInfo]
+    ) -> list[tuple[str, Path]]:
+        """(disk, directory) of every frozen part in the selected partitions."""
+        selected = []
+        for disk, shadow_dir in table_shadow_dirs(self.server, table, freeze_name):
+            for part_dir in frozen_part_dirs(shadow_dir):
+                info = known.get(part_dir.name)
+                parsed = PartName.parse(part_dir.name)
+                partition_id = info.partition_id if info else parsed.partition_id if parsed else ""
+                value = info.partition if info else partition_id
+                if partition_selected(
+                    table.database, table.name, partition_id, value, self.options.partitions
+                ):
+                    selected.append((disk.name, part_dir))
+        return selected
+
     @staticmethod
     def _describe_part(
         table: TableInfo, disk: str, part_dir: Path, files: list[mf.PartFile], info: PartInfo | None
@@ -418,6 +486,7 @@ class BackupService:
         return mf.Part(
             name=part_dir.name,
             partition_id=partition,
+            partition=info.partition if info is not None else partition,
             min_block=low,
             max_block=high,
             level=level,

@@ -90,6 +90,10 @@ class ClickHouseSettings(_Section):
 class BackupSettings(_Section):
     tables: list[str] = Field(default_factory=lambda: ["*.*"])
     exclude: list[str] = Field(default_factory=list)
+    rbac: bool = False  # access entities as SQL, and the access directory's files
+    configs: bool = False  # the server's config directory
+    configs_path: Path = Path("/etc/clickhouse-server")
+    access_path: Path | None = None  # when system.user_directories does not say
 
     @field_validator("tables", "exclude")
     @classmethod
@@ -299,6 +303,14 @@ url = "clickhouse://default@127.0.0.1:9000"
 # Which tables `create` backs up: database.table glob patterns.
 tables = ["*.*"]
 exclude = []
+# Also back up access control (users, roles, quotas, row policies, settings
+# profiles, grants; captured as SQL, plus the access directory's files) and
+# the server's config directory. SQL functions and named collections are
+# always backed up. `create --rbac/--configs` do the same for one run.
+rbac = false
+configs = false
+configs_path = "/etc/clickhouse-server"
+# access_path = "/var/lib/clickhouse/access"   # default: from system.user_directories
 
 [retention]
 # What `forget` and the nightly `run` keep (like restic's forget). All zero:

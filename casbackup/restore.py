@@ -34,16 +34,29 @@ from casbackup.clickhouse.sql import (
     qualified,
     quote_identifier,
     rename_databases,
+    rename_dictionary_source,
     set_create_target,
     statement_kind,
 )
-from casbackup.errors import ClickHouseError, NothingSelected, RestoreConflict, RestoreFailed
+from casbackup.errors import (
+    ClickHouseError,
+    NothingSelected,
+    RestoreConflict,
+    RestoreFailed,
+    UsageError,
+)
 from casbackup.ordering import is_inner_table
 from casbackup.process import ProcessTag
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
-from casbackup.selection import select
+from casbackup.selection import partition_selected, select
+from casbackup.server_state import (
+    check_no_clashes,
+    existing_files,
+    restore_directory,
+    restore_objects,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +72,15 @@ class RestoreOptions:
     data_only: bool = False
     drop_existing: bool = False
     threads: int = 4
+    restore_tables: bool = True  # False: only server state (--rbac, --configs)
+    partitions: tuple[str, ...] = ()  # only these partitions; existing tables are then reused
+    ignore_dependencies: bool = False  # create what can be created, report the rest
+    functions: bool = True  # SQL functions and named collections (views may need them)
+    access: bool = False  # access entities and grants (restore --rbac)
+    on_existing: str = "skip"  # for server objects: skip | replace | fail
+    files_target: Path | None = None  # where stored configs / access files are written
+    configs: bool = False
+    overwrite_files: bool = False
 
 
 @dataclass
@@ -75,6 +97,11 @@ class TableOutcome:
 class RestoreReport:
     backup: str
     tables: list[TableOutcome] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)  # server objects created
+    skipped_objects: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # config / access files written
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class RestoreProgress:
@@ -133,6 +160,10 @@ class RestoreService:
     # --- 1. plan -----------------------------------------------------------------
 
     def plan(self) -> list[_Item]:
+        """What to restore, with every conflict found before anything is changed."""
+        self._check_server_state()
+        if not self.options.restore_tables:
+            return []
         chosen = select(self.manifest.tables, self.options.tables, self.options.exclude)
         if not chosen:
             raise NothingSelected(patterns=", ".join(self.options.tables))
@@ -159,6 +190,38 @@ class RestoreService:
         self._check_targets(items)
         return items
 
+    def _check_server_state(self) -> None:
+        if self.options.on_existing == "fail":
+            objects = list(self.manifest.access) if self.options.access else []
+            if self.options.functions and not self.options.data_only:
+                objects += [*self.manifest.functions, *self.manifest.named_collections]
+            check_no_clashes(self.server, objects)
+        for fileset, target in self._file_restores():
+            clashes = existing_files(fileset, target)
+            if clashes and not self.options.overwrite_files:
+                raise RestoreConflict(
+                    detail=f"{len(clashes)} files exist under {target}, e.g. {clashes[0]} "
+                    "(pass --overwrite to replace them)"
+                )
+
+    def _file_restores(self) -> list[tuple[mf.FileSet, Path]]:
+        """(stored directory, where it goes) for --configs and, with --rbac, the access files."""
+        wanted = [
+            (fileset, sub)
+            for fileset, sub, asked in (
+                (self.manifest.configs, "configs", self.options.configs),
+                (self.manifest.access_files, "access", self.options.access),
+            )
+            if asked and fileset is not None
+        ]
+        if wanted and self.options.files_target is None:
+            raise UsageError(detail="restoring configs or access files needs a target directory")
+        return [
+            (fileset, self.options.files_target / sub)
+            for fileset, sub in wanted
+            if self.options.files_target
+        ]
+
     @staticmethod
     def _owner_view(table: mf.Table, views: dict[tuple[str, str], mf.Table]) -> mf.Table | None:
         if table.name.startswith(".inner_id."):
@@ -174,6 +237,7 @@ class RestoreService:
         conflicts: list[str] = []
         missing: list[str] = []
         existing = {(t.database, t.name): t for t in self.server.tables()}
+        partial = bool(self.options.partitions)
         for item in items:
             if item.owner_view is not None:
                 continue  # created by its view; checked through it
@@ -183,15 +247,21 @@ class RestoreService:
                 if item.entry.has_data and current is None:
                     missing.append(item.target)
                 elif (
-                    item.entry.has_data
-                    and self.server.count(item.database, item.name)
-                    and not self.options.drop_existing
+                    item.entry.has_data and self._occupied(item) and not self.options.drop_existing
                 ):
-                    conflicts.append(f"{item.target} has data")
+                    conflicts.append(
+                        f"{item.target} has data{' in those partitions' if partial else ''}"
+                    )
                 continue
-            if current is None or self.options.drop_existing:
+            if current is None or (self.options.drop_existing and not partial):
                 continue
-            if not item.entry.has_data or not current.has_data:
+            if partial and current.has_data and item.entry.has_data:
+                # Restoring some partitions into a table that exists: only overlap conflicts.
+                if self._occupied(item) and not self.options.drop_existing:
+                    conflicts.append(f"{item.target} has data in those partitions")
+            elif partial:
+                continue  # views and other objects that exist are simply kept
+            elif not item.entry.has_data or not current.has_data:
                 conflicts.append(f"{item.target} exists")
             elif self.server.count(item.database, item.name):
                 conflicts.append(f"{item.target} has data")
@@ -201,6 +271,24 @@ class RestoreService:
             )
         if conflicts:
             raise RestoreConflict(detail="target exists: " + "; ".join(conflicts))
+
+    def _parts(self, entry: mf.Table) -> list[mf.Part]:
+        """The parts of a table this restore brings back (all, or those in --partitions)."""
+        return [
+            p
+            for p in entry.parts
+            if partition_selected(
+                entry.database, entry.name, p.partition_id, p.partition, self.options.partitions
+            )
+        ]
+
+    def _occupied(self, item: _Item) -> bool:
+        """Whether the target already holds data where this restore would put some."""
+        if not self.options.partitions:
+            return self.server.count(item.database, item.name) > 0
+        wanted = {p.partition_id for p in self._parts(item.entry)}
+        present = {p.partition_id for p in self.server.parts(item.database, item.name)}
+        return bool(wanted & present)
 
     # --- 2 + 3. run ----------------------------------------------------------------
 
@@ -212,27 +300,78 @@ class RestoreService:
             for i in items
         }
         if not self.options.data_only:
+            if self.options.functions:  # before tables: views may call them
+                self._restore_objects(
+                    [*self.manifest.functions, *self.manifest.named_collections], report
+                )
             self._create_databases(items)
             if self.options.drop_existing:
                 self._drop_existing(items)
-            self._create_objects(items, outcomes)
+            self._create_objects(items, outcomes, report)
         elif self.options.drop_existing:
-            for item in items:
-                if item.entry.has_data and item.existing is not None:
-                    self.server.truncate(item.database, item.name)
+            self._clear_targets(items)
         self._resolve_inner_tables(items)
         if not self.options.schema_only:
-            total = sum(p.bytes for i in items for p in i.entry.parts)
+            total = sum(p.bytes for i in items for p in self._parts(i.entry))
             self.progress.start(total)
             fetcher = ChunkFetcher(self.repo.store, threads=self.options.threads)
             for item in items:
-                if item.entry.has_data and item.entry.parts:
+                if item.entry.has_data and self._parts(item.entry):
                     outcome = outcomes[id(item)]
                     outcome.target = item.target
                     self.progress.table(item.target)
                     outcome.parts, outcome.rows = self._restore_data(item, fetcher)
+        if self.options.access:  # after tables: grants name them
+            if not self.manifest.access and self.manifest.access_files is None:
+                report.notes.append("this backup holds no access entities (made without --rbac?)")
+            self._restore_objects(self.manifest.access, report)
+        self._restore_files(report)
         report.tables = [outcomes[id(i)] for i in items]
         return report
+
+    def _restore_objects(self, objects: list[mf.ServerObject], report: RestoreReport) -> None:
+        if not objects:
+            return
+        done = restore_objects(
+            self.server,
+            objects,
+            on_existing=self.options.on_existing,
+            database_map=self.options.database_map,
+        )
+        report.objects += done.created
+        report.skipped_objects += done.skipped
+        report.warnings += [f"could not restore {what}: {why}" for what, why in done.failed]
+
+    def _restore_files(self, report: RestoreReport) -> None:
+        """Configs and access files go to a staging directory, never silently over live ones."""
+        if self.options.configs and self.manifest.configs is None:
+            report.notes.append(
+                "this backup holds no configuration files (made without --configs?)"
+            )
+        for fileset, target in self._file_restores():
+            report.files += restore_directory(
+                self.repo,
+                self.catalog,
+                self.manifest,
+                fileset,
+                target,
+                overwrite=self.options.overwrite_files,
+            )
+            report.notes.append(
+                f"{len(fileset.files)} files from {fileset.source} restored to {target}; copy what "
+                "you need into place and restart ClickHouse for it to take effect"
+            )
+
+    def _clear_targets(self, items: list[_Item]) -> None:
+        """--drop-existing with --data-only: empty the targets (only the chosen partitions)."""
+        for item in items:
+            if not item.entry.has_data or item.existing is None:
+                continue
+            if not self.options.partitions:
+                self.server.truncate(item.database, item.name)
+                continue
+            for partition_id in sorted({p.partition_id for p in self._parts(item.entry)}):
+                self.server.drop_partition(item.database, item.name, partition_id)
 
     def _create_databases(self, items: list[_Item]) -> None:
         recorded = {d.name: d for d in self.manifest.databases}
@@ -249,6 +388,9 @@ class RestoreService:
             self._execute(sql, target)
 
     def _drop_existing(self, items: list[_Item]) -> None:
+        if self.options.partitions:  # only the chosen partitions go; tables stay
+            self._clear_targets(items)
+            return
         for item in reversed(items):  # dependents first
             if item.existing is None or item.owner_view is not None:
                 continue
@@ -256,8 +398,17 @@ class RestoreService:
             self.server.drop_table(item.database, item.name, dictionary=kind == "DICTIONARY")
             item.existing = None
 
-    def _create_objects(self, items: list[_Item], outcomes: dict[int, TableOutcome]) -> None:
-        """Create in recorded order; what fails for want of a dependency is retried after the rest."""
+    def _create_objects(
+        self, items: list[_Item], outcomes: dict[int, TableOutcome], report: RestoreReport
+    ) -> None:
+        """Create in recorded order; what fails for want of a dependency is retried after the rest.
+
+        The recorded order already puts dependencies first (see ordering.py);
+        the retries cover what no definition reveals (a dictionary's source
+        named in a string, a view reading a table function). What still fails
+        stops the restore, unless --ignore-dependencies, which reports it and
+        restores everything else.
+        """
         todo = [i for i in items if i.owner_view is None and i.existing is None]
         while todo:
             failed: list[tuple[_Item, ClickHouseError]] = []
@@ -268,15 +419,22 @@ class RestoreService:
                 except ClickHouseError as exc:
                     failed.append((item, exc))
             if len(failed) == len(todo):
-                stuck, error = failed[0]
-                raise RestoreFailed(table=stuck.target, detail=error.message)
+                if not self.options.ignore_dependencies:
+                    stuck, error = failed[0]
+                    raise RestoreFailed(table=stuck.target, detail=error.message)
+                for item, error in failed:
+                    report.warnings.append(f"not created {item.target}: {error.message}")
+                    item.entry = item.entry.model_copy(
+                        update={"has_data": False}
+                    )  # nothing to attach to
+                return
             todo = [item for item, _ in failed]
 
     def _create(self, item: _Item) -> None:
         entry = item.entry
         mapping = {k: v for k, v in self.options.database_map.items() if k != v}
         in_place = item.database == entry.database and not mapping
-        sql = rename_databases(entry.create_sql, mapping)
+        sql = rename_dictionary_source(rename_databases(entry.create_sql, mapping), mapping)
         uuid = entry.uuid if in_place and self.server.info.has_uuids else None
         statement = set_create_target(sql, item.database, item.name, uuid=uuid)
         try:
@@ -320,7 +478,7 @@ class RestoreService:
         if not detached.exists():
             detached.mkdir()
             _chown(detached, owner.st_uid, owner.st_gid)
-        parts = sorted(item.entry.parts, key=lambda p: (p.min_block, p.max_block, p.name))
+        parts = sorted(self._parts(item.entry), key=lambda p: (p.min_block, p.max_block, p.name))
         for part in parts:
             if (detached / part.name).exists():
                 raise RestoreFailed(
@@ -331,10 +489,8 @@ class RestoreService:
         staged: list[tuple[mf.Part, Path]] = []
         clock = time.monotonic()
         try:
-            for part in parts:
-                staged.append(
-                    (part, self._stage_part(part, detached, owner.st_uid, owner.st_gid, fetcher))
-                )
+            for batch in _batches(parts):
+                staged += self._stage_parts(batch, detached, owner.st_uid, owner.st_gid, fetcher)
             # Physical rows (count.txt) of attached parts: exact even for parts
             # whose rows a lightweight DELETE masks (count() would not see those).
             log.info(
@@ -363,21 +519,34 @@ class RestoreService:
             )
         return len(parts), expected
 
-    def _stage_part(
-        self, part: mf.Part, detached: Path, uid: int, gid: int, fetcher: ChunkFetcher
-    ) -> Path:
-        """Write one part's files, verified, into a temporary directory under detached/."""
-        temp = detached / temp_part_name(part.name)
+    def _stage_parts(
+        self, parts: list[mf.Part], detached: Path, uid: int, gid: int, fetcher: ChunkFetcher
+    ) -> list[tuple[mf.Part, Path]]:
+        """Write several parts' files, verified, each into a temporary directory under detached/.
+
+        One fetch for the batch: its chunks' ranged reads are coalesced and run
+        in parallel across parts, so a table of many small parts does not cost
+        one round trip per part (what dominates on S3).
+        """
+        staged: list[tuple[mf.Part, Path]] = []
         try:
-            temp.mkdir(mode=0o750)
-            targets = [FileTarget(temp / f.path, self.files[f.file_id], f.mode) for f in part.files]
+            targets = []
+            for part in parts:
+                temp = detached / temp_part_name(part.name)
+                temp.mkdir(mode=0o750)
+                staged.append((part, temp))
+                targets += [
+                    FileTarget(temp / f.path, self.files[f.file_id], f.mode) for f in part.files
+                ]
             written = write_files(fetcher, self.catalog.index.locate, targets)
             self.progress.advance(written)
-            _chown_tree(temp, uid, gid)
+            for _, temp in staged:
+                _chown_tree(temp, uid, gid)
         except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
+            for _, temp in staged:
+                shutil.rmtree(temp, ignore_errors=True)
             raise
-        return temp
+        return staged
 
     def _attach(self, item: _Item, part: mf.Part, temp: Path, final: Path) -> None:
         os.rename(temp, final)
@@ -405,6 +574,29 @@ class RestoreService:
             if paused:
                 with contextlib.suppress(ClickHouseError):
                     self.server.execute(f"SYSTEM START MERGES {name}")
+
+
+# A batch of parts is staged with one fetch; write_files holds every file of
+# the batch open, so the file count is bounded well below the usual 1024 fds.
+STAGE_BATCH_BYTES = 256 * 1024 * 1024
+STAGE_BATCH_FILES = 400
+
+
+def _batches(parts: list[mf.Part]) -> Iterator[list[mf.Part]]:
+    """Parts in order, grouped up to STAGE_BATCH_BYTES and STAGE_BATCH_FILES (a big part alone)."""
+    batch: list[mf.Part] = []
+    size = files = 0
+    for part in parts:
+        if batch and (
+            size + part.bytes > STAGE_BATCH_BYTES or files + len(part.files) > STAGE_BATCH_FILES
+        ):
+            yield batch
+            batch, size, files = [], 0, 0
+        batch.append(part)
+        size += part.bytes
+        files += len(part.files)
+    if batch:
+        yield batch
 
 
 def _chown(path: Path, uid: int, gid: int) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
@@ -28,12 +29,32 @@ from casbackup.repo.archiver import FileArchiver, StoredFile
 from casbackup.repo.compression import DEFAULT_LEVEL, ChunkCompressor
 from casbackup.repo.keys import validate_backup_name
 from casbackup.repo.locks import Lock
-from casbackup.repo.manifest import Database, FileContent, Manifest, Stats, Table
+from casbackup.repo.manifest import (
+    Database,
+    FileContent,
+    FileSet,
+    Manifest,
+    ServerObject,
+    Stats,
+    Table,
+)
 from casbackup.repo.marks import condemned_packs
 from casbackup.repo.repository import Repository
 from casbackup.repo.writer import DEFAULT_PACK_SIZE, ChunkWriter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerState:
+    """What a backup holds besides tables (see casbackup.server_state)."""
+
+    access: list[ServerObject] = field(default_factory=list)
+    access_files: FileSet | None = None
+    functions: list[ServerObject] = field(default_factory=list)
+    named_collections: list[ServerObject] = field(default_factory=list)
+    configs: FileSet | None = None
+    partitions: list[str] = field(default_factory=list)
 
 
 class SnapshotWriter:
@@ -90,12 +111,20 @@ class SnapshotWriter:
             )
 
     def commit(
-        self, databases: list[Database], tables: list[Table], clickhouse_version: str = ""
+        self,
+        databases: list[Database],
+        tables: list[Table],
+        clickhouse_version: str = "",
+        extras: ServerState | None = None,
     ) -> Manifest:
+        """Write the manifest (the commit point); ``extras``: server state beyond tables."""
+        extras = extras or ServerState()
         clock = time.monotonic()
         self.writer.flush()
         log.info("flush of the last packs %.2f s", time.monotonic() - clock)
         referenced = {pf.file_id for t in tables for p in t.parts for pf in p.files}
+        for fileset in (extras.access_files, extras.configs):
+            referenced |= {f.file_id for f in fileset.files} if fileset else set()
         self._check_references({c for f in referenced for c in self.files[f].chunks})
         manifest = Manifest(
             name=self.name,
@@ -116,6 +145,12 @@ class SnapshotWriter:
                 new_chunks=self.writer.stats.new_chunks,
                 duration_ms=int((time.monotonic() - self._clock) * 1000),
             ),
+            access=extras.access,
+            access_files=extras.access_files,
+            functions=extras.functions,
+            named_collections=extras.named_collections,
+            configs=extras.configs,
+            partitions=extras.partitions,
         )
         self.catalog.backups.record_contents(self.backup_id, manifest)
         data = self.repo.write_manifest(manifest)

@@ -26,6 +26,7 @@ from casbackup.catalog.models import (
     RUNNING,
     Backup,
     BackupDatabase,
+    BackupFile,
     BackupTable,
     Part,
     PartFile,
@@ -235,6 +236,21 @@ def _insert_contents(conn: Connection, backup_id: int, manifest: Manifest) -> No
     at once; row by row, a table with thousands of parts took seconds.
     """
     record_files(conn, {f.id: (f.size, f.chunks) for f in manifest.files})
+    server_files = [
+        {
+            "backup_id": backup_id,
+            "kind": kind,
+            "path": f.path,
+            "file_digest": f.file_id.hex(),
+            "size": f.size,
+            "mode": f.mode,
+        }
+        for kind, fileset in (("access", manifest.access_files), ("config", manifest.configs))
+        if fileset is not None
+        for f in fileset.files
+    ]
+    if server_files:
+        conn.execute(insert(BackupFile), server_files)
     if manifest.databases:
         conn.execute(
             insert(BackupDatabase),

@@ -249,3 +249,27 @@ class PartFile(Base):
     mtime_ns: Mapped[int] = mapped_column(BigInteger)
     ch_checksum: Mapped[bytes | None] = mapped_column(LargeBinary(16))
     part: Mapped[Part] = relationship(back_populates="files")
+
+
+class BackupFile(Base):
+    """A server file a backup holds besides part files (configs, access storage).
+
+    Listed so that garbage collection, which keeps what backups reference,
+    sees these files' chunks as referenced too.
+    """
+
+    __tablename__ = "backup_files"
+    __table_args__ = (UniqueConstraint("backup_id", "kind", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    backup_id: Mapped[int] = mapped_column(ForeignKey("backups.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # "config" or "access"
+    path: Mapped[str] = mapped_column(Text)
+    file_digest: Mapped[str] = mapped_column(ForeignKey("files.digest"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mode: Mapped[int] = mapped_column(Integer)
+
+
+# Every file content some backup references: part files and server files.
+REFERENCED_FILES_SQL = (
+    "SELECT file_digest FROM part_files UNION SELECT file_digest FROM backup_files"
+)

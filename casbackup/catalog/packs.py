@@ -1,7 +1,7 @@
 """Pack lifecycle in the catalog: usage, condemnation state, deletion, repacking.
 
-"Referenced" means reachable from any backup the catalog holds, committed or
-running (a running backup's contents are recorded before its manifest is
+"Referenced" means reachable from any backup the catalog holds (its part
+files and server files, ``REFERENCED_FILES_SQL``), committed or running (a running backup's contents are recorded before its manifest is
 written). What a backup that has not recorded its contents yet depends on is
 protected by leases and marks (``casbackup.gc``), not by this query.
 """
@@ -16,7 +16,7 @@ from sqlalchemy import Connection, delete, select, text, update
 
 from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.index import batched, insert_ignoring_duplicates
-from casbackup.catalog.models import CONDEMNED, LIVE, Chunk, Pack
+from casbackup.catalog.models import CONDEMNED, LIVE, REFERENCED_FILES_SQL, Chunk, Pack
 from casbackup.repo.pack import PackEntry
 
 
@@ -36,11 +36,11 @@ class PackUsage:
         return self.live_bytes / self.size if self.size else 0.0
 
 
-_USAGE = """
+_USAGE = f"""
 WITH referenced AS (
     SELECT DISTINCT fc.chunk_digest AS digest
     FROM file_chunks fc
-    WHERE fc.file_digest IN (SELECT DISTINCT file_digest FROM part_files)
+    WHERE fc.file_digest IN ({REFERENCED_FILES_SQL})
 )
 SELECT p.digest, p.size, p.state, p.created_at, p.created_by,
        count(c.digest) AS chunks,
@@ -91,9 +91,7 @@ def set_states(db: CatalogDatabase, condemned: set[bytes], now: datetime) -> Non
 
 def delete_orphan_files(conn: Connection) -> int:
     """Forget file contents no backup references any more (their chunk lists go with them)."""
-    result = conn.execute(
-        text("DELETE FROM files WHERE digest NOT IN (SELECT DISTINCT file_digest FROM part_files)")
-    )
+    result = conn.execute(text(f"DELETE FROM files WHERE digest NOT IN ({REFERENCED_FILES_SQL})"))
     return int(result.rowcount or 0)
 
 
@@ -120,7 +118,7 @@ def live_entries(db: CatalogDatabase, pack_id: bytes) -> set[bytes]:
             text(
                 "SELECT c.digest FROM chunks c JOIN packs p ON p.id = c.pack_id "
                 "WHERE p.digest = :pack AND c.digest IN (SELECT DISTINCT fc.chunk_digest FROM file_chunks fc "
-                "WHERE fc.file_digest IN (SELECT DISTINCT file_digest FROM part_files))"
+                f"WHERE fc.file_digest IN ({REFERENCED_FILES_SQL}))"
             ),
             {"pack": pack_id.hex()},
         ).all()
@@ -161,9 +159,7 @@ def orphan_file_count(db: CatalogDatabase) -> int:
     with db.read() as conn:
         return int(
             conn.execute(
-                text(
-                    "SELECT count(*) FROM files WHERE digest NOT IN (SELECT DISTINCT file_digest FROM part_files)"
-                )
+                text(f"SELECT count(*) FROM files WHERE digest NOT IN ({REFERENCED_FILES_SQL})")
             ).scalar_one()
         )
 

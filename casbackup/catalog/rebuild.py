@@ -21,13 +21,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import blake3
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.engine import make_url
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.index import batched, record_pack
-from casbackup.catalog.models import COMMITTED, Backup, Base, Chunk, FileChunk, Pack, PartFile
+from casbackup.catalog.models import COMMITTED, REFERENCED_FILES_SQL, Backup, Base, Chunk, Pack
 from casbackup.catalog.packs import forget_packs
 from casbackup.errors import CatalogError, IntegrityError
 from casbackup.repo import keys
@@ -118,15 +118,15 @@ def _packs_still_needed(db: CatalogDatabase, packs: set[bytes]) -> set[bytes]:
     needed: set[bytes] = set()
     with db.read() as conn:
         for batch in batched(sorted(p.hex() for p in packs)):
-            rows = conn.scalars(
-                select(Pack.digest)
-                .distinct()
-                .join(Chunk, Chunk.pack_id == Pack.id)
-                .join(FileChunk, FileChunk.chunk_digest == Chunk.digest)
-                .join(PartFile, PartFile.file_digest == FileChunk.file_digest)
-                .where(Pack.digest.in_(batch))
+            rows = conn.execute(
+                text(
+                    "SELECT DISTINCT p.digest FROM packs p JOIN chunks c ON c.pack_id = p.id "
+                    "JOIN file_chunks fc ON fc.chunk_digest = c.digest "
+                    f"WHERE fc.file_digest IN ({REFERENCED_FILES_SQL}) AND p.digest IN :batch"
+                ).bindparams(bindparam("batch", expanding=True)),
+                {"batch": batch},
             )
-            needed.update(bytes.fromhex(d) for d in rows)
+            needed.update(bytes.fromhex(d) for (d,) in rows)
     return needed
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,7 +18,11 @@ from casbackup.backup import (
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table, ratio
 from casbackup.clickhouse.server import TableInfo
+from casbackup.config import Settings
 from casbackup.errors import ExitCode
+from casbackup.repo.manifest import FileSet
+from casbackup.selection import split_specs
+from casbackup.server_state import redact
 
 TablesOption = Annotated[
     list[str] | None,
@@ -51,6 +56,46 @@ class _BackupBar(BackupProgress):
         self.bar.advance(nbytes)
 
 
+def backup_options(
+    settings: Settings,
+    *,
+    name: str | None = None,
+    tables: list[str] | None = None,
+    exclude: list[str] | None = None,
+    rehash: bool = False,
+    partitions: list[str] | None = None,
+    rbac: bool = False,
+    configs: bool = False,
+    configs_path: Path | None = None,
+    access_path: Path | None = None,
+) -> BackupOptions:
+    """A backup's options: the command line where given, else the config."""
+    wanted = settings.backup
+    return BackupOptions(
+        name=name,
+        tables=patterns(tables, wanted.tables),
+        exclude=patterns(exclude, wanted.exclude),
+        compression_level=settings.repository.compression_level,
+        pack_size=settings.repository.pack_size_mb * 1024 * 1024,
+        threads=settings.repository.threads,
+        upload_threads=settings.upload_threads,
+        rehash=rehash,
+        partitions=split_specs(partitions or []),
+        access=rbac or wanted.rbac,
+        access_path=access_path or wanted.access_path,
+        configs=(configs_path or wanted.configs_path) if configs or wanted.configs else None,
+    )
+
+
+PartitionsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--partitions",
+        help="Only these partitions, by id or value (P or db.table:P; repeatable or comma-separated).",
+    ),
+]
+
+
 def create(
     ctx: typer.Context,
     name: Annotated[
@@ -59,6 +104,29 @@ def create(
     ] = None,
     tables: TablesOption = None,
     exclude: ExcludeOption = None,
+    partitions: PartitionsOption = None,
+    rbac: Annotated[
+        bool,
+        typer.Option(
+            "--rbac", help="Also users, roles, quotas, row policies, profiles and grants."
+        ),
+    ] = False,
+    configs: Annotated[
+        bool, typer.Option("--configs", help="Also the server's config directory.")
+    ] = False,
+    configs_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--configs-path",
+            help="Config directory (default: [backup] configs_path, /etc/clickhouse-server).",
+        ),
+    ] = None,
+    access_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--access-path", help="Access directory, if system.user_directories does not say."
+        ),
+    ] = None,
     rehash: Annotated[
         bool, typer.Option("--rehash", help="Read and hash every file, even ones known unchanged.")
     ] = False,
@@ -66,16 +134,17 @@ def create(
 ) -> int:
     """Back up tables: FREEZE, store new content, commit a manifest."""
     app: AppContext = ctx.obj
-    settings = app.settings
-    options = BackupOptions(
+    options = backup_options(
+        app.settings,
         name=name,
-        tables=patterns(tables, settings.backup.tables),
-        exclude=patterns(exclude, settings.backup.exclude),
-        compression_level=settings.repository.compression_level,
-        pack_size=settings.repository.pack_size_mb * 1024 * 1024,
-        threads=settings.repository.threads,
-        upload_threads=settings.upload_threads,
+        tables=tables,
+        exclude=exclude,
         rehash=rehash,
+        partitions=partitions,
+        rbac=rbac,
+        configs=configs,
+        configs_path=configs_path,
+        access_path=access_path,
     )
     bar = ByteProgress(enabled=not (json_output or app.quiet))
     with bar.running("backing up"):
@@ -86,6 +155,8 @@ def create(
         emit_json(_report_document(report))
     else:
         _print_report(report, app.quiet)
+    for line in report.notes:
+        note(line)
     return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 
@@ -103,7 +174,13 @@ def _report_document(report: BackupReport) -> dict[str, object]:
         "new_bytes": m.stats.new_bytes,
         "new_raw_bytes": m.stats.new_raw_bytes,
         "new_chunks": m.stats.new_chunks,
+        "access": len(m.access),
+        "functions": len(m.functions),
+        "named_collections": len(m.named_collections),
+        "configs": None if m.configs is None else len(m.configs.files),
+        "access_files": None if m.access_files is None else len(m.access_files.files),
         "warnings": report.warnings,
+        "notes": report.notes,
     }
 
 
@@ -193,6 +270,14 @@ def show(
                 "clickhouse_version": m.clickhouse_version,
                 "stats": m.stats.model_dump(),
                 "databases": [{"name": d.name, "engine": d.engine} for d in m.databases],
+                "partitions": m.partitions,
+                "access": [
+                    {**o.model_dump(), "create_sql": redact(o.create_sql)} for o in m.access
+                ],
+                "functions": [o.model_dump() for o in m.functions],
+                "named_collections": [{"name": o.name} for o in m.named_collections],
+                "configs": _fileset_document(m.configs),
+                "access_files": _fileset_document(m.access_files),
                 "tables": [
                     {
                         "database": t.database,
@@ -205,6 +290,7 @@ def show(
                             {
                                 "name": p.name,
                                 "partition_id": p.partition_id,
+                                "partition": p.partition,
                                 "rows": p.rows,
                                 "bytes": p.bytes,
                                 "files": len(p.files),
@@ -228,12 +314,31 @@ def show(
         ],
         right=["parts", "rows", "bytes"],
     )
+    extras = [
+        f"{len(m.access)} access entities and grants" if m.access else "",
+        f"{len(m.functions)} SQL functions" if m.functions else "",
+        f"{len(m.named_collections)} named collections" if m.named_collections else "",
+        f"{len(m.access_files.files)} access files" if m.access_files else "",
+        f"{len(m.configs.files)} config files from {m.configs.source}" if m.configs else "",
+        f"only partitions {', '.join(m.partitions)}" if m.partitions else "",
+    ]
+    if any(extras):
+        print("also: " + "; ".join(e for e in extras if e))
     if parts:
         for t in m.tables:
             for p in t.parts:
                 print(
                     f"  {t.database}.{t.name}  {p.name}  {p.rows:,} rows  {human_bytes(p.bytes)}  {len(p.files)} files"
                 )
+
+
+def _fileset_document(fileset: FileSet | None) -> dict[str, object] | None:
+    if fileset is None:
+        return None
+    return {
+        "source": fileset.source,
+        "files": [{"path": f.path, "size": f.size} for f in fileset.files],
+    }
 
 
 def tables(

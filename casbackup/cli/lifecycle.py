@@ -8,8 +8,13 @@ from typing import Annotated
 
 import typer
 
-from casbackup.backup import BackupOptions
-from casbackup.cli.backups import JsonOption, _BackupBar, _print_report, _report_document, patterns
+from casbackup.cli.backups import (
+    JsonOption,
+    _BackupBar,
+    _print_report,
+    _report_document,
+    backup_options,
+)
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table
 from casbackup.cli.verifying import raise_if_failed, report_document
@@ -270,14 +275,7 @@ def run(
     """The nightly job: create, forget (configured policy), gc; under a repository lock."""
     app: AppContext = ctx.obj
     settings = app.settings
-    options = BackupOptions(
-        tables=patterns(None, settings.backup.tables),
-        exclude=patterns(None, settings.backup.exclude),
-        compression_level=settings.repository.compression_level,
-        pack_size=settings.repository.pack_size_mb * 1024 * 1024,
-        threads=settings.repository.threads,
-        upload_threads=settings.upload_threads,
-    )
+    options = backup_options(settings)
     bar = ByteProgress(enabled=not (json_output or app.quiet))
     with bar.running("backing up"):
         report = run_nightly(
@@ -310,6 +308,8 @@ def run(
             )
             for problem in report.verify.problems:
                 note(f"problem: {problem}")
+    for line in report.backup.notes:
+        note(line)
     if report.verify is not None:
         raise_if_failed(report.verify)
     return ExitCode.WARNING if report.warnings else ExitCode.OK

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from casbackup.cli.backups import ExcludeOption, JsonOption, TablesOption, patterns
+from casbackup.cli.backups import (
+    ExcludeOption,
+    JsonOption,
+    PartitionsOption,
+    TablesOption,
+    patterns,
+)
 from casbackup.cli.context import AppContext
-from casbackup.cli.output import ByteProgress, emit_json, print_table
-from casbackup.errors import UsageError
-from casbackup.restore import RestoreOptions, RestoreProgress, RestoreService
+from casbackup.cli.output import ByteProgress, emit_json, note, print_table
+from casbackup.config import default_state_dir
+from casbackup.errors import ExitCode, UsageError
+from casbackup.restore import RestoreOptions, RestoreProgress, RestoreReport, RestoreService
+from casbackup.selection import split_specs
+from casbackup.server_state import ON_EXISTING
 
 
 def parse_mapping(values: list[str] | None) -> dict[str, str]:
@@ -48,23 +58,72 @@ def restore(
         list[str] | None,
         typer.Option("--as", help="Restore database SRC into DST (SRC:DST, repeatable)."),
     ] = None,
+    partitions: PartitionsOption = None,
     schema_only: Annotated[
         bool, typer.Option("--schema-only", help="Create databases and tables, no data.")
     ] = False,
     data_only: Annotated[
         bool, typer.Option("--data-only", help="Attach data into existing tables.")
     ] = False,
+    no_tables: Annotated[
+        bool,
+        typer.Option("--no-tables", help="No tables: only what --rbac and --configs ask for."),
+    ] = False,
     drop_existing: Annotated[
         bool,
         typer.Option(
-            "--drop-existing", help="Replace existing targets (drop, or truncate with --data-only)."
+            "--drop-existing",
+            help="Replace existing targets (drop; truncate with --data-only; "
+            "only the chosen partitions with --partitions).",
         ),
     ] = False,
+    ignore_dependencies: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-dependencies",
+            help="Create what can be created; report objects whose dependencies are missing.",
+        ),
+    ] = False,
+    functions: Annotated[
+        bool,
+        typer.Option(
+            "--functions/--no-functions", help="SQL functions and named collections in the backup."
+        ),
+    ] = True,
+    rbac: Annotated[
+        bool,
+        typer.Option("--rbac", help="Recreate access entities; access files go to --files-target."),
+    ] = False,
+    on_existing: Annotated[
+        str,
+        typer.Option(
+            "--on-existing",
+            help="Access entities, functions, named collections that exist: skip, replace or fail.",
+        ),
+    ] = "skip",
+    configs: Annotated[
+        bool, typer.Option("--configs", help="Write the backed-up config files to --files-target.")
+    ] = False,
+    files_target: Annotated[
+        Path | None,
+        typer.Option(
+            "--files-target",
+            help="Where --configs and access files go (default: a staging directory "
+            "under the state directory; live files only if you point it there).",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace files that exist under --files-target.")
+    ] = False,
     json_output: JsonOption = False,
-) -> None:
-    """Restore tables (schema and data) from a backup."""
+) -> int:
+    """Restore tables (schema and data) from a backup; with --rbac/--configs, server state too."""
     if schema_only and data_only:
         raise UsageError(detail="--schema-only and --data-only exclude each other")
+    if on_existing not in ON_EXISTING:
+        raise UsageError(detail=f"--on-existing must be one of {', '.join(ON_EXISTING)}")
+    if no_tables and not (rbac or configs):
+        raise UsageError(detail="--no-tables leaves nothing to restore without --rbac or --configs")
     app: AppContext = ctx.obj
     options = RestoreOptions(
         tables=patterns(tables, ["*.*"]),
@@ -74,6 +133,15 @@ def restore(
         data_only=data_only,
         drop_existing=drop_existing,
         threads=max(2, app.settings.repository.threads * 2),
+        restore_tables=not no_tables,
+        partitions=split_specs(partitions or []),
+        ignore_dependencies=ignore_dependencies,
+        functions=functions and not no_tables,
+        access=rbac,
+        on_existing=on_existing,
+        configs=configs,
+        files_target=files_target or default_state_dir() / "restored" / name,
+        overwrite_files=overwrite,
     )
     manifest = app.repository.read_manifest(name)
     catalog = app.synced_catalog()
@@ -83,31 +151,48 @@ def restore(
             app.server, app.repository, catalog, manifest, options, _RestoreBar(bar)
         ).run()
     if json_output:
-        emit_json(
-            {
-                "backup": report.backup,
-                "tables": [
-                    {
-                        "source": t.source,
-                        "target": t.target,
-                        "engine": t.engine,
-                        "created": t.created,
-                        "parts": t.parts,
-                        "rows": t.rows,
-                    }
-                    for t in report.tables
-                ],
-            }
+        emit_json(_report_document(report))
+    elif report.tables:
+        print_table(
+            ["source", "target", "engine", "created", "parts", "rows"],
+            [
+                [t.source, t.target, t.engine, "yes" if t.created else "", t.parts, f"{t.rows:,}"]
+                for t in report.tables
+            ],
+            right=["parts", "rows"],
         )
-        return
-    print_table(
-        ["source", "target", "engine", "created", "parts", "rows"],
-        [
-            [t.source, t.target, t.engine, "yes" if t.created else "", t.parts, f"{t.rows:,}"]
+    if not json_output and (report.objects or report.skipped_objects):
+        print(
+            f"server objects: {len(report.objects)} created, "
+            f"{len(report.skipped_objects)} skipped (exist already)"
+        )
+    for line in report.notes:
+        note(line)
+    for warning in report.warnings:
+        note(f"warning: {warning}")
+    return ExitCode.WARNING if report.warnings else ExitCode.OK
+
+
+def _report_document(report: RestoreReport) -> dict[str, object]:
+    return {
+        "backup": report.backup,
+        "tables": [
+            {
+                "source": t.source,
+                "target": t.target,
+                "engine": t.engine,
+                "created": t.created,
+                "parts": t.parts,
+                "rows": t.rows,
+            }
             for t in report.tables
         ],
-        right=["parts", "rows"],
-    )
+        "objects": report.objects,
+        "skipped_objects": report.skipped_objects,
+        "files": [str(path) for path in report.files],
+        "warnings": report.warnings,
+        "notes": report.notes,
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ URLs::
     clickhouse://user:password@host:9000/?secure=false&connect_timeout=10
     clickhouses://user@host:9440/            (TLS)
     chdb:///var/lib/casbackup/demo            (embedded, absolute path)
+    chdb:///var/lib/demo?config=/etc/demo.xml (embedded, with a server config file)
 
 A password may also come from the config or CASBACKUP_CLICKHOUSE_PASSWORD;
 ``describe`` never shows it.
@@ -60,10 +61,13 @@ class ConnectionSpec:
     connect_timeout: float = 10.0
     send_receive_timeout: float = 3600.0
     path: str = ""  # chdb data directory
+    config_file: str = ""  # chdb: a server config file (users with access_management, backups...)
 
     def describe(self) -> str:
         if self.scheme == "chdb":
-            return f"chdb://{self.path}"
+            return f"chdb://{self.path}" + (
+                f"?config={self.config_file}" if self.config_file else ""
+            )
         scheme = "clickhouses" if self.secure else "clickhouse"
         return f"{scheme}://{self.user}@{self.host}:{self.port}"
 
@@ -84,7 +88,10 @@ def parse_url(url: str) -> ConnectionSpec:
         path = unquote(parts.path)
         if parts.netloc or not path.startswith("/"):
             raise ConfigError(detail="chdb URL needs an absolute path: chdb:///var/lib/data")
-        return ConnectionSpec(scheme="chdb", path=path)
+        unknown = set(query) - {"config"}
+        if unknown:
+            raise ConfigError(detail=f"unknown chdb URL parameter(s): {', '.join(sorted(unknown))}")
+        return ConnectionSpec(scheme="chdb", path=path, config_file=query.get("config", ""))
     if parts.scheme not in ("clickhouse", "clickhouses"):
         raise ConfigError(
             detail=f"unsupported ClickHouse URL scheme {parts.scheme!r} (use clickhouse://, clickhouses:// or chdb://)"
@@ -128,7 +135,7 @@ def connect(spec: ConnectionSpec) -> ClickHouseClient:
     if spec.scheme == "chdb":
         from casbackup.clickhouse.embedded import EmbeddedClient
 
-        return EmbeddedClient(spec.path)
+        return EmbeddedClient(spec.path, spec.config_file)
     from casbackup.clickhouse.native import NativeClient
 
     return NativeClient(spec)

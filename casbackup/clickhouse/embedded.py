@@ -19,7 +19,7 @@ from casbackup.errors import ClickHouseError, ClickHouseUnavailable
 
 
 class EmbeddedClient:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, config_file: str = "") -> None:
         try:
             from chdb import session
         except ImportError:
@@ -28,9 +28,17 @@ class EmbeddedClient:
                 detail="chdb is not installed (pip install 'casbackup[chdb]')",
             ) from None
         self.path = path
+        self.config_file = config_file
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
-            self._session = session.Session(path)
+            if config_file and not Path(config_file).is_file():
+                raise ClickHouseUnavailable(
+                    target=self.describe(), detail=f"no config file {config_file}"
+                )
+            # chdb takes a server config through the session path (CLICKHOUSE.md).
+            self._session = session.Session(
+                f"{path}?config-file={config_file}" if config_file else path
+            )
         except OSError as exc:
             raise ClickHouseUnavailable(
                 target=self.describe(), detail=exc.strerror or str(exc)
@@ -42,7 +50,7 @@ class EmbeddedClient:
             raise ClickHouseUnavailable(target=self.describe(), detail=detail) from None
 
     def describe(self) -> str:
-        return f"chdb://{self.path}"
+        return f"chdb://{self.path}" + (f"?config={self.config_file}" if self.config_file else "")
 
     def clone(self) -> None:
         return None  # one engine per process, used from one thread

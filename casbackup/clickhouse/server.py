@@ -122,6 +122,7 @@ class TableInfo:
 class PartInfo:
     name: str
     partition_id: str
+    partition: str  # the partition's value as the server prints it, e.g. 202401 or ('eu', 3)
     min_block: int
     max_block: int
     level: int
@@ -294,13 +295,14 @@ class ClickHouseServer:
         if active_only:
             where += " AND active"
         rows = self.client.query(
-            "SELECT name, partition_id, min_block_number, max_block_number, level, data_version, rows, "
+            "SELECT name, partition_id, partition, min_block_number, max_block_number, level, data_version, rows, "
             f"bytes_on_disk, {disk}, active FROM system.parts WHERE {where}"
         )
         return [
             PartInfo(
                 name=str(r["name"]),
                 partition_id=str(r["partition_id"]),
+                partition=str(r["partition"]),
                 min_block=int(r["min_block_number"]),
                 max_block=int(r["max_block_number"]),
                 level=int(r["level"]),
@@ -361,6 +363,11 @@ class ClickHouseServer:
             " SYNC" if self.info.has_uuids else ""
         )  # Atomic: free the UUID and the store path now
         self.client.execute(f"DROP {kind} IF EXISTS {qualified(database, table)}{sync}")
+
+    def drop_partition(self, database: str, table: str, partition_id: str) -> None:
+        self.client.execute(
+            f"ALTER TABLE {qualified(database, table)} DROP PARTITION ID {quote_string(partition_id)}"
+        )
 
     def truncate(self, database: str, table: str) -> None:
         self.client.execute(f"TRUNCATE TABLE {qualified(database, table)}")

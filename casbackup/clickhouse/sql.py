@@ -268,3 +268,27 @@ def materialized_view_target(sql: str) -> tuple[str | None, str] | None:
             return first_name, tokens[rest[pos + 3]].identifier or ""
         return None, first_name or ""
     return None
+
+
+def rename_dictionary_source(sql: str, mapping: Mapping[str, str]) -> str:
+    """Map the database a dictionary's ClickHouse source reads: ``SOURCE(CLICKHOUSE(... DB 'x'))``.
+
+    That name is a string literal, which ``rename_databases`` rightly never
+    touches; only here, after the keyword DB inside a dictionary statement,
+    is a string a database name.
+    """
+    if not mapping or statement_kind(sql) != "DICTIONARY":
+        return sql
+    tokens = list(tokenize(sql))
+    idx = _significant(tokens)
+    for pos, i in enumerate(idx[:-1]):
+        following = tokens[idx[pos + 1]]
+        if (
+            tokens[i].kind is Kind.WORD
+            and tokens[i].text.upper() == "DB"
+            and following.kind is Kind.STRING
+        ):
+            current = _unescape(following.text[1:-1])
+            if current in mapping:
+                tokens[idx[pos + 1]] = Token(Kind.STRING, quote_string(mapping[current]))
+    return "".join(t.text for t in tokens)

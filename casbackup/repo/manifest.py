@@ -131,6 +131,9 @@ class PartFingerprint(_Model):
 class Part(_Model):
     name: PartName
     partition_id: str = Field(max_length=255)
+    partition: str = Field(
+        default="", max_length=4096
+    )  # the partition's value, as system.parts shows it
     min_block: NonNegative
     max_block: NonNegative
     level: NonNegative
@@ -182,6 +185,31 @@ class Table(_Model):
         return f"{self.database}.{self.name}"
 
 
+class ServerObject(_Model):
+    """A server-level object recorded as the SQL that recreates it (user, role, function...)."""
+
+    kind: str = Field(max_length=64)  # USER, ROLE, GRANT, FUNCTION, NAMED COLLECTION ...
+    name: str = Field(default="", max_length=1024)
+    create_sql: str
+    storage: str = Field(default="", max_length=64)  # access storage: users_xml, local_directory...
+
+
+class ServerFile(_Model):
+    """A file from a server directory (configs, access storage), stored like part files."""
+
+    path: RelativePath
+    file_id: Digest
+    size: NonNegative
+    mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
+
+
+class FileSet(_Model):
+    """A directory's regular files, and where they came from."""
+
+    source: str = Field(max_length=4096)
+    files: list[ServerFile] = Field(default_factory=list)
+
+
 class Stats(_Model):
     logical_bytes: NonNegative = 0
     read_bytes: NonNegative = 0
@@ -204,12 +232,29 @@ class Manifest(_Model):
     tables: list[Table]
     files: list[FileContent]
     stats: Stats = Field(default_factory=Stats)
+    # Beyond table data (create --rbac / --configs): absent in backups without them.
+    access: list[ServerObject] = Field(default_factory=list)
+    access_files: FileSet | None = None
+    functions: list[ServerObject] = Field(default_factory=list)
+    named_collections: list[ServerObject] = Field(default_factory=list)
+    configs: FileSet | None = None
+    partitions: list[str] = Field(
+        default_factory=list
+    )  # create --partitions: only these were backed up
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Manifest:
         sizes = {f.id: f.size for f in self.files}
         if len(sizes) != len(self.files):
             raise ValueError("file table lists a file twice")
+        for fileset in (self.access_files, self.configs):
+            if fileset is None:
+                continue
+            for sf in fileset.files:
+                if sizes.get(sf.file_id) != sf.size:
+                    raise ValueError(
+                        f"{fileset.source}: {sf.path}: file id missing from the file table or size differs"
+                    )
         for table in self.tables:
             for part in table.parts:
                 for pf in part.files:

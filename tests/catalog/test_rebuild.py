@@ -27,6 +27,8 @@ QUERIES = {
     "part_files": "SELECT b.name, p.name, f.position, f.path, f.file_digest, f.size, f.mode, f.dev, f.ino, "
     "f.mtime_ns, f.ch_checksum FROM part_files f JOIN parts p ON p.id = f.part_id "
     "JOIN backup_tables t ON t.id = p.table_id JOIN backups b ON b.id = t.backup_id ORDER BY 1, 2, 3",
+    "backup_files": "SELECT b.name, f.kind, f.path, f.file_digest, f.size, f.mode FROM backup_files f "
+    "JOIN backups b ON b.id = f.backup_id ORDER BY 1, 2, 3",
     "files": "SELECT digest, size, chunk_count FROM files ORDER BY digest",
     "file_chunks": "SELECT file_digest, seq, chunk_digest FROM file_chunks ORDER BY 1, 2",
     "chunks": "SELECT c.digest, p.digest, c.offset, c.length, c.raw_size, c.compression "

@@ -162,19 +162,20 @@ def test_part_altered_before_attach_is_found_by_restore(
     from casbackup.restore import RestoreService
 
     backed_up(engine, dbname, cli)
-    real = RestoreService._stage_part
+    real = RestoreService._stage_parts
 
-    def altered(self: RestoreService, *args: Any) -> Path:
-        temp = real(self, *args)
+    def altered(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
+        staged = real(self, *args)
         if not getattr(altered, "done", False):
+            temp = staged[0][1]
             victim = max((p for p in temp.rglob("*.bin")), key=lambda p: p.stat().st_size)
             data = bytearray(victim.read_bytes())
             data[len(data) // 2] ^= 0x01  # same size: ATTACH PART only checks sizes
             victim.write_bytes(bytes(data))
             altered.done = True  # type: ignore[attr-defined]
-        return temp
+        return staged
 
-    monkeypatch.setattr(RestoreService, "_stage_part", altered)
+    monkeypatch.setattr(RestoreService, "_stage_parts", altered)
     assert verify(cli, engine, "--read-data")[0] == 0  # the repository itself is fine
     code, report = verify(cli, engine, "--restore")
     assert code == ExitCode.VERIFY_FAILED

@@ -135,3 +135,14 @@ def test_not_a_create_statement() -> None:
 def test_token_identifier() -> None:
     assert Token.__name__ == "Token"
     assert [t.identifier for t in tokenize("`a\\`b`")] == ["a`b"]
+
+
+def test_rename_dictionary_source_database() -> None:
+    from casbackup.clickhouse.sql import rename_dictionary_source
+
+    sql = "CREATE DICTIONARY shop.d (id UInt64) PRIMARY KEY id SOURCE(CLICKHOUSE(TABLE 'users' DB 'shop')) LAYOUT(FLAT()) LIFETIME(0)"
+    out = rename_dictionary_source(sql, {"shop": "shop copy"})
+    assert "DB 'shop copy'" in out and "TABLE 'users'" in out
+    assert rename_dictionary_source("CREATE TABLE a.b (DB String) ENGINE = Log", {"a": "x"}) == (
+        "CREATE TABLE a.b (DB String) ENGINE = Log"
+    )

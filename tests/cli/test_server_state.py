@@ -1,0 +1,405 @@
+"""Beyond table data: configs, access control, functions, partitions, dependency-aware restore.
+
+What each engine can really exercise (see docs/operations.md, "Access control"):
+18.16 has no SQL access control (it is reported, not failed); the chdb build
+captures SHOW ACCESS under a config with access_management, but cannot store
+SQL-created users, so restoring them is reported per object; an access
+directory of *.sql files is round-tripped as files on both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.errors import ExitCode
+from casbackup.repo.repository import Repository
+from casbackup.store.local import LocalStore
+from tests.cli.test_incremental import mutate
+from tests.clickhouse.schema import fingerprints, q
+from tests.engines import ChdbEngine, Engine, ServerEngine
+
+CASBACKUP = [sys.executable, "-m", "casbackup"]
+
+
+def config_tree(root: Path) -> dict[str, bytes]:
+    files = {
+        "config.xml": b"<clickhouse><tcp_port>9000</tcp_port></clickhouse>\n",
+        "config.d/storage.xml": b"<clickhouse><storage_configuration/></clickhouse>\n",
+        "users.d/alice.xml": b"<clickhouse><users><alice><password>secret</password></alice></users></clickhouse>\n",
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / "config.d" / "linked.xml").symlink_to(root / "config.xml")
+    files["config.d/linked.xml"] = files["config.xml"]  # a symlinked file travels as its content
+    return files
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_config_files_round_trip_to_a_staging_directory(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    engine.sql(f"CREATE TABLE {q(dbname)}.t (x UInt8) ENGINE = MergeTree ORDER BY x")
+    configs = tmp_path / "etc-clickhouse"
+    expected = config_tree(configs)
+    cli(engine, "init")
+    created = cli(
+        engine,
+        "create",
+        "b",
+        "--tables",
+        f"{dbname}.*",
+        "--configs",
+        "--configs-path",
+        str(configs),
+    )
+    assert created.code == 0, created.stderr
+    staging = tmp_path / "staging"
+    restored = cli(
+        engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables"
+    )
+    assert restored.code == 0, restored.stderr
+    assert tree(staging / "configs") == expected
+    assert "restart ClickHouse" in restored.stderr
+    assert "secret" not in restored.stdout + restored.stderr  # contents are never printed
+    again = cli(engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables")
+    assert again.code == ExitCode.CONFLICT and "--overwrite" in again.stderr
+    (staging / "configs" / "config.xml").write_text("changed")
+    forced = cli(
+        engine,
+        "restore",
+        "b",
+        "--configs",
+        "--files-target",
+        str(staging),
+        "--no-tables",
+        "--overwrite",
+    )
+    assert forced.code == 0 and tree(staging / "configs") == expected
+
+
+def test_rbac_on_18_16_is_reported_not_failed(server_engine: ServerEngine, cli: Any) -> None:
+    server_engine.sql("CREATE DATABASE IF NOT EXISTS t_rbac18")
+    server_engine.sql(
+        "CREATE TABLE IF NOT EXISTS t_rbac18.t (x UInt8) ENGINE = MergeTree ORDER BY x"
+    )
+    cli(server_engine, "init")
+    result = cli(server_engine, "create", "b", "--tables", "t_rbac18.*", "--rbac", "--json")
+    assert result.code == 0, result.stderr
+    assert "has no SQL access control" in result.stderr and "users.xml" in result.stderr
+    server_engine.sql("DROP DATABASE t_rbac18")
+
+
+ANALYST_HASH = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+USERS_XML = """<clickhouse>
+  <profiles><default/><readonly><readonly>1</readonly></readonly></profiles>
+  <users>
+    <default><password></password><networks><ip>::/0</ip></networks><profile>default</profile>
+      <quota>default</quota><access_management>1</access_management>
+      <named_collection_control>1</named_collection_control>
+      <show_named_collections_secrets>1</show_named_collections_secrets></default>
+    <analyst><password_sha256_hex>2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b</password_sha256_hex>
+      <networks><ip>127.0.0.1</ip></networks><profile>readonly</profile><quota>default</quota></analyst>
+  </users>
+  <quotas><default/></quotas>
+</clickhouse>
+"""
+
+
+class ConfiguredChdb:
+    """casbackup and SQL in child processes against a chdb data directory with a config file.
+
+    Child processes: the engine needs a config file, and chdb allows one
+    engine (one data directory) per process.
+    """
+
+    def __init__(self, root: Path) -> None:
+        pytest.importorskip("chdb")
+        self.root = root
+        (root / "users.xml").write_text(USERS_XML)
+        self.config = root / "config.xml"
+        self.config.write_text(
+            f"<clickhouse><users_config>{root / 'users.xml'}</users_config>"
+            "<display_secrets_in_show_and_select>1</display_secrets_in_show_and_select>"
+            "</clickhouse>"
+        )
+        url = f"chdb://{root / 'data'}?config={self.config}"
+        self.base = [*CASBACKUP, "--repo", str(root / "repo"), "--clickhouse", url]
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.base, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CASBACKUP_CONFIG": "/dev/null"},
+        )
+
+    def sql(self, statement: str) -> str:
+        return subprocess.run(
+            [
+                sys.executable,
+                "tools/chdb_sql.py",
+                "--config-file",
+                str(self.config),
+                str(self.root / "data"),
+                statement,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        ).stdout
+
+
+def test_rbac_capture_and_access_directory_on_chdb(tmp_path: Path) -> None:
+    """SHOW ACCESS under access_management; an access directory of *.sql files round-trips as files."""
+    run = ConfiguredChdb(tmp_path)
+    access = tmp_path / "access"
+    access.mkdir()
+    (access / "users.list").write_bytes(b"\x01binary index")
+    (access / "6f0a0b7c.sql").write_text("ATTACH USER ops IDENTIFIED WITH sha256_hash BY 'ab';\n")
+    run.sql("CREATE DATABASE app")
+    run.sql("CREATE TABLE app.t (x UInt8) ENGINE = MergeTree ORDER BY x")
+    assert run("init").returncode == 0
+    created = run("create", "b", "--tables", "app.*", "--rbac", "--access-path", str(access))
+    assert created.returncode == 0, created.stderr
+    shown = run("show", "b", "--json")
+    document = json.loads(shown.stdout)
+    printed = " ".join(o["create_sql"] for o in document["access"])
+    assert "CREATE USER analyst" in printed and "CREATE SETTINGS PROFILE `readonly`" in printed
+    assert "GRANT" in printed and {o["storage"] for o in document["access"] if o["name"]} == {
+        "users_xml"
+    }
+    # The password hash is captured (the config allows secrets to be shown)...
+    manifest = Repository.open(LocalStore(tmp_path / "repo")).read_manifest("b")
+    stored = " ".join(o.create_sql for o in manifest.access)
+    assert f"sha256_hash BY '{ANALYST_HASH.upper()}'" in stored
+    # ...and never printed.
+    assert ANALYST_HASH.upper() not in shown.stdout.upper() and "[HIDDEN]" in printed
+    assert ANALYST_HASH.upper() not in (created.stdout + created.stderr).upper()
+
+    staging = tmp_path / "staging"
+    skipped = run("restore", "b", "--no-tables", "--rbac", "--files-target", str(staging))
+    assert skipped.returncode == 0, skipped.stderr  # users come from users.xml: they exist, skipped
+    assert tree(staging / "access") == tree(access)
+    replaced = run(
+        "restore",
+        "b",
+        "--no-tables",
+        "--rbac",
+        "--on-existing",
+        "replace",
+        "--files-target",
+        str(tmp_path / "staging2"),
+    )
+    assert (
+        replaced.returncode == ExitCode.WARNING
+    )  # this engine cannot store SQL users: said per object
+    assert "could not restore user analyst" in replaced.stderr
+    refused = run(
+        "restore",
+        "b",
+        "--no-tables",
+        "--rbac",
+        "--on-existing",
+        "fail",
+        "--files-target",
+        str(tmp_path / "staging3"),
+    )
+    assert refused.returncode == ExitCode.CONFLICT and "user analyst" in refused.stderr
+
+
+def test_functions_come_back_before_the_views_that_use_them(
+    chdb_engine: ChdbEngine, cli: Any
+) -> None:
+    db = "t_functions"
+    chdb_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    chdb_engine.sql("DROP FUNCTION IF EXISTS cas_double")
+    chdb_engine.sql("CREATE FUNCTION cas_double AS (x) -> x * 2")
+    chdb_engine.sql(f"CREATE DATABASE {db}")
+    chdb_engine.sql(f"CREATE TABLE {db}.t (x UInt32) ENGINE = MergeTree ORDER BY x")
+    chdb_engine.sql(f"INSERT INTO {db}.t SELECT number FROM numbers(10)")
+    chdb_engine.sql(f"CREATE VIEW {db}.doubled AS SELECT cas_double(x) AS y FROM {db}.t")
+    cli(chdb_engine, "init")
+    assert cli(chdb_engine, "create", "b", "--tables", f"{db}.*").code == 0
+    chdb_engine.sql(f"DROP DATABASE {db}")
+    chdb_engine.sql("DROP FUNCTION cas_double")
+    result = cli(chdb_engine, "restore", "b", "--json")
+    assert result.code == 0, result.stderr
+    assert "function cas_double" in result.json()["objects"]
+    assert chdb_engine.value(f"SELECT sum(y) FROM {db}.doubled") == 90
+    chdb_engine.sql(f"DROP DATABASE {db}")
+    chdb_engine.sql("DROP FUNCTION cas_double")
+
+
+def test_materialized_view_and_dictionary_under_another_database(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    copy = f"{dbname}_copy"
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    engine.sql(
+        f"CREATE TABLE {q(dbname)}.users (id UInt64, name String) ENGINE = MergeTree ORDER BY id"
+    )
+    engine.sql(
+        f"INSERT INTO {q(dbname)}.users SELECT number, concat('user', toString(number)) FROM numbers(5)"
+    )
+    engine.sql(
+        f"CREATE TABLE {q(dbname)}.events (id UInt64, user UInt64) ENGINE = MergeTree ORDER BY id"
+    )
+    engine.sql(
+        f"CREATE TABLE {q(dbname)}.per_user (user UInt64, n UInt64) ENGINE = SummingMergeTree ORDER BY user"
+    )
+    engine.sql(
+        f"CREATE MATERIALIZED VIEW {q(dbname)}.mv TO {q(dbname)}.per_user "
+        f"AS SELECT user, count() AS n FROM {q(dbname)}.events GROUP BY user"
+    )
+    if engine.modern:
+        engine.sql(
+            f"CREATE DICTIONARY {q(dbname)}.names (id UInt64, name String) PRIMARY KEY id "
+            f"SOURCE(CLICKHOUSE(TABLE 'users' DB '{dbname}')) LAYOUT(FLAT()) LIFETIME(0)"
+        )
+    engine.sql(f"INSERT INTO {q(dbname)}.events SELECT number, number % 5 FROM numbers(100)")
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    result = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}")
+    assert result.code == 0, result.stderr
+    # The copy's view writes into the copy's target...
+    engine.sql(f"INSERT INTO {q(copy)}.events SELECT 1000 + number, 4 FROM numbers(10)")
+    assert engine.value(f"SELECT sum(n) FROM {q(copy)}.per_user WHERE user = 4") == 30
+    assert engine.value(f"SELECT sum(n) FROM {q(dbname)}.per_user WHERE user = 4") == 20
+    if engine.modern:  # ...and the copy's dictionary reads the copy's table, not the original.
+        engine.sql(f"TRUNCATE TABLE {q(dbname)}.users")
+        assert engine.value(f"SELECT dictGet('{copy}.names', 'name', toUInt64(3))") == "user3"
+
+
+def test_partition_limited_backup_and_restore(engine: Engine, dbname: str, cli: Any) -> None:
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    engine.sql(
+        f"CREATE TABLE {q(dbname)}.t (d Date, id UInt64, x UInt64) "
+        "ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+    )
+    engine.sql(
+        f"INSERT INTO {q(dbname)}.t SELECT toDate('2024-01-01') + number % 90, number, number "
+        "FROM numbers(9000)"
+    )
+    cli(engine, "init")
+    only_feb = cli(
+        engine, "create", "feb", "--tables", f"{dbname}.*", "--partitions", "202402", "--json"
+    )
+    assert only_feb.code == 0, only_feb.stderr
+    parts = cli(engine, "show", "feb", "--json").json()["tables"][0]["parts"]
+    assert parts and {p["partition_id"] for p in parts} == {"202402"}
+    assert cli(engine, "restore", "feb", "--as", f"{dbname}:{dbname}_feb").code == 0
+    assert engine.sql(f"SELECT DISTINCT toYYYYMM(d) FROM {q(dbname + '_feb')}.t") == [(202402,)]
+
+    assert cli(engine, "create", "full", "--tables", f"{dbname}.*").code == 0
+    january = engine.value(f"SELECT sum(x) FROM {q(dbname)}.t WHERE toYYYYMM(d) = 202401")
+    engine.sql(f"ALTER TABLE {q(dbname)}.t DROP PARTITION 202401")
+    before = engine.value(f"SELECT sum(x) FROM {q(dbname)}.t")
+    restored = cli(
+        engine, "restore", "full", "--partitions", "202401"
+    )  # into the table that has the rest
+    assert restored.code == 0, restored.stderr
+    assert engine.value(f"SELECT sum(x) FROM {q(dbname)}.t") == before + january
+    clash = cli(engine, "restore", "full", "--partitions", "202402")
+    assert clash.code == ExitCode.CONFLICT and "has data in those partitions" in clash.stderr
+    mutate(engine, f"ALTER TABLE {q(dbname)}.t UPDATE x = 0 WHERE toYYYYMM(d) = 202402")
+    assert engine.value(f"SELECT sum(x) FROM {q(dbname)}.t") < sum(range(9000))
+    replaced = cli(engine, "restore", "full", "--partitions", "202402", "--drop-existing")
+    assert replaced.code == 0, replaced.stderr
+    assert fingerprints(engine, [dbname])[f"{dbname}.t"].rows == 9000
+    assert engine.value(f"SELECT sum(x) FROM {q(dbname)}.t") == sum(range(9000))
+
+
+def test_ignore_dependencies_restores_what_it_can(engine: Engine, dbname: str, cli: Any) -> None:
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    engine.sql(f"CREATE TABLE {q(dbname)}.base (x UInt8) ENGINE = MergeTree ORDER BY x")
+    engine.sql(f"INSERT INTO {q(dbname)}.base SELECT 7")
+    outside = f"{dbname}_dicts"
+    if engine.modern:
+        # The modern engine creates views without checking their sources, but
+        # not a table whose default reads a dictionary it lacks.
+        engine.sql(f"CREATE DATABASE {q(outside)}")
+        engine.sql(
+            f"CREATE DICTIONARY {q(outside)}.d (x UInt64, y UInt64) PRIMARY KEY x "
+            f"SOURCE(CLICKHOUSE(TABLE 'base' DB '{dbname}')) LAYOUT(FLAT()) LIFETIME(0)"
+        )
+        engine.sql(
+            f"CREATE TABLE {q(dbname)}.v (x UInt64, y UInt64 DEFAULT "
+            f"dictGet('{outside}.d', 'y', x)) ENGINE = MergeTree ORDER BY x"
+        )
+    else:
+        engine.sql(f"CREATE DATABASE {q(outside)}")
+        engine.sql(f"CREATE TABLE {q(outside)}.other (x UInt8) ENGINE = MergeTree ORDER BY x")
+        engine.sql(f"CREATE VIEW {q(dbname)}.v AS SELECT x FROM {q(outside)}.other")
+    cli(engine, "init")
+    created = cli(engine, "create", "b", "--tables", f"{dbname}.*")
+    assert created.code == 0, created.stderr
+    # What v needs is not in the backup, and gone.
+    relaxed = " SETTINGS check_table_dependencies = 0" if engine.modern else ""
+    engine.sql(f"DROP DATABASE {q(outside)}{relaxed}")
+    target = f"{dbname}_elsewhere"
+    stopped = cli(engine, "restore", "b", "--as", f"{dbname}:{target}")
+    assert stopped.code == ExitCode.CLICKHOUSE_QUERY and f"{target}.v" in stopped.stderr
+    engine.sql(f"DROP DATABASE IF EXISTS {q(target)}")
+    carried_on = cli(engine, "restore", "b", "--as", f"{dbname}:{target}", "--ignore-dependencies")
+    assert carried_on.code == ExitCode.WARNING, carried_on.stderr
+    assert f"not created {target}.v" in carried_on.stderr
+    assert engine.value(f"SELECT sum(x) FROM {q(target)}.base") == 7
+
+
+def test_named_collections_round_trip_on_chdb(tmp_path: Path) -> None:
+    run = ConfiguredChdb(tmp_path)
+    run.sql("CREATE DATABASE app")
+    run.sql("CREATE TABLE app.t (x UInt8) ENGINE = MergeTree ORDER BY x")
+    run.sql("CREATE NAMED COLLECTION cas_source AS host = 'db.example', port = 9000")
+    assert run("init").returncode == 0
+    created = run("create", "b", "--tables", "app.*")
+    assert created.returncode == 0, created.stderr
+    assert "db.example" not in created.stdout + created.stderr
+    run.sql("DROP NAMED COLLECTION cas_source")
+    run.sql("DROP DATABASE app")
+    restored = run("restore", "b", "--json")
+    assert restored.returncode == 0, restored.stderr
+    assert "named collection cas_source" in json.loads(restored.stdout)["objects"]
+    shown = run.sql(
+        "SELECT collection FROM system.named_collections WHERE name = 'cas_source' "
+        "SETTINGS format_display_secrets_in_show_and_select = 1"
+    )
+    assert "db.example" in shown and "9000" in shown
+
+
+def test_named_collection_with_hidden_values_is_a_warning(
+    chdb_engine: ChdbEngine, cli: Any
+) -> None:
+    """Without the right to see its values, a collection would come back as placeholders: not stored."""
+    db = "t_hidden_collection"
+    chdb_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    chdb_engine.sql(f"CREATE DATABASE {db}")
+    chdb_engine.sql(f"CREATE TABLE {db}.t (x UInt8) ENGINE = MergeTree ORDER BY x")
+    chdb_engine.sql("CREATE NAMED COLLECTION cas_hidden AS host = 'h'")
+    try:
+        cli(chdb_engine, "init")
+        result = cli(chdb_engine, "create", "b", "--tables", f"{db}.*")
+        assert result.code == ExitCode.WARNING
+        assert "named collection cas_hidden not captured" in result.stderr
+        shown = cli(chdb_engine, "show", "b", "--json").json()
+        assert shown["named_collections"] == []
+    finally:
+        chdb_engine.sql("DROP NAMED COLLECTION cas_hidden")
+        chdb_engine.sql(f"DROP DATABASE {db}")

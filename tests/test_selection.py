@@ -1,0 +1,58 @@
+"""Table patterns and partition specs (--tables, --exclude, --partitions)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from casbackup.selection import partition_selected, split_specs
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["202401"], ("202401",)),
+        (["202401,202402", "202403"], ("202401", "202402", "202403")),
+        (["('eu', 3)"], ("('eu', 3)",)),
+        (["('eu', 3),'us'"], ("('eu', 3)", "'us'")),
+        (["db.t:'a,b'"], ("db.t:'a,b'",)),
+        (["'it\\'s, here'"], ("'it\\'s, here'",)),
+        ([" 1 , , 2 "], ("1", "2")),
+    ],
+)
+def test_split_specs(values: list[str], expected: tuple[str, ...]) -> None:
+    assert split_specs(values) == expected
+
+
+@given(st.lists(st.from_regex(r"[0-9a-z_]{1,12}", fullmatch=True), min_size=1, max_size=6))
+def test_split_specs_of_plain_ids_is_a_plain_split(ids: list[str]) -> None:
+    assert split_specs([",".join(ids)]) == tuple(ids)
+
+
+@pytest.mark.parametrize(
+    ("spec", "database", "table", "partition_id", "value", "chosen"),
+    [
+        ("202401", "db", "t", "202401", "202401", True),
+        ("202402", "db", "t", "202401", "202401", False),
+        ("eu", "db", "t", "a1b2c3", "'eu'", True),  # value without its quotes
+        ("'eu'", "db", "t", "a1b2c3", "'eu'", True),
+        ("a1b2c3", "db", "t", "a1b2c3", "'eu'", True),  # by id
+        ("db.t:202401", "db", "t", "202401", "202401", True),
+        ("db.t:202401", "db", "other", "202401", "202401", False),
+        ("db.*:202401", "db", "other", "202401", "202401", True),
+        ("('eu', 3)", "db", "t", "f00", "('eu', 3)", True),
+        # A time value holds colons; without a db.table scope it is the whole spec.
+        ("'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-01 00:00:00'", True),
+        ("db.t:'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-01 00:00:00'", True),
+        ("db.t:'2024-01-01 00:00:00'", "db", "u", "f00", "'2024-01-01 00:00:00'", False),
+    ],
+)
+def test_partition_selected(
+    spec: str, database: str, table: str, partition_id: str, value: str, chosen: bool
+) -> None:
+    assert partition_selected(database, table, partition_id, value, [spec]) is chosen
+
+
+def test_no_specs_select_every_partition() -> None:
+    assert partition_selected("db", "t", "x", "x", [])
