@@ -356,9 +356,9 @@ class BackupService:
         Cost follows change, not size: a part whose content (its checksums.txt)
         an earlier backup fingerprinted reuses that fingerprint, even when a
         mutation renamed it; only new parts are scanned. The scan is the
-        server's work: it runs on a second connection while this process
-        stores the parts (the embedded engine allows one connection, so there
-        it runs first). The dictionary yielded is complete when the block ends.
+        server's work: it runs on a second connection (a second session, for
+        the embedded engine) while this process stores the parts. The
+        dictionary yielded is complete when the block ends.
         """
         result, scan = self._reusable_fingerprints(snapshot, table, freeze_name, known)
         fork = self.server.clone() if scan else None

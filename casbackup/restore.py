@@ -489,7 +489,7 @@ class RestoreService:
         staged: list[tuple[mf.Part, Path]] = []
         clock = time.monotonic()
         try:
-            for batch in _batches(parts):
+            for batch in staging_batches(parts):
                 staged += self._stage_parts(batch, detached, owner.st_uid, owner.st_gid, fetcher)
             # Physical rows (count.txt) of attached parts: exact even for parts
             # whose rows a lightweight DELETE masks (count() would not see those).
@@ -582,7 +582,7 @@ STAGE_BATCH_BYTES = 256 * 1024 * 1024
 STAGE_BATCH_FILES = 400
 
 
-def _batches(parts: list[mf.Part]) -> Iterator[list[mf.Part]]:
+def staging_batches(parts: list[mf.Part]) -> Iterator[list[mf.Part]]:
     """Parts in order, grouped up to STAGE_BATCH_BYTES and STAGE_BATCH_FILES (a big part alone)."""
     batch: list[mf.Part] = []
     size = files = 0

@@ -30,7 +30,7 @@ def part(index: int, size: int, files: int) -> mf.Part:
 )
 def test_batches_keep_order_and_bounds(shape: list[tuple[int, int]]) -> None:
     parts = [part(i, size, files) for i, (size, files) in enumerate(shape)]
-    batches = list(restore._batches(parts))
+    batches = list(restore.staging_batches(parts))
     assert [p for batch in batches for p in batch] == parts
     for batch in batches:
         assert batch

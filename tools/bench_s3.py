@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from contextlib import closing
 from pathlib import Path
 
 # tools/ is the script's directory, hence on sys.path.
-from bench_store import MB, dataset_files, make_dataset, run_step
+from bench_store import MB, dataset_files, make_dataset, restore_repository, run_step
 
 BUCKET = "casbackup-bench"
 PREFIX = "bench/repo"
@@ -125,24 +124,12 @@ def store_s3(root: Path, files: list[Path], workdir: Path, endpoint: str) -> dic
 
 
 def restore_s3(workdir: Path, endpoint: str, fetch_threads: int) -> dict[str, object]:
-    from casbackup.catalog import Catalog
-    from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
-    from casbackup.repo.repository import Repository
-
-    repo = Repository.open(s3_store(endpoint))
-    target = workdir / "s3-restored"
-    shutil.rmtree(target, ignore_errors=True)
-    manifest = repo.read_manifest("bench")
-    table = manifest.file_table()
-    written = 0
-    with Catalog.open(f"sqlite:///{workdir / 's3-catalog.sqlite'}", repo.id) as catalog:
-        fetcher = ChunkFetcher(repo.store, threads=fetch_threads)
-        for part in manifest.tables[0].parts:
-            targets = [
-                FileTarget(target / part.name / f.path, table[f.file_id]) for f in part.files
-            ]
-            written += write_files(fetcher, catalog.index.locate, targets)
-    return {"restored_bytes": written, "fetched_bytes": fetcher.bytes_fetched}
+    return restore_repository(
+        s3_store(endpoint),
+        f"sqlite:///{workdir / 's3-catalog.sqlite'}",
+        workdir / "s3-restored",
+        threads=fetch_threads,
+    )
 
 
 def free_port() -> int:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 MB = 1_000_000
 
@@ -177,25 +178,40 @@ def store(root: Path, files: list[Path], workdir: Path) -> dict[str, object]:
 
 
 def restore(workdir: Path) -> dict[str, object]:
+    from casbackup.store.local import LocalStore
+
+    return restore_repository(
+        LocalStore(workdir / "repo"),
+        f"sqlite:///{workdir / 'repo' / 'catalog.sqlite'}",
+        workdir / "restored",
+        threads=2,
+    )
+
+
+def restore_repository(
+    store: Any, catalog_url: str, target: Path, *, threads: int
+) -> dict[str, object]:
+    """Write every part of the backup back, batched and fetched as `casbackup restore` does."""
     from casbackup.catalog import Catalog
     from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
     from casbackup.repo.repository import Repository
-    from casbackup.store.local import LocalStore
+    from casbackup.restore import staging_batches
 
-    repo = Repository.open(LocalStore(workdir / "repo"))
-    target = workdir / "restored"
+    repo = Repository.open(store)
     shutil.rmtree(target, ignore_errors=True)
     manifest = repo.read_manifest("bench")
     table = manifest.file_table()
     written = 0
-    with Catalog.open(f"sqlite:///{workdir / 'repo' / 'catalog.sqlite'}", repo.id) as catalog:
-        fetcher = ChunkFetcher(repo.store, threads=2)
-        for part in manifest.tables[0].parts:
+    with Catalog.open(catalog_url, repo.id) as catalog:
+        fetcher = ChunkFetcher(repo.store, threads=threads)
+        for batch in staging_batches(manifest.tables[0].parts):
             targets = [
-                FileTarget(target / part.name / f.path, table[f.file_id]) for f in part.files
+                FileTarget(target / part.name / f.path, table[f.file_id])
+                for part in batch
+                for f in part.files
             ]
             written += write_files(fetcher, catalog.index.locate, targets)
-    return {"restored_bytes": written}
+    return {"restored_bytes": written, "fetched_bytes": fetcher.bytes_fetched}
 
 
 def run_step(step: str, data: Path, work: Path) -> dict[str, float]:

@@ -84,6 +84,7 @@ def backup_options(
         access=rbac or wanted.rbac,
         access_path=access_path or wanted.access_path,
         configs=(configs_path or wanted.configs_path) if configs or wanted.configs else None,
+        fingerprints=wanted.fingerprints,
     )
 
 

@@ -4,12 +4,14 @@ The only module that imports chdb. chdb runs one engine per process and locks
 its data directory against other processes (the same guard a ClickHouse
 server has), so the demo and the tests that use it run casbackup in the
 process that owns the engine. Several sessions on the same path in one
-process share that engine, and closing one leaves the others working.
+process share that engine, and closing one leaves the others working; they
+may query at the same time from different threads.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,9 @@ class EmbeddedClient:
             ) from None
         self.path = path
         self.config_file = config_file
+        # Held by a running query; close() waits for it, as closing a session
+        # under a query in another thread is not something chdb guards against.
+        self._lock = threading.Lock()
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
             if config_file and not Path(config_file).is_file():
@@ -52,8 +57,13 @@ class EmbeddedClient:
     def describe(self) -> str:
         return f"chdb://{self.path}" + (f"?config={self.config_file}" if self.config_file else "")
 
-    def clone(self) -> None:
-        return None  # one engine per process, used from one thread
+    def clone(self) -> EmbeddedClient:
+        """A second session on the same engine, for a query in another thread.
+
+        chdb releases the GIL while a query runs and sessions on one path share
+        the engine, so a fingerprint scan can run beside the store.
+        """
+        return EmbeddedClient(self.path, self.config_file)
 
     def query(self, sql: str) -> list[Row]:
         text = self._run(sql, "JSON")
@@ -75,11 +85,13 @@ class EmbeddedClient:
         self._run(sql, "TabSeparated")
 
     def close(self) -> None:
-        self._session.close()
+        with self._lock:
+            self._session.close()
 
     def _run(self, sql: str, fmt: str) -> str:
         try:
-            result = self._session.query(sql, fmt)
+            with self._lock:
+                result = self._session.query(sql, fmt)
         except RuntimeError as exc:
             raise ClickHouseError(detail=first_line(str(exc))) from None
         return result.bytes().decode() if hasattr(result, "bytes") else str(result)

@@ -237,3 +237,17 @@ def test_subset_windows_cover_everything_over_consecutive_days() -> None:
     assert set().union(*groups) == set(packs) and sum(map(len, groups)) == len(packs)
     sized, _ = choose_subset(packs, "10", 0)
     assert len(sized) == 10
+
+
+def test_without_fingerprints_restore_compares_rows(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[backup] fingerprints = false: no scan at backup time, and verify --restore says so."""
+    config = tmp_path / "casbackup.toml"
+    config.write_text("[backup]\nfingerprints = false\n")
+    monkeypatch.setenv("CASBACKUP_CONFIG", str(config))
+    backed_up(engine, dbname, cli, rows=20_000)
+    code, report = verify(cli, engine, "--restore")
+    [table] = report["tables"]
+    assert code == 0 and table["fingerprint"] == "not recorded"
+    assert table["rows_found"] == 20_000
