@@ -43,7 +43,7 @@ from casbackup.clickhouse.parts import (
     read_count,
 )
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer, PartInfo, TableInfo
-from casbackup.errors import ClickHouseError, NothingSelected, UnsupportedTable
+from casbackup.errors import ClickHouseError, NothingSelected, UnsupportedTable, UsageError
 from casbackup.ordering import creation_order
 from casbackup.repo import manifest as mf
 from casbackup.repo.archiver import StoredFile
@@ -164,6 +164,13 @@ class BackupService:
         self.notes: list[str] = []
 
     def run(self) -> BackupReport:
+        # Directories asked for are checked before anything is frozen or stored.
+        for flag, directory in (
+            ("--configs-path", self.options.configs),
+            ("--access-path", self.options.access_path if self.options.access else None),
+        ):
+            if directory is not None and not directory.is_dir():
+                raise UsageError(detail=f"{flag}: {directory} is not a directory")
         tables = plan_backup(self.server, self.options.tables, self.options.exclude)
         name = self.options.name or default_backup_name()
         wanted_databases = {t.database for t in tables}

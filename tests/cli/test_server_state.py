@@ -69,6 +69,11 @@ def test_config_files_round_trip_to_a_staging_directory(
         str(configs),
     )
     assert created.code == 0, created.stderr
+    missing = cli(engine, "create", "c", "--configs", "--configs-path", str(tmp_path / "nowhere"))
+    assert missing.code == ExitCode.USAGE
+    assert missing.stderr.strip().endswith(
+        f"--configs-path: {tmp_path / 'nowhere'} is not a directory"
+    )
     staging = tmp_path / "staging"
     restored = cli(
         engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables"
