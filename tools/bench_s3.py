@@ -30,7 +30,14 @@ from contextlib import closing
 from pathlib import Path
 
 # tools/ is the script's directory, hence on sys.path.
-from bench_store import MB, dataset_files, make_dataset, restore_repository, run_step
+from bench_store import (
+    MB,
+    dataset_files,
+    make_dataset,
+    restore_repository,
+    run_step,
+    store_repository,
+)
 
 BUCKET = "casbackup-bench"
 PREFIX = "bench/repo"
@@ -73,54 +80,16 @@ def child(step: str, data: str, work: str, endpoint: str, fetch_threads: str) ->
 
 def store_s3(root: Path, files: list[Path], workdir: Path, endpoint: str) -> dict[str, object]:
     """bench_store.store with the repository on S3 and the catalog in a local file."""
-    from casbackup.catalog import Catalog
     from casbackup.config import S3Settings
-    from casbackup.repo.manifest import Database, Part, PartFile, Table
-    from casbackup.repo.repository import Repository
-    from casbackup.snapshot import SnapshotWriter
 
     catalog_path = workdir / "s3-catalog.sqlite"
     catalog_path.unlink(missing_ok=True)
-    store = s3_store(endpoint)
-    repo = Repository.init(store)
-    with (
-        Catalog.open(f"sqlite:///{catalog_path}", repo.id) as catalog,
-        SnapshotWriter(repo, catalog, "bench", upload_threads=S3Settings().concurrency) as snap,
-    ):
-        by_dir: dict[Path, list[PartFile]] = {}
-        for path, stored in snap.archiver.store_files(files):
-            snap.add_file(stored)
-            by_dir.setdefault(path.parent, []).append(
-                PartFile(path=path.name, file_id=stored.file_id, size=stored.size)
-            )
-        parts = [
-            Part(
-                name=f"all_{i}_{i}_0",
-                partition_id="all",
-                min_block=i,
-                max_block=i,
-                level=0,
-                rows=0,
-                bytes=sum(f.size for f in pfs),
-                files=pfs,
-            )
-            for i, (_, pfs) in enumerate(sorted(by_dir.items()), start=1)
-        ]
-        table = Table(
-            database="bench",
-            name="data",
-            engine="MergeTree",
-            create_sql="-",
-            has_data=True,
-            parts=parts,
-        )
-        manifest = snap.commit([Database(name="bench", engine="Atomic", create_sql="-")], [table])
-    return {
-        "logical_bytes": manifest.stats.logical_bytes,
-        "stored_bytes": manifest.stats.new_bytes,
-        "objects": sum(1 for _ in store.list("")),
-        "packs": sum(1 for _ in store.list("packs/")),
-    }
+    return store_repository(
+        s3_store(endpoint),
+        f"sqlite:///{catalog_path}",
+        files,
+        upload_threads=S3Settings().concurrency,
+    )
 
 
 def restore_s3(workdir: Path, endpoint: str, fetch_threads: int) -> dict[str, object]:

@@ -128,17 +128,27 @@ def child(step: str, data: str, work: str) -> None:
 
 
 def store(root: Path, files: list[Path], workdir: Path) -> dict[str, object]:
+    from casbackup.store.local import LocalStore
+
+    shutil.rmtree(workdir / "repo", ignore_errors=True)
+    return store_repository(
+        LocalStore(workdir / "repo"), f"sqlite:///{workdir / 'repo' / 'catalog.sqlite'}", files
+    )
+
+
+def store_repository(
+    store: Any, catalog_url: str, files: list[Path], *, upload_threads: int = 2
+) -> dict[str, object]:
+    """A new repository on ``store`` holding one backup of ``files``, a part per directory."""
     from casbackup.catalog import Catalog
     from casbackup.repo.manifest import Database, Part, PartFile, Table
     from casbackup.repo.repository import Repository
     from casbackup.snapshot import SnapshotWriter
-    from casbackup.store.local import LocalStore
 
-    shutil.rmtree(workdir / "repo", ignore_errors=True)
-    repo = Repository.init(LocalStore(workdir / "repo"))
+    repo = Repository.init(store)
     with (
-        Catalog.open(f"sqlite:///{workdir / 'repo' / 'catalog.sqlite'}", repo.id) as catalog,
-        SnapshotWriter(repo, catalog, "bench") as snap,
+        Catalog.open(catalog_url, repo.id) as catalog,
+        SnapshotWriter(repo, catalog, "bench", upload_threads=upload_threads) as snap,
     ):
         by_dir: dict[Path, list[PartFile]] = {}
         for path, stored in snap.archiver.store_files(files):
@@ -168,11 +178,10 @@ def store(root: Path, files: list[Path], workdir: Path) -> dict[str, object]:
             parts=parts,
         )
         manifest = snap.commit([Database(name="bench", engine="Atomic", create_sql="-")], [table])
-    objects = sum(1 for _ in repo.store.list(""))
     return {
         "logical_bytes": manifest.stats.logical_bytes,
         "stored_bytes": manifest.stats.new_bytes,
-        "objects": objects,
+        "objects": sum(1 for _ in repo.store.list("")),
         "packs": sum(1 for _ in repo.store.list("packs/")),
     }
 
