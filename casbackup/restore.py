@@ -53,7 +53,7 @@ from casbackup.repo.repository import Repository
 from casbackup.selection import partition_selected, select
 from casbackup.server_state import (
     check_no_clashes,
-    existing_files,
+    replaced_files,
     restore_directory,
     restore_objects,
 )
@@ -197,12 +197,7 @@ class RestoreService:
                 objects += [*self.manifest.functions, *self.manifest.named_collections]
             check_no_clashes(self.server, objects)
         for fileset, target in self._file_restores():
-            clashes = existing_files(fileset, target)
-            if clashes and not self.options.overwrite_files:
-                raise RestoreConflict(
-                    detail=f"{len(clashes)} files exist under {target}, e.g. {clashes[0]} "
-                    "(pass --overwrite to replace them)"
-                )
+            replaced_files(fileset, target, overwrite=self.options.overwrite_files)
 
     def _file_restores(self) -> list[tuple[mf.FileSet, Path]]:
         """(stored directory, where it goes) for --configs and, with --rbac, the access files."""
@@ -352,7 +347,7 @@ class RestoreService:
             report.files += restore_directory(
                 self.repo,
                 self.catalog,
-                self.manifest,
+                self.files,
                 fileset,
                 target,
                 overwrite=self.options.overwrite_files,

@@ -364,22 +364,15 @@ def restore_objects(
 def restore_directory(
     repo: Repository,
     catalog: Catalog,
-    manifest: mf.Manifest,
+    files: dict[bytes, mf.FileContent],
     fileset: mf.FileSet,
     target: Path,
     *,
     overwrite: bool,
 ) -> list[Path]:
     """Write a stored directory's files under ``target``; existing files only with ``overwrite``."""
-    files = manifest.file_table()
     destinations = [(target / f.path, f) for f in fileset.files]
-    clashes = existing_files(fileset, target)
-    if clashes and not overwrite:
-        raise RestoreConflict(
-            detail=f"{len(clashes)} files exist under {target}, e.g. {clashes[0]} "
-            "(pass --overwrite to replace them)"
-        )
-    for path in clashes:
+    for path in replaced_files(fileset, target, overwrite=overwrite):
         path.unlink()
     write_files(
         ChunkFetcher(repo.store, threads=2),
@@ -389,10 +382,16 @@ def restore_directory(
     return [p for p, _ in destinations]
 
 
-def existing_files(fileset: mf.FileSet, target: Path) -> list[Path]:
-    """Files a restore of ``fileset`` under ``target`` would replace."""
-    return [
+def replaced_files(fileset: mf.FileSet, target: Path, *, overwrite: bool) -> list[Path]:
+    """Files a restore of ``fileset`` under ``target`` would replace; refused unless ``overwrite``."""
+    clashes = [
         target / f.path
         for f in fileset.files
         if (target / f.path).exists() or (target / f.path).is_symlink()
     ]
+    if clashes and not overwrite:
+        raise RestoreConflict(
+            detail=f"{len(clashes)} files exist under {target}, e.g. {clashes[0]} "
+            "(pass --overwrite to replace them)"
+        )
+    return clashes
