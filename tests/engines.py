@@ -15,19 +15,16 @@ unless CASBACKUP_REQUIRE_ENGINES=1 (CI) turns that into a failure.
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
-SERVER_BINARY = shutil.which("clickhouse-server") or "/usr/sbin/clickhouse-server"
+from tools.clickhouse_server import SERVER_BINARY, free_port, launch_server, stop_server
+
 PROTECTED_USER = "backup_operator"
 PROTECTED_PASSWORD = "s3cr3t-Pa55word"
 
@@ -36,12 +33,6 @@ def require(reason: str) -> None:
     if os.environ.get("CASBACKUP_REQUIRE_ENGINES") == "1":
         pytest.fail(f"required test engine unavailable: {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Engine(Protocol):
@@ -97,49 +88,16 @@ class ServerEngine:
         return self.root / "data"
 
     def start(self) -> None:
-        for sub in ("data", "tmp", "log"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "users.xml").write_text(USERS_XML)
-        (self.root / "config.xml").write_text(
-            f"""<?xml version="1.0"?>
-<yandex>
-  <logger><level>warning</level><log>{self.root}/log/server.log</log><errorlog>{self.root}/log/error.log</errorlog></logger>
-  <tcp_port>{self.tcp_port}</tcp_port><http_port>{self.http_port}</http_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>{self.root}/data/</path><tmp_path>{self.root}/tmp/</tmp_path>
-  <users_config>{self.root}/users.xml</users_config>
-  <default_profile>default</default_profile><default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-  <max_concurrent_queries>50</max_concurrent_queries>
-</yandex>
-"""
+        self.process = launch_server(
+            self.root,
+            tcp_port=self.tcp_port,
+            http_port=self.http_port,
+            users_xml=USERS_XML,
+            ready=lambda: self.sql("SELECT 1"),
         )
-        self.process = subprocess.Popen(
-            [SERVER_BINARY, f"--config-file={self.root / 'config.xml'}"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.root / "log" / "stderr.log", "wb"),  # noqa: SIM115 -- lives as long as the server
-            cwd=self.root,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"clickhouse-server exited: {(self.root / 'log' / 'stderr.log').read_text()[-2000:]}"
-                )
-            try:
-                self.sql("SELECT 1")
-                return
-            except Exception:
-                time.sleep(0.3)
-        raise RuntimeError("clickhouse-server did not answer within 60 s")
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_server(self.process)
 
     def _client(self) -> Any:
         from clickhouse_driver import Client

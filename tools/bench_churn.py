@@ -83,22 +83,21 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from clickhouse_server import SERVER_BINARY, free_port, launch_server, stop_server
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CHDB_SQL = ROOT / "tools" / "chdb_sql.py"
-SERVER_BINARY = shutil.which("clickhouse-server") or "/usr/sbin/clickhouse-server"
 RESTIC = shutil.which("restic") or "/usr/bin/restic"
 GNU_TIME = "/usr/bin/time"
 MARKER = ".bench-churn-workdir"
@@ -211,12 +210,6 @@ def tree_bytes(path: Path) -> int:
     return total
 
 
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_quiet(state: Callable[[], list[int]], quiet_s: float, timeout_s: float = 3600) -> float:
     """Wait until no merge or mutation runs and the active parts stay the same for quiet_s."""
     started = time.monotonic()
@@ -282,54 +275,26 @@ class ServerEngine:
         return self.root / "data"
 
     def start(self) -> None:
-        for sub in ("data", "tmp", "log"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "users.xml").write_text(USERS_XML)
-        (self.root / "config.xml").write_text(
-            f"""<?xml version="1.0"?>
-<yandex>
-  <logger><level>warning</level><log>{self.root}/log/server.log</log><errorlog>{self.root}/log/error.log</errorlog></logger>
-  <tcp_port>{self.tcp_port}</tcp_port><http_port>{self.http_port}</http_port>
-  <listen_host>127.0.0.1</listen_host>
-  <path>{self.data_root}/</path><tmp_path>{self.root}/tmp/</tmp_path>
-  <users_config>{self.root}/users.xml</users_config>
-  <default_profile>default</default_profile><default_database>default</default_database>
-  <mark_cache_size>268435456</mark_cache_size>
-  <max_concurrent_queries>50</max_concurrent_queries>
-</yandex>
-"""
+        self.process = launch_server(
+            self.root,
+            tcp_port=self.tcp_port,
+            http_port=self.http_port,
+            users_xml=USERS_XML,
+            ready=self._answers,
         )
-        with open(self.root / "log" / "stderr.log", "wb") as stderr:
-            self.process = subprocess.Popen(
-                [SERVER_BINARY, f"--config-file={self.root / 'config.xml'}"],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                cwd=self.root,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = (self.root / "log" / "stderr.log").read_text()[-2000:]
-                raise RuntimeError(f"clickhouse-server exited: {log}")
-            try:
-                self.rows("SELECT 1")
-                return
-            except Exception:
-                self._client = None
-                time.sleep(0.3)
-        raise RuntimeError("clickhouse-server did not answer within 60 s")
+
+    def _answers(self) -> None:
+        try:
+            self.rows("SELECT 1")
+        except Exception:
+            self._client = None  # a connection refused while starting is not reused
+            raise
 
     def stop(self) -> None:
         if self._client is not None:
             self._client.disconnect()
             self._client = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_server(self.process)
 
     def _execute(self, sql: str) -> list[tuple[Any, ...]]:
         if self._client is None:
