@@ -139,6 +139,29 @@ class ChunkIndex:
             return [bytes.fromhex(d) for (d,) in rows]
 
 
+def insert_pack(
+    conn: Connection,
+    pack_id: bytes,
+    size: int,
+    chunk_count: int,
+    created_at: datetime,
+    created_by: str | None,
+) -> int:
+    """The pack's row, inserted as live unless it is indexed already; returns its key."""
+    conn.execute(
+        insert_ignoring_duplicates(conn, Pack).values(
+            digest=pack_id.hex(),
+            size=size,
+            chunk_count=chunk_count,
+            state=LIVE,
+            created_at=created_at,
+            created_by=created_by,
+        )
+    )
+    # Already indexed (a re-run after a crash, or a sync) or just inserted: either way, look it up.
+    return int(conn.execute(select(Pack.id).where(Pack.digest == pack_id.hex())).scalar_one())
+
+
 def record_pack(
     conn: Connection,
     pack_id: bytes,
@@ -147,18 +170,7 @@ def record_pack(
     created_at: datetime,
     created_by: str | None = None,
 ) -> None:
-    conn.execute(
-        insert_ignoring_duplicates(conn, Pack).values(
-            digest=pack_id.hex(),
-            size=size,
-            chunk_count=len(entries),
-            state=LIVE,
-            created_at=created_at,
-            created_by=created_by,
-        )
-    )
-    # Already indexed (a re-run after a crash, or a sync) or just inserted: either way, look it up.
-    pack_pk = conn.execute(select(Pack.id).where(Pack.digest == pack_id.hex())).scalar_one()
+    pack_pk = insert_pack(conn, pack_id, size, len(entries), created_at, created_by)
     rows = [
         {
             "digest": e.chunk_id.hex(),

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, delete, select, text, update
 
 from casbackup.catalog.database import CatalogDatabase
-from casbackup.catalog.index import batched, insert_ignoring_duplicates
+from casbackup.catalog.index import batched, insert_pack
 from casbackup.catalog.models import CONDEMNED, LIVE, REFERENCED_FILES_SQL, Chunk, Pack
 from casbackup.repo.pack import PackEntry
 
@@ -130,17 +130,7 @@ def record_repacked(
 ) -> None:
     """A new pack holding copies of chunks: index it and point those chunks at it."""
     with db.write() as conn:
-        conn.execute(
-            insert_ignoring_duplicates(conn, Pack).values(
-                digest=pack_id.hex(),
-                size=size,
-                chunk_count=len(entries),
-                state=LIVE,
-                created_at=datetime.now(UTC),
-                created_by=created_by,
-            )
-        )
-        new_pk = conn.execute(select(Pack.id).where(Pack.digest == pack_id.hex())).scalar_one()
+        new_pk = insert_pack(conn, pack_id, size, len(entries), datetime.now(UTC), created_by)
         for e in entries:
             conn.execute(
                 update(Chunk)
