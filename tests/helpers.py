@@ -7,6 +7,7 @@ from pathlib import Path
 
 from casbackup.catalog import Catalog
 from casbackup.repo.manifest import Database, Manifest, Part, PartFile, Table
+from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
 from casbackup.snapshot import SnapshotWriter
 
@@ -83,3 +84,18 @@ def file_modes(root: Path) -> dict[str, int]:
         for p in root.rglob("*")
         if p.is_file()
     }
+
+
+def restore_manifest(
+    repo: Repository, catalog: Catalog, manifest: Manifest, target: Path
+) -> dict[str, bytes]:
+    """Write every part file of a backup under ``target/<part>/``; returns what is there then."""
+    table = manifest.file_table()
+    targets = [
+        FileTarget(target / part.name / pf.path, table[pf.file_id], pf.mode)
+        for t in manifest.tables
+        for part in t.parts
+        for pf in part.files
+    ]
+    write_files(ChunkFetcher(repo.store, threads=3), catalog.index.locate, targets)
+    return tree_contents(target)

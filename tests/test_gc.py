@@ -20,11 +20,10 @@ from casbackup.lifecycle import delete_backups
 from casbackup.repo import keys
 from casbackup.repo.marks import read_marks
 from casbackup.repo.pack import parse_pack
-from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
 from casbackup.snapshot import SnapshotWriter
 from casbackup.store.local import LocalStore
-from tests.helpers import snapshot_directory, tree_contents, write_tree
+from tests.helpers import restore_manifest, snapshot_directory, tree_contents, write_tree
 
 SMALL_PACKS = 64 * 1024
 
@@ -57,19 +56,6 @@ def packs_needed_by(repo: Repository, names: list[str]) -> dict[bytes, int]:
         if {e.chunk_id for e in repo.read_trailer(pack_id, size)} & wanted:
             needed[pack_id] = size
     return needed
-
-
-def restorable(repo: Repository, catalog: Catalog, name: str, target: Path) -> dict[str, bytes]:
-    manifest = repo.read_manifest(name)
-    table = manifest.file_table()
-    targets = [
-        FileTarget(target / part.name / pf.path, table[pf.file_id], pf.mode)
-        for t in manifest.tables
-        for part in t.parts
-        for pf in part.files
-    ]
-    write_files(ChunkFetcher(repo.store, threads=2), catalog.index.locate, targets)
-    return tree_contents(target)
 
 
 def random_tree(root: Path, seed: int, parts: int = 4, shared: int = 0) -> dict[str, bytes]:
@@ -112,7 +98,9 @@ def test_gc_frees_exactly_the_unreferenced_packs(
     assert second.bytes_freed == garbage
     assert dict(repo.list_packs()) == keep
     assert read_marks(repo.store) == []
-    assert restorable(repo, catalog, "b", tmp_path / "out") == tree_contents(tmp_path / "b")
+    assert restore_manifest(
+        repo, catalog, repo.read_manifest("b"), tmp_path / "out"
+    ) == tree_contents(tmp_path / "b")
 
 
 def test_repack_leaves_only_referenced_chunks(
@@ -133,7 +121,9 @@ def test_repack_leaves_only_referenced_chunks(
         for e in parse_pack(repo.store.get(keys.pack_key(pack_id)), "p")
     ]
     assert sorted(stored) == sorted(wanted)  # no dead chunk, no duplicate, nothing missing
-    assert restorable(repo, catalog, "b2", tmp_path / "out") == tree_contents(tmp_path / "t2")
+    assert restore_manifest(
+        repo, catalog, repo.read_manifest("b2"), tmp_path / "out"
+    ) == tree_contents(tmp_path / "t2")
 
 
 def test_dry_run_changes_nothing_and_shows_the_plan(
@@ -188,7 +178,9 @@ def test_running_backup_keeps_what_it_deduplicated(
     clock.advance(1)
     third = gc(repo, catalog, clock)
     assert third.packs_deleted == 0 and third.packs_resurrected == first.packs_condemned
-    assert restorable(repo, catalog, "new", tmp_path / "out") == tree_contents(tmp_path / "old")
+    assert restore_manifest(
+        repo, catalog, repo.read_manifest("new"), tmp_path / "out"
+    ) == tree_contents(tmp_path / "old")
 
 
 def test_backup_started_after_condemnation_does_not_rely_on_condemned_packs(
@@ -203,7 +195,9 @@ def test_backup_started_after_condemnation_does_not_rely_on_condemned_packs(
     clock.advance(1)
     report = gc(repo, catalog, clock)
     assert report.packs_deleted > 0
-    assert restorable(repo, catalog, "again", tmp_path / "out") == tree_contents(tmp_path / "old")
+    assert restore_manifest(
+        repo, catalog, repo.read_manifest("again"), tmp_path / "out"
+    ) == tree_contents(tmp_path / "old")
 
 
 def test_backup_frozen_past_gc_refuses_to_commit(
@@ -294,7 +288,10 @@ def test_gc_interrupted_anywhere_is_finished_by_the_next_run(
         clock.advance(10)
         for name, contents in expected.items():
             out = tmp_path / f"out-{failing_at}-{name}"
-            assert restorable(repo, catalog, name, out) == contents, (failing_at, name)
+            assert restore_manifest(repo, catalog, repo.read_manifest(name), out) == contents, (
+                failing_at,
+                name,
+            )
     for _ in range(3):
         gc(repo, catalog, clock, repack_below=0.9)
         clock.advance(10)

@@ -12,26 +12,12 @@ import pytest
 
 from casbackup.catalog import Catalog
 from casbackup.repo.marks import read_marks
-from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
 from casbackup.store.local import LocalStore
-from tests.helpers import tree_contents
+from tests.helpers import restore_manifest
 from tests.processes.workload import tree_digest
 
 WORKLOAD = [sys.executable, "-m", "tests.processes.workload"]
-
-
-def restore_digest(repo: Repository, catalog: Catalog, name: str, target: Path) -> str:
-    manifest = repo.read_manifest(name)
-    files = manifest.file_table()
-    targets = [
-        FileTarget(target / part.name / pf.path, files[pf.file_id], pf.mode)
-        for t in manifest.tables
-        for part in t.parts
-        for pf in part.files
-    ]
-    write_files(ChunkFetcher(repo.store, threads=2), catalog.index.locate, targets)
-    return tree_digest(tree_contents(target))
 
 
 def check_every_backup_restores(repo_dir: Path, work: Path, label: str = "restored") -> int:
@@ -41,7 +27,12 @@ def check_every_backup_restores(repo_dir: Path, work: Path, label: str = "restor
     with Catalog.open(f"sqlite:///{repo_dir / 'catalog.sqlite'}", repo.id) as catalog:
         for name in names:
             expected = (work / "expected" / name).read_text()
-            assert restore_digest(repo, catalog, name, work / label / name) == expected, name
+            assert (
+                tree_digest(
+                    restore_manifest(repo, catalog, repo.read_manifest(name), work / label / name)
+                )
+                == expected
+            ), name
     return len(names)
 
 

@@ -12,10 +12,8 @@ import pytest
 from casbackup.catalog import Catalog
 from casbackup.errors import ChunkCorrupt, IntegrityError, PackCorrupt, PackMissing
 from casbackup.repo import keys
-from casbackup.repo.manifest import Manifest
-from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
-from tests.helpers import snapshot_directory, tree_contents, write_tree
+from tests.helpers import restore_manifest, snapshot_directory, tree_contents, write_tree
 
 
 def make_tree(root: Path, seed: int = 0) -> dict[str, bytes]:
@@ -35,21 +33,10 @@ def make_tree(root: Path, seed: int = 0) -> dict[str, bytes]:
     return files
 
 
-def restore_all(repo: Repository, catalog: Catalog, manifest: Manifest, target: Path) -> None:
-    table = manifest.file_table()
-    targets = [
-        FileTarget(target / part.name / pf.path, table[pf.file_id], pf.mode)
-        for t in manifest.tables
-        for part in t.parts
-        for pf in part.files
-    ]
-    write_files(ChunkFetcher(repo.store, threads=3), catalog.index.locate, targets)
-
-
 def test_roundtrip_is_exact(repo: Repository, catalog: Catalog, tmp_path: Path) -> None:
     expected = make_tree(tmp_path / "src")
     manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
-    restore_all(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
+    restore_manifest(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
     assert tree_contents(tmp_path / "out") == expected
     assert manifest.stats.logical_bytes == sum(map(len, expected.values()))
     assert manifest.stats.new_bytes == sum(i.size for i in repo.store.list("packs/"))
@@ -102,7 +89,7 @@ def test_flipped_byte_in_pack_is_chunk_corrupt(
     data[20] ^= 0x01  # inside the first stored chunk
     path.write_bytes(bytes(data))
     with pytest.raises(ChunkCorrupt):
-        restore_all(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
+        restore_manifest(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
 
 
 def test_truncated_pack_is_pack_corrupt(repo: Repository, catalog: Catalog, tmp_path: Path) -> None:
@@ -112,7 +99,7 @@ def test_truncated_pack_is_pack_corrupt(repo: Repository, catalog: Catalog, tmp_
     size = path.stat().st_size
     os.truncate(path, size // 3)
     with pytest.raises(PackCorrupt, match="truncated"):
-        restore_all(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
+        restore_manifest(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
     with pytest.raises(PackCorrupt):
         repo.read_trailer(keys.pack_id_from_key(_first_pack(repo)))
 
@@ -122,7 +109,7 @@ def test_missing_pack_is_pack_missing(repo: Repository, catalog: Catalog, tmp_pa
     snapshot_directory(repo, catalog, "b1", tmp_path / "src")
     repo.store.delete(_first_pack(repo))
     with pytest.raises(PackMissing):
-        restore_all(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
+        restore_manifest(repo, catalog, repo.read_manifest("b1"), tmp_path / "out")
 
 
 def test_catalog_pointing_at_wrong_offset_is_detected(
@@ -133,7 +120,7 @@ def test_catalog_pointing_at_wrong_offset_is_detected(
     with catalog.db.write() as conn:
         conn.exec_driver_sql('UPDATE chunks SET "offset" = "offset" + 1')
     with pytest.raises((ChunkCorrupt, PackCorrupt)):
-        restore_all(repo, catalog, manifest, tmp_path / "out")
+        restore_manifest(repo, catalog, manifest, tmp_path / "out")
 
 
 def test_restore_never_overwrites_existing_files(
@@ -145,7 +132,7 @@ def test_restore_never_overwrites_existing_files(
     victim.parent.mkdir(parents=True)
     victim.write_bytes(b"precious")
     with pytest.raises(FileExistsError):
-        restore_all(repo, catalog, manifest, tmp_path / "out")
+        restore_manifest(repo, catalog, manifest, tmp_path / "out")
     assert victim.read_bytes() == b"precious"
 
 
@@ -159,4 +146,4 @@ def test_unindexed_chunk_is_integrity_error(
     ) as raw:  # foreign keys off by default
         raw.execute("DELETE FROM chunks")
     with pytest.raises(IntegrityError, match="not in the index"):
-        restore_all(repo, catalog, manifest, tmp_path / "out")
+        restore_manifest(repo, catalog, manifest, tmp_path / "out")

@@ -22,13 +22,12 @@ from casbackup.errors import (
     StorePermissionDenied,
 )
 from casbackup.repo import keys
-from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
 from casbackup.store import expand_macros, open_store, parse_s3_location, s3_options
 from casbackup.store.s3 import MiB, S3Store
 from tests.engines import free_port
 from tests.faultproxy import KINDS, FaultPlan, FaultProxy
-from tests.helpers import snapshot_directory, tree_contents, write_tree
+from tests.helpers import restore_manifest, snapshot_directory, write_tree
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server, start_s3_server, use_test_credentials
 from tests.store.conformance import StoreConformance
 
@@ -341,19 +340,6 @@ def make_tree(root: Path, seed: int) -> dict[str, bytes]:
     return files
 
 
-def restore_tree(repo: Repository, catalog: Catalog, name: str, target: Path) -> dict[str, bytes]:
-    manifest = repo.read_manifest(name)
-    table = manifest.file_table()
-    targets = [
-        FileTarget(target / part.name / pf.path, table[pf.file_id], pf.mode)
-        for t in manifest.tables
-        for part in t.parts
-        for pf in part.files
-    ]
-    write_files(ChunkFetcher(repo.store, threads=3), catalog.index.locate, targets)
-    return tree_contents(target)
-
-
 @pytest.fixture
 def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
     with FaultProxy(s3_server.port) as running:
@@ -382,8 +368,10 @@ def test_backup_and_restore_complete_through_faults(
         snapshot_directory(repo, catalog, "b2", tmp_path / "src", pack_size=MiB // 2)
         again = snapshot_directory(repo, catalog, "b3", tmp_path / "src")
         assert again.stats.new_chunks == 0
-        assert restore_tree(repo, catalog, "b1", tmp_path / "out1") == first
-        assert restore_tree(repo, catalog, "b2", tmp_path / "out2") == second
+        assert restore_manifest(repo, catalog, repo.read_manifest("b1"), tmp_path / "out1") == first
+        assert (
+            restore_manifest(repo, catalog, repo.read_manifest("b2"), tmp_path / "out2") == second
+        )
     assert manifest.stats.logical_bytes == sum(map(len, first.values()))
     assert set(proxy.log.faults) == set(KINDS), proxy.log.faults
     assert sum(proxy.log.faults.values()) >= 10
@@ -483,7 +471,10 @@ def test_permanently_failing_store_fails_clearly_and_damages_nothing(
         proxy.set_plan(FaultPlan())
         assert catalog.backups.committed_names() == {"good"}
         assert repo.list_backup_names() == ["good"]
-        assert restore_tree(repo, catalog, "good", tmp_path / "out") == expected
+        assert (
+            restore_manifest(repo, catalog, repo.read_manifest("good"), tmp_path / "out")
+            == expected
+        )
 
 
 def test_interrupted_backup_rerun_uploads_only_what_is_missing(
@@ -519,4 +510,7 @@ def test_interrupted_backup_rerun_uploads_only_what_is_missing(
         referenced = {c for f in manifest.files for c in f.chunks}
         assert referenced <= first | second
         assert manifest.stats.new_bytes == sum(repo.pack_size(p) for p in new_packs)
-        assert restore_tree(repo, catalog, "b1-again", tmp_path / "out") == expected
+        assert (
+            restore_manifest(repo, catalog, repo.read_manifest("b1-again"), tmp_path / "out")
+            == expected
+        )
