@@ -22,6 +22,7 @@ SAMPLE_SIZE = 64 * 1024
 # Store raw when the sample keeps at least this fraction of its size.
 INCOMPRESSIBLE_RATIO = 0.97
 DEFAULT_LEVEL = 1
+FAST_HASH_LOG = 10
 
 
 class Compression(IntEnum):
@@ -51,10 +52,15 @@ class ChunkCompressor:
     def _compressor(self) -> zstandard.ZstdCompressor:
         comp = getattr(self._local, "main", None)
         if comp is None:
-            comp = self._local.main = zstandard.ZstdCompressor(
-                level=self.level, write_content_size=True
-            )
+            comp = self._local.main = zstandard.ZstdCompressor(compression_params=self._params())
         return comp
+
+    def _params(self) -> zstandard.ZstdCompressionParameters:
+        if self.level == DEFAULT_LEVEL:
+            return zstandard.ZstdCompressionParameters.from_level(
+                self.level, hash_log=FAST_HASH_LOG, write_content_size=1
+            )
+        return zstandard.ZstdCompressionParameters.from_level(self.level, write_content_size=1)
 
     def _sampler(self) -> zstandard.ZstdCompressor:
         comp = getattr(self._local, "sampler", None)
