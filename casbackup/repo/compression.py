@@ -56,11 +56,10 @@ class ChunkCompressor:
         return comp
 
     def _params(self) -> zstandard.ZstdCompressionParameters:
-        if self.level == DEFAULT_LEVEL:
-            return zstandard.ZstdCompressionParameters.from_level(
-                self.level, hash_log=FAST_HASH_LOG, write_content_size=1
-            )
-        return zstandard.ZstdCompressionParameters.from_level(self.level, write_content_size=1)
+        tuned = {"hash_log": FAST_HASH_LOG} if self.level == DEFAULT_LEVEL else {}
+        return zstandard.ZstdCompressionParameters.from_level(
+            self.level, write_content_size=1, **tuned
+        )
 
     def _sampler(self) -> zstandard.ZstdCompressor:
         comp = getattr(self._local, "sampler", None)
