@@ -27,7 +27,7 @@ from casbackup.catalog import Catalog
 from casbackup.catalog.backups import previous_fingerprints
 from casbackup.catalog.reuse import PreviousFile, previous_files
 from casbackup.clickhouse.checksums import FileChecksum
-from casbackup.clickhouse.fingerprint import part_fingerprints
+from casbackup.clickhouse.fingerprint import RowHash, part_fingerprints, row_hash
 from casbackup.clickhouse.freeze import (
     FreezeName,
     remove_run_shadow,
@@ -367,14 +367,18 @@ class BackupService:
         the embedded engine) while this process stores the parts. The
         dictionary yielded is complete when the block ends.
         """
-        result, scan = self._reusable_fingerprints(snapshot, table, freeze_name, known)
+        if not self.options.fingerprints:
+            yield {}
+            return
+        hashing = row_hash(self.server, table.database, table.name)
+        result, scan = self._reusable_fingerprints(snapshot, table, freeze_name, known, hashing)
         fork = self.server.clone() if scan else None
         if fork is None:
-            result.update(self._scan(self.server, table, scan))
+            result.update(self._scan(self.server, table, scan, hashing))
             yield result
             return
         with ThreadPoolExecutor(1, thread_name_prefix="casbackup-fingerprint") as pool:
-            future = pool.submit(self._scan, fork, table, scan)
+            future = pool.submit(self._scan, fork, table, scan, hashing)
             try:
                 yield result
                 result.update(future.result())
@@ -383,11 +387,12 @@ class BackupService:
 
     @staticmethod
     def _scan(
-        server: ClickHouseServer, table: TableInfo, parts: list[str]
+        server: ClickHouseServer, table: TableInfo, parts: list[str], hashing: RowHash
     ) -> dict[str, mf.PartFingerprint]:
+        found = part_fingerprints(server, table.database, table.name, parts, hashing)
         return {
-            name: mf.PartFingerprint(rows=fp.rows, hash=fp.hash)
-            for name, fp in part_fingerprints(server, table.database, table.name, parts).items()
+            name: mf.PartFingerprint(rows=fp.rows, hash=fp.hash, expression_id=hashing.id)
+            for name, fp in found.items()
         }
 
     def _reusable_fingerprints(
@@ -396,10 +401,13 @@ class BackupService:
         table: TableInfo,
         freeze_name: FreezeName,
         known: dict[str, PartInfo],
+        hashing: RowHash,
     ) -> tuple[dict[str, mf.PartFingerprint], list[str]]:
-        """Fingerprints earlier backups recorded for these parts' contents, and the parts to scan."""
-        if not self.options.fingerprints:
-            return {}, []
+        """Fingerprints earlier backups recorded for these parts' contents, and the parts to scan.
+
+        Only those summed by the same expression: after ``ADD COLUMN`` the
+        parts are unchanged but their rows hash differently.
+        """
         chunker = Chunker(snapshot.repo.config.chunker)
         keys: dict[str, bytes] = {}
         for _disk, part_dir in self._selected_parts(table, freeze_name, known):
@@ -408,9 +416,11 @@ class BackupService:
             except OSError:
                 continue
             keys[part_dir.name] = file_id([chunk_id(c) for c in chunker.split_bytes(data)])
-        previous = previous_fingerprints(self.catalog.db, set(keys.values()))
+        previous = previous_fingerprints(self.catalog.db, set(keys.values()), hashing.id)
         result = {
-            name: mf.PartFingerprint(rows=previous[key][0], hash=previous[key][1])
+            name: mf.PartFingerprint(
+                rows=previous[key][0], hash=previous[key][1], expression_id=hashing.id
+            )
             for name, key in keys.items()
             if key in previous
         }

@@ -35,7 +35,7 @@ from sqlalchemy import select
 from casbackup.catalog import Catalog
 from casbackup.catalog.index import batched
 from casbackup.catalog.models import COMMITTED, Backup, Chunk, Pack
-from casbackup.clickhouse.fingerprint import Fingerprint, fingerprint
+from casbackup.clickhouse.fingerprint import Fingerprint, fingerprint, row_hash
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.clickhouse.sql import qualified
 from casbackup.errors import CasbackupError, ClickHouseError, ObjectNotFound, UsageError
@@ -69,7 +69,7 @@ class TableCheck:
     scratch: str
     rows_expected: int | None = None
     rows_found: int | None = None
-    fingerprint: str = "not recorded"  # match / mismatch / not recorded
+    fingerprint: str = "not recorded"  # match / mismatch / not recorded / not comparable
     check_table: str = "not supported"
     ok: bool = True
 
@@ -364,23 +364,45 @@ class Verifier:
                 self._problem(RESTORE, f"{name}: {table.qualified}", exc.message)
 
     def _check_table(self, check: TableCheck, table: mf.Table, database: str, name: str) -> None:
+        self._compare_fingerprint(check, table, database, name)
+        self._check_server_side(check, database, name)
+
+    def _compare_fingerprint(
+        self, check: TableCheck, table: mf.Table, database: str, name: str
+    ) -> None:
+        """Rows and row hashes of the restored table against those taken at backup time.
+
+        Computed by the expression the backup recorded; if this server would
+        hash the table differently (upgraded since), only rows compare.
+        """
         assert self.server is not None
-        expected = table_fingerprint(table)
-        found = fingerprint(self.server, database, name)  # reads every column of every row
+        recorded = table_fingerprint(table)
+        legacy = recorded is not None and recorded[1] is None
+        hashing = row_hash(self.server, database, name, legacy=legacy)
+        found = fingerprint(self.server, database, name, hashing)  # reads every column of every row
         check.rows_found = found.rows
-        if expected is None:
+        if recorded is None:
             check.fingerprint = "not recorded"
+            return
+        expected, expression_id = recorded
+        check.rows_expected = expected.rows
+        if found.rows != expected.rows:
+            detail = f"{found.rows} rows after restore, {expected.rows} at backup time"
+        elif expression_id is not None and expression_id != hashing.id:
+            check.fingerprint = "not comparable"
+            return
+        elif found.hash != expected.hash:
+            detail = "same row count, different content (row hashes differ)"
         else:
-            check.rows_expected = expected.rows
-            check.fingerprint = "match" if found == expected else "mismatch"
-            if found != expected:
-                check.ok = False
-                detail = (
-                    f"{found.rows} rows after restore, {expected.rows} at backup time"
-                    if found.rows != expected.rows
-                    else "same row count, different content (row hashes differ)"
-                )
-                self._problem(RESTORE, f"{check.backup}: {table.qualified}", detail)
+            check.fingerprint = "match"
+            return
+        check.fingerprint = "mismatch"
+        check.ok = False
+        self._problem(RESTORE, f"{check.backup}: {check.table}", detail)
+
+    def _check_server_side(self, check: TableCheck, database: str, name: str) -> None:
+        """CHECK TABLE, where the server has it: its own checksums of every part."""
+        assert self.server is not None
         if self.server.info.has_check_table:
             try:
                 rows = self.server.client.query(
@@ -392,20 +414,30 @@ class Verifier:
                     check.ok = False
                     self._problem(
                         RESTORE,
-                        f"{check.backup}: {table.qualified}",
+                        f"{check.backup}: {check.table}",
                         "CHECK TABLE found a damaged part",
                     )
             except ClickHouseError as exc:
                 check.check_table = f"not run: {exc.message}"
 
 
-def table_fingerprint(table: mf.Table) -> Fingerprint | None:
-    """The backup-time fingerprint of a table: the sum over its parts, if every part has one."""
-    if any(p.fingerprint is None for p in table.parts):
+def table_fingerprint(table: mf.Table) -> tuple[Fingerprint, str | None] | None:
+    """The backup-time fingerprint of a table and the expression it summed.
+
+    The sum over its parts, if every part has one and all name the same
+    expression (None: the legacy one). A backup records one expression per
+    table, so a mixture means none can be compared.
+    """
+    fingerprints = [p.fingerprint for p in table.parts]
+    if any(fp is None for fp in fingerprints):
         return None
-    rows = sum(p.fingerprint.rows for p in table.parts if p.fingerprint)
-    digest = sum(p.fingerprint.hash for p in table.parts if p.fingerprint) % 2**64
-    return Fingerprint(rows, digest)
+    present = [fp for fp in fingerprints if fp is not None]
+    expressions = {fp.expression_id for fp in present}
+    if len(expressions) > 1:
+        return None
+    rows = sum(fp.rows for fp in present)
+    digest = sum(fp.hash for fp in present) % 2**64
+    return Fingerprint(rows, digest), expressions.pop() if expressions else None
 
 
 def exact_pattern(database: str, table: str) -> str:

@@ -3,6 +3,7 @@
 
     .venv/bin/python tools/bench_churn.py [--engine server|chdb|both] [--rows N]
         [--workdir DIR] [--keep] [--json-out PATH] [--quiet-seconds S]
+        [--without-fingerprints]
 
 Method. One run, one data set per engine; every tool backs up the same data
 on the same night, one after the other, nothing running in between:
@@ -489,17 +490,23 @@ class NightResult:
     native_bytes: int | None = None
     native_wall_s: float | None = None
     native_peak_rss: int | None = None
+    cas_nofp_wall_s: float | None = None  # --without-fingerprints: same night, second repository
 
 
 class Bench:
     """One engine's week: setup, day-0 load, nights, restores."""
 
-    def __init__(self, engine: Engine, rows: int, quiet_s: float) -> None:
+    def __init__(
+        self, engine: Engine, rows: int, quiet_s: float, without_fingerprints: bool = False
+    ) -> None:
         self.engine = engine
         self.rows = rows
         self.quiet_s = quiet_s
+        self.without_fingerprints = without_fingerprints
         self.root = engine.root
         self.repo = self.root / "casbackup-repo"
+        self.nofp_repo = self.root / "casbackup-repo-nofp"
+        self.nofp_config = self.root / "casbackup-nofp.toml"
         self.restic_repo = self.root / "restic-repo"
         self.restic_cache = self.root / "restic-cache"
         self.cas_config = self.root / "casbackup.toml"
@@ -507,9 +514,12 @@ class Bench:
 
     # -- tools
 
-    def casbackup(self, *args: str, ok: tuple[int, ...] = (0,)) -> Run:
-        env = {**os.environ, "CASBACKUP_CONFIG": str(self.cas_config)}
-        cmd = [PYTHON, "-m", "casbackup", "--repo", str(self.repo), "--clickhouse", self.engine.url]
+    def casbackup(self, *args: str, ok: tuple[int, ...] = (0,), fingerprints: bool = True) -> Run:
+        repo, config = (
+            (self.repo, self.cas_config) if fingerprints else (self.nofp_repo, self.nofp_config)
+        )
+        env = {**os.environ, "CASBACKUP_CONFIG": str(config)}
+        cmd = [PYTHON, "-m", "casbackup", "--repo", str(repo), "--clickhouse", self.engine.url]
         return run_measured([*cmd, *args], env=env, ok=ok)
 
     def restic(self, *args: str) -> Run:
@@ -521,6 +531,9 @@ class Bench:
         """Create both repositories; return casbackup's start-up time (`list` on an empty repo)."""
         self.cas_config.write_text("")  # all defaults; --repo/--clickhouse say where
         self.casbackup("init")
+        if self.without_fingerprints:
+            self.nofp_config.write_text("[backup]\nfingerprints = false\n")
+            self.casbackup("init", fingerprints=False)
         self.restic("init", "--repository-version", "2")
         return self.casbackup("list", "--json").wall_s
 
@@ -615,6 +628,11 @@ class Bench:
             result.native_bytes, result.native_wall_s, result.native_peak_rss = self.native_backup(
                 self.engine, night.number
             )
+        if self.without_fingerprints:
+            run = self.casbackup(
+                "create", name, "--tables", f"{DATABASE}.*", ok=(0, 1), fingerprints=False
+            )
+            result.cas_nofp_wall_s = run.wall_s
         return result
 
     def cas_backup(self, name: str) -> tuple[Run, dict[str, Any], int]:
@@ -866,6 +884,9 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     if native:
         head += ["BACKUP +", "BACKUP wall s"]
+    nofp = any(n.get("cas_nofp_wall_s") is not None for n in result["nights"])
+    if nofp:
+        head.append("cas wall s, fingerprints off")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
     lines[1] = lines[1].replace("---:", ":---", 2)
     for n in result["nights"]:
@@ -887,6 +908,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         if native:
             cells += [human(n["native_bytes"]), f"{n['native_wall_s']:.2f}"]
+        if nofp:
+            cells.append(f"{n['cas_nofp_wall_s']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -919,6 +942,14 @@ def report(result: dict[str, Any], verdicts: list[Verdict]) -> str:
         "",
     ]
     out += [f"- **{'PASS' if v.passed else 'FAIL'}** {v.goal}: {v.detail}" for v in verdicts]
+    full = nights[0]
+    if full.get("cas_nofp_wall_s"):
+        out.append(
+            f"- (not a goal) full backup with `[backup] fingerprints = false`: "
+            f"{full['cas_nofp_wall_s']:.2f} s = "
+            f"{full['restic_wall_s'] / full['cas_nofp_wall_s']:.2f}x restic's throughput "
+            f"(with fingerprints: {full['restic_wall_s'] / full['cas_wall_s']:.2f}x)"
+        )
     return "\n".join(out)
 
 
@@ -951,7 +982,7 @@ def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     engine.root.mkdir(parents=True)
     engine.start()
     try:
-        return Bench(engine, args.rows, args.quiet_seconds).run()
+        return Bench(engine, args.rows, args.quiet_seconds, args.without_fingerprints).run()
     finally:
         engine.stop()
 
@@ -997,6 +1028,12 @@ def main() -> None:
         type=float,
         default=15.0,
         help="the table counts as settled after this long without merges or part changes",
+    )
+    parser.add_argument(
+        "--without-fingerprints",
+        action="store_true",
+        help="also back up every night into a second repository with [backup] fingerprints = "
+        "false, to show what the row-fingerprint scan costs (not a goal column)",
     )
     parser.add_argument("--child-settle", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

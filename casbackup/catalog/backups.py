@@ -56,15 +56,17 @@ class BackupSummary:
 
 
 def previous_fingerprints(
-    db: CatalogDatabase, content_ids: set[bytes]
+    db: CatalogDatabase, content_ids: set[bytes], expression_id: str
 ) -> dict[bytes, tuple[int, int]]:
-    """Fingerprints recorded for parts of these contents by any earlier backup."""
+    """Fingerprints recorded for parts of these contents, by this row expression, by any earlier backup."""
     found: dict[bytes, tuple[int, int]] = {}
     with db.read() as conn:
         for batch in batched(sorted(c.hex() for c in content_ids)):
             rows = conn.execute(
                 select(Part.content_id, Part.fp_rows, Part.fp_hash).where(
-                    Part.content_id.in_(batch), Part.fp_rows.is_not(None)
+                    Part.content_id.in_(batch),
+                    Part.fp_rows.is_not(None),
+                    Part.fp_expression == expression_id,
                 )
             )
             for content_id, rows_, hash_ in rows:
@@ -313,6 +315,7 @@ def _insert_contents(conn: Connection, backup_id: int, manifest: Manifest) -> No
                 "content_id": part_content_id(p).hex(),
                 "fp_rows": p.fingerprint.rows if p.fingerprint else None,
                 "fp_hash": str(p.fingerprint.hash) if p.fingerprint else None,
+                "fp_expression": p.fingerprint.expression_id if p.fingerprint else None,
             }
             for table_id, position, p in parts
         ],

@@ -222,6 +222,8 @@ class Part(Base):
     )
     fp_rows: Mapped[int | None] = mapped_column(BigInteger, default=None)
     fp_hash: Mapped[str | None] = mapped_column(String(20), default=None)  # UInt64 as decimal text
+    # The row expression the fingerprint summed; reused only under the same one.
+    fp_expression: Mapped[str | None] = mapped_column(String(32), default=None)
     table: Mapped[BackupTable] = relationship(back_populates="parts")
     files: Mapped[list[PartFile]] = relationship(
         back_populates="part",

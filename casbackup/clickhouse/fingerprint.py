@@ -8,15 +8,27 @@ any NULL argument (on 18.16 as on 26.x) and sum() skips NULLs, so rows with a
 NULL anywhere would not count at all. Nullable columns are therefore hashed
 as ``isNull(c), assumeNotNull(c)``. Older servers (18.16) reject some types
 outright (Decimal, Nullable inside arrays); each column is probed once with
-``LIMIT 0`` and only those are hashed through ``toString``. Whether a server
-needs probing at all is itself probed, not guessed from its version;
-fingerprints are only compared on the same server.
+``LIMIT 0``. Those it rejects are hashed through their exact integer parts
+where that is safe (Decimals that fit in 64 bits) and through ``toString``
+otherwise. Whether a server needs probing at all is itself probed, not
+guessed from its version.
+
+A fingerprint is only comparable with one computed by the same expression:
+which columns a table has (``ADD COLUMN`` rewrites no part) and how this
+server hashes each of them. So every recorded fingerprint names its
+expression (`RowHash.id`), backups reuse a recorded one only under the same
+expression, and verify computes the one it compares with by the recorded
+expression. Fingerprints recorded before expressions were named used the
+``toString`` form for every rejected type (`RowHash` with ``legacy``).
 """
 
 from __future__ import annotations
 
+import re
 import weakref
 from dataclasses import dataclass
+
+import blake3
 
 from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import qualified, quote_identifier, quote_string
@@ -26,10 +38,39 @@ from casbackup.errors import ClickHouseError
 _HIDDEN_KINDS = ("MATERIALIZED", "ALIAS", "EPHEMERAL")
 
 
+# Bytes of BLAKE3 that name an expression: collisions would need a deliberate
+# second table schema, and a collision only makes verify compare, not skip.
+EXPRESSION_ID_BYTES = 16
+
+# Decimal(P, S) as system.columns prints it (Decimal32/64/128 are aliases).
+_DECIMAL = re.compile(r"^(Nullable\()?Decimal\((\d+), (\d+)\)\)?$")
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     rows: int
     hash: int
+
+
+@dataclass(frozen=True)
+class RowHash:
+    """How one table's rows are hashed on one server: a cityHash64 expression.
+
+    ``columns`` is what the expression reads, as system.columns describes it
+    (name, type, default): a part written before a column was added reads
+    that column's *current* default, so a changed default changes its rows.
+    """
+
+    expression: str
+    columns: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def id(self) -> str:
+        """What a recorded fingerprint names, so that only like is compared with like."""
+        h = blake3.blake3(self.expression.encode())
+        for column in self.columns:
+            h.update(b"\x00" + "\x01".join(column).encode())
+        return h.hexdigest(length=EXPRESSION_ID_BYTES)
 
 
 _probed: weakref.WeakKeyDictionary[ClickHouseServer, bool] = weakref.WeakKeyDictionary()
@@ -59,6 +100,31 @@ def _null_safe(column: str, type_: str) -> list[str]:
     return [column]
 
 
+def _decimal_parts(column: str, type_: str) -> list[str] | None:
+    """Exact integer arguments for a Decimal an old server cannot hash, if it has them.
+
+    The whole part and the fractional digits, ``toInt64(d)`` and
+    ``toInt64((d - toInt64(d)) * 10^S)``, as a Decimal(18, S): together they
+    determine the value. Safe from overflow only while the fraction's digits
+    times 10^S fit in 64 bits (S <= 9) and the value itself does (P <= 18);
+    others return None and go through toString. On 18.16 this halved the
+    cost of a Decimal column in the scan (the whole churn-table scan: 2.2 s
+    instead of 3.8 s).
+    """
+    match = _DECIMAL.match(type_)
+    if match is None:
+        return None
+    nullable, precision, scale = match.group(1), int(match.group(2)), int(match.group(3))
+    if precision > 18 or scale > 9:
+        return None
+    value = f"assumeNotNull({column})" if nullable else column
+    wide = f"CAST({value} AS Decimal(18, {scale}))" if precision <= 9 else value
+    parts = [f"toInt64({wide})"]
+    if scale:
+        parts.append(f"toInt64(({wide} - toInt64({wide})) * {10**scale})")
+    return [f"isNull({column})", *parts] if nullable else parts
+
+
 def _hashes_natively(
     server: ClickHouseServer, database: str, table: str, column: str, type_: str
 ) -> bool:
@@ -82,31 +148,43 @@ def _hashes_natively(
     return known[type_]
 
 
-def fingerprint_expression(server: ClickHouseServer, database: str, table: str) -> str:
+def row_hash(
+    server: ClickHouseServer, database: str, table: str, *, legacy: bool = False
+) -> RowHash:
+    """The expression this server hashes the table's current columns with.
+
+    ``legacy``: the form fingerprints were recorded in before they named
+    their expression (every type the server rejects through toString).
+    """
     rows = server.client.query(
-        "SELECT name, type, default_kind FROM system.columns "
+        "SELECT name, type, default_kind, default_expression FROM system.columns "
         f"WHERE database = {quote_string(database)} AND table = {quote_string(table)}"
     )
-    columns = [
-        (str(r["name"]), str(r["type"]))
+    columns = tuple(
+        (str(r["name"]), str(r["type"]), str(r["default_kind"]), str(r["default_expression"]))
         for r in rows
         if str(r["default_kind"]) not in _HIDDEN_KINDS
-    ]
+    )
     if not columns:
-        return "0"
+        return RowHash("0")
     args: list[str] = []
     native = _hashes_every_type(server)
-    for name, type_ in columns:
+    for name, type_, _kind, _default in columns:
         column = quote_identifier(name)
         if native or _hashes_natively(server, database, table, name, type_):
             args += _null_safe(column, type_)
+        elif not legacy and (parts := _decimal_parts(column, type_)) is not None:
+            args += parts
         else:
             args.append(f"ifNull(toString({column}), '\\\\N')")
-    return f"cityHash64({', '.join(args)})"
+    return RowHash(f"cityHash64({', '.join(args)})", columns)
 
 
-def fingerprint(server: ClickHouseServer, database: str, table: str) -> Fingerprint:
-    expression = fingerprint_expression(server, database, table)
+def fingerprint(
+    server: ClickHouseServer, database: str, table: str, hashing: RowHash | None = None
+) -> Fingerprint:
+    """The whole table's fingerprint (one scan), by ``hashing`` or the current expression."""
+    expression = (hashing or row_hash(server, database, table)).expression
     row = server.client.query(
         f"SELECT count() AS rows, sum({expression}) AS hash FROM {qualified(database, table)}"
     )[0]
@@ -114,7 +192,7 @@ def fingerprint(server: ClickHouseServer, database: str, table: str) -> Fingerpr
 
 
 def part_fingerprints(
-    server: ClickHouseServer, database: str, table: str, parts: list[str]
+    server: ClickHouseServer, database: str, table: str, parts: list[str], hashing: RowHash
 ) -> dict[str, Fingerprint]:
     """Fingerprints of named active parts (one scan of just those parts).
 
@@ -124,7 +202,7 @@ def part_fingerprints(
     """
     if not parts:
         return {}
-    expression = fingerprint_expression(server, database, table)
+    expression = hashing.expression
     found: dict[str, Fingerprint] = {}
     for start in range(0, len(parts), 500):
         batch = parts[start : start + 500]

@@ -126,6 +126,9 @@ class PartFingerprint(_Model):
 
     rows: NonNegative
     hash: Annotated[int, Field(ge=0, lt=2**64)]
+    # Which row expression was summed (clickhouse/fingerprint.py, RowHash.id);
+    # None: recorded before fingerprints named it (the legacy expression).
+    expression_id: str | None = Field(default=None, pattern="^[0-9a-f]{32}$")
 
 
 class Part(_Model):

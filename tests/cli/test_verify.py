@@ -197,19 +197,25 @@ def test_verify_one_backup_and_tables(engine: Engine, dbname: str, cli: Any) -> 
     assert code == ExitCode.VERIFY_FAILED and report["problems"][0]["detail"] == "no such backup"
 
 
-def test_fingerprints_scan_only_new_parts(
-    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def scans(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The parts each backup from now on scans for fingerprints, one list per table."""
     import casbackup.backup as backup_module
 
     scanned: list[list[str]] = []
     real = backup_module.part_fingerprints
 
-    def spy(server: Any, database: str, table: str, parts: list[str]) -> Any:
+    def spy(server: Any, database: str, table: str, parts: list[str], hashing: Any) -> Any:
         scanned.append(list(parts))
-        return real(server, database, table, parts)
+        return real(server, database, table, parts, hashing)
 
     monkeypatch.setattr(backup_module, "part_fingerprints", spy)
+    return scanned
+
+
+def test_fingerprints_scan_only_new_parts(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scanned = scans(monkeypatch)
     backed_up(engine, dbname, cli)
     first = scanned[-1]
     assert len(first) > 1  # the first backup scans every part
@@ -251,3 +257,89 @@ def test_without_fingerprints_restore_compares_rows(
     [table] = report["tables"]
     assert code == 0 and table["fingerprint"] == "not recorded"
     assert table["rows_found"] == 20_000
+
+
+def test_fingerprints_follow_a_column_added_without_rewriting_parts(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """ADD COLUMN changes no part (same checksums.txt) but what a row hashes to.
+
+    A fingerprint recorded before the ALTER hashed fewer columns: reusing it
+    for the unchanged parts would make verify --restore report a mismatch on a
+    healthy backup. Recorded fingerprints name the expression they hashed.
+    """
+    backed_up(engine, dbname, cli, rows=20_000)
+    engine.sql(f"ALTER TABLE `{dbname}`.events ADD COLUMN note String DEFAULT 'n'")
+    assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
+    code, report = verify(cli, engine, "b2", "--restore")
+    assert code == 0, report["problems"]
+    assert report["tables"][0]["fingerprint"] == "match"
+    code, report = verify(cli, engine, "b1", "--restore")
+    assert code == 0 and report["tables"][0]["fingerprint"] == "match"
+
+
+def test_fingerprints_recorded_before_expressions_were_named(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fingerprints without an expression id were summed by the legacy expression.
+
+    verify computes that one for them (on 18.16 it hashes the Decimal column
+    through toString, the current one through its integer parts), and a new
+    backup does not reuse them: it scans those parts once, by the current one.
+    """
+    import casbackup.backup as backup_module
+    from casbackup.clickhouse.fingerprint import part_fingerprints, row_hash
+    from casbackup.repo.manifest import PartFingerprint
+
+    def legacy_scan(server: Any, table: Any, parts: list[str], hashing: Any) -> Any:
+        legacy = row_hash(server, table.database, table.name, legacy=True)
+        found = part_fingerprints(server, table.database, table.name, parts, legacy)
+        return {n: PartFingerprint(rows=fp.rows, hash=fp.hash) for n, fp in found.items()}
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backup_module.BackupService, "_scan", staticmethod(legacy_scan))
+        backed_up(engine, dbname, cli, rows=20_000)
+    scanned = scans(monkeypatch)
+    assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
+    parts = engine.value(
+        f"SELECT count() FROM system.parts WHERE database = '{dbname}' AND table = 'events' AND active"
+    )
+    assert len(scanned[-1]) == parts  # legacy fingerprints are not reused
+    for name in ("b1", "b2"):
+        code, report = verify(cli, engine, name, "--restore")
+        assert code == 0 and report["tables"][0]["fingerprint"] == "match", (name, report)
+
+
+@pytest.mark.parametrize(
+    "type_, values",
+    [
+        ("Decimal(9, 9)", ["-0.999999999", "0.999999999", "0", "-0.000000001", "0.000000001"]),
+        ("Decimal(18, 2)", ["-9999999999999999.99", "9999999999999999.99", "-0.01", "0.01", "-1"]),
+        ("Nullable(Decimal(18, 9))", ["NULL", "0", "-999999999.999999999", "0.5", "-0.5"]),
+        ("Decimal(18, 0)", ["-999999999999999999", "999999999999999999", "0", "1", "-1"]),
+        ("Decimal(38, 4)", ["1.5", "-1.5", "0.0001", "-0.0001", "0"]),
+    ],
+)
+def test_decimal_fingerprint_is_exact(
+    engine: Engine, dbname: str, type_: str, values: list[str]
+) -> None:
+    """Every distinct Decimal value hashes distinctly, 18.16's integer-parts form included."""
+    from casbackup.clickhouse.fingerprint import row_hash
+    from tests.clickhouse.schema import server_for
+
+    engine.sql(f"CREATE DATABASE `{dbname}`")
+    engine.sql(f"CREATE TABLE `{dbname}`.d (x {type_}) ENGINE = MergeTree ORDER BY tuple()")
+    rows = " UNION ALL ".join(
+        f"SELECT CAST({v if v == 'NULL' else repr(v)} AS {type_})" for v in values
+    )
+    engine.sql(f"INSERT INTO `{dbname}`.d {rows}")
+    server = server_for(engine)
+    try:
+        expression = row_hash(server, dbname, "d").expression
+    finally:
+        server.close()
+    if not engine.modern:  # 18.16 cannot cityHash64 a Decimal
+        wide = type_ == "Decimal(38, 4)"
+        assert ("toString" in expression) == wide and ("toInt64" in expression) != wide
+    distinct = engine.value(f"SELECT uniqExact({expression}) FROM `{dbname}`.d")
+    assert distinct == len(values)

@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from casbackup.errors import ManifestCorrupt, UnsafePath, UnsupportedFormat
 from casbackup.repo import manifest as codec
 from casbackup.repo.chunker import file_id
-from casbackup.repo.manifest import Database, FileContent, Manifest, Part, PartFile, Table
+from casbackup.repo.manifest import (
+    Database,
+    FileContent,
+    Manifest,
+    Part,
+    PartFile,
+    PartFingerprint,
+    Table,
+)
 
 digests = st.binary(min_size=32, max_size=32)
 names = st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s)
@@ -23,6 +31,12 @@ path_components = st.text(
     min_size=1,
     max_size=20,
 ).filter(lambda c: c not in (".", ".."))
+fingerprints = st.none() | st.builds(
+    PartFingerprint,
+    rows=st.integers(0, 2**63),
+    hash=st.integers(0, 2**64 - 1),
+    expression_id=st.none() | st.from_regex(r"\A[0-9a-f]{32}\Z"),
+)
 part_names = st.from_regex(r"\A[0-9]{6}_[0-9]{1,4}_[0-9]{1,4}_[0-9](_[0-9]{1,3})?\Z")
 
 
@@ -75,6 +89,7 @@ def manifests(draw: Any) -> Manifest:
                     rows=draw(st.integers(0, 10**9)),
                     bytes=sum(f.size for f in files),
                     files=files,
+                    fingerprint=draw(fingerprints),
                 )
             )
         tables.append(
@@ -212,6 +227,12 @@ def test_newer_version_refused_with_advice() -> None:
         (lambda d: d.__setitem__("surprise", 1), "surprise"),
         (lambda d: d.__setitem__("name", "other"), "names itself"),
         (lambda d: d["files"][0].__setitem__("size", 10**12), "impossible"),
+        (
+            lambda d: d["tables"][0]["parts"][0].__setitem__(
+                "fingerprint", {"rows": 1, "hash": 1, "expression_id": "0'; DROP TABLE x"}
+            ),
+            "expression_id",
+        ),
     ],
 )
 def test_inconsistent_documents_refused(mutate: Any, message: str) -> None:
