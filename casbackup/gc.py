@@ -177,7 +177,11 @@ def plan_gc(
             continue
         if u.live_chunks == 0:
             plan.condemn.append(PackAction(u.pack_id, u.size))
-        elif not settings.only_dead_runs and u.live_fraction < settings.repack_below:
+        elif (
+            not settings.only_dead_runs
+            and u.live_chunks < u.chunks  # all live: a repack would rewrite the same pack
+            and u.live_fraction < settings.repack_below
+        ):
             plan.repack.append(PackAction(u.pack_id, u.size, u.live_bytes))
     return plan
 
@@ -227,10 +231,16 @@ def execute_gc(
     report.packs_resurrected = len(plan.resurrect)
 
     # 2. Repack mostly-dead packs: copies first, recorded, and only then condemned.
+    # A copy must never be byte-identical to (so named like) a pack on its way out.
+    doomed = frozenset(
+        {p for m in read_marks(store) for p in m.packs}
+        | {a.pack_id for a in plan.condemn}
+        | {a.pack_id for a in plan.repack}
+    )
     repacked: list[bytes] = []
     for action in plan.repack:
         try:
-            report.repack_bytes_written += _repack(repo, catalog, action, settings, run_id)
+            report.repack_bytes_written += _repack(repo, catalog, action, settings, run_id, doomed)
         except PackCorrupt as exc:
             report.warnings.append(
                 f"not repacking {action.name}: {exc.message} (run casbackup verify)"
@@ -260,7 +270,12 @@ def _complete_mark(repo: Repository, mark: Mark, settings: GcSettings, clock: Cl
 
 
 def _repack(
-    repo: Repository, catalog: Catalog, action: PackAction, settings: GcSettings, run_id: str
+    repo: Repository,
+    catalog: Catalog,
+    action: PackAction,
+    settings: GcSettings,
+    run_id: str,
+    avoid: frozenset[bytes],
 ) -> int:
     """Copy a pack's live chunks (verified, still compressed) into new packs; returns bytes written."""
     name = action.name
@@ -287,15 +302,17 @@ def _repack(
             )
         builder.add(entry.chunk_id, blob, entry.raw_size, entry.compression)
         if builder.size >= settings.pack_size:
-            written += _store_repacked(repo, catalog, builder, run_id)
+            written += _store_repacked(repo, catalog, builder, run_id, avoid)
             builder = PackBuilder()
     if len(builder):
-        written += _store_repacked(repo, catalog, builder, run_id)
+        written += _store_repacked(repo, catalog, builder, run_id, avoid)
     return written
 
 
-def _store_repacked(repo: Repository, catalog: Catalog, builder: PackBuilder, run_id: str) -> int:
-    pack_id, data, entries = builder.finish()
+def _store_repacked(
+    repo: Repository, catalog: Catalog, builder: PackBuilder, run_id: str, avoid: frozenset[bytes]
+) -> int:
+    pack_id, data, entries = builder.finish(avoid)
     repo.store.put(keys.pack_key(pack_id), data)
     record_repacked(catalog.db, pack_id, len(data), entries, run_id)
     return len(data)

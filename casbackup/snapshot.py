@@ -82,7 +82,8 @@ class SnapshotWriter:
         self.lease = Lock(repo.store, "backup", exclusive=False, command=f"create {name}").acquire()
         try:
             self.sync_report = sync(repo, catalog, strict=False)
-            set_states(catalog.db, condemned_packs(repo.store), self.started_at)
+            condemned = frozenset(condemned_packs(repo.store))
+            set_states(catalog.db, set(condemned), self.started_at)
             self.backup_id = catalog.backups.start(
                 name, self.started_at, socket.gethostname(), __version__, run_id=self.lease.id
             )
@@ -95,6 +96,7 @@ class SnapshotWriter:
             partial(catalog.index.record_pack, created_by=self.lease.id),
             pack_size=pack_size,
             upload_threads=upload_threads,
+            avoid=condemned,
         )
         self.archiver = FileArchiver(
             repo.config.chunker, self.writer, catalog.index.known, threads=threads

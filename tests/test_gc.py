@@ -189,12 +189,16 @@ def test_backup_started_after_condemnation_does_not_rely_on_condemned_packs(
     random_tree(tmp_path / "old", seed=1)
     snapshot_directory(repo, catalog, "old", tmp_path / "old", pack_size=SMALL_PACKS)
     delete_backups(repo, catalog, ["old"])
-    gc(repo, catalog, clock)  # condemns everything
+    first = gc(repo, catalog, clock)  # condemns everything
+    condemned = {p for m in read_marks(repo.store) for p in m.packs}
     again = snapshot_directory(repo, catalog, "again", tmp_path / "old", pack_size=SMALL_PACKS)
     assert again.stats.new_chunks > 0  # stored anew instead of relying on condemned packs
+    # ...in new packs, not in byte-identical (so same-named) re-creations of condemned ones
+    located = catalog.index.locate(again.chunk_ids())
+    assert not {loc.pack_id for loc in located.values()} & condemned
     clock.advance(1)
     report = gc(repo, catalog, clock)
-    assert report.packs_deleted > 0
+    assert report.packs_deleted == first.packs_condemned and report.packs_resurrected == 0
     assert restore_manifest(
         repo, catalog, repo.read_manifest("again"), tmp_path / "out"
     ) == tree_contents(tmp_path / "old")
@@ -389,3 +393,23 @@ GcMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestGcStateMachine = GcMachine.TestCase
+
+
+def test_gc_leaves_a_pack_whose_chunks_are_all_live(
+    repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock
+) -> None:
+    """A pack with nothing dead is never repacked, however small its live fraction.
+
+    Header, trailer and footer keep a small pack's live bytes under a high
+    repack_below; copying its chunks would rebuild the same bytes under the
+    same name, condemn it, resurrect it, and never converge.
+    """
+    (tmp_path / "t" / "p0").mkdir(parents=True)
+    (tmp_path / "t" / "p0" / "f.bin").write_bytes(b"x" * 200)
+    snapshot_directory(repo, catalog, "b", tmp_path / "t", pack_size=SMALL_PACKS)
+    before = dict(repo.list_packs())
+    for _ in range(3):
+        report = gc(repo, catalog, clock, repack_below=0.99)
+        assert (report.packs_repacked, report.packs_condemned) == (0, 0)
+        clock.advance(10)
+    assert dict(repo.list_packs()) == before and read_marks(repo.store) == []

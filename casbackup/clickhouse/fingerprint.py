@@ -107,9 +107,9 @@ def _decimal_parts(column: str, type_: str) -> list[str] | None:
     ``toInt64((d - toInt64(d)) * 10^S)``, as a Decimal(18, S): together they
     determine the value. Safe from overflow only while the fraction's digits
     times 10^S fit in 64 bits (S <= 9) and the value itself does (P <= 18);
-    others return None and go through toString. On 18.16 this halved the
-    cost of a Decimal column in the scan (the whole churn-table scan: 2.2 s
-    instead of 3.8 s).
+    others return None and go through toString. On 18.16, 40M rows of a
+    Decimal(18, 2): 0.51 s instead of 0.84 s hashed alone; the whole
+    churn-table scan 2.8 s instead of 3.1 s.
     """
     match = _DECIMAL.match(type_)
     if match is None:

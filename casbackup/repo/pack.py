@@ -3,7 +3,8 @@
 Layout (all integers little-endian; spec in schema/FORMAT.md)::
 
     "CASPACK1"                        8-byte magic
-    blob*                             stored chunks, back to back
+    blob*                             stored chunks, back to back (after optional zero
+                                      padding that keeps a pack from being named like a condemned one)
     trailer                           u32 count, then count x entry
         entry = id[32] offset:u64 length:u32 raw_size:u32 compression:u8   (49 bytes)
     footer                            trailer_length:u32  blake3(trailer)[32]  "CASPEND1"
@@ -20,7 +21,8 @@ offsets and lengths are checked against the pack's real size before use.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
 
 import blake3
 
@@ -88,13 +90,27 @@ class PackBuilder:
         self._size += len(blob)
         self._ids.add(chunk_id)
 
-    def finish(self) -> tuple[bytes, bytes, list[PackEntry]]:
-        """Seal the pack: returns (pack id, pack bytes, entries); the builder is spent."""
-        trailer = encode_trailer(self._entries)
-        footer = _FOOTER.pack(len(trailer), blake3.blake3(trailer).digest(), END_MAGIC)
-        data = b"".join([*self._blobs, trailer, footer])
-        self._blobs = []
-        return blake3.blake3(data).digest(), data, self._entries
+    def finish(
+        self, avoid: AbstractSet[bytes] = frozenset()
+    ) -> tuple[bytes, bytes, list[PackEntry]]:
+        """Seal the pack: returns (pack id, pack bytes, entries); the builder is spent.
+
+        Never a pack named in ``avoid`` (condemned packs: a byte-identical
+        re-creation would silently rely on a pack gc is about to delete); zero
+        bytes after the header, which no entry covers, make it a new pack.
+        """
+        blobs, self._blobs = self._blobs, []
+        for pad in range(len(avoid) + 1):
+            entries = (
+                [replace(e, offset=e.offset + pad) for e in self._entries] if pad else self._entries
+            )
+            trailer = encode_trailer(entries)
+            footer = _FOOTER.pack(len(trailer), blake3.blake3(trailer).digest(), END_MAGIC)
+            data = b"".join([blobs[0], bytes(pad), *blobs[1:], trailer, footer])
+            pack_id = blake3.blake3(data).digest()
+            if pack_id not in avoid:
+                break
+        return pack_id, data, entries
 
 
 def encode_trailer(entries: list[PackEntry]) -> bytes:

@@ -56,7 +56,9 @@ class ChunkWriter:
         compress_threads: int = 2,
         upload_threads: int = 2,
         max_in_flight: int = 3,
+        avoid: frozenset[bytes] = frozenset(),  # pack ids never to (re-)create: condemned ones
     ) -> None:
+        self._avoid = avoid
         self._store = store
         self._compressor = compressor
         self._on_pack_stored = on_pack_stored
@@ -164,7 +166,7 @@ class ChunkWriter:
 
     def _seal_and_store(self, builder: PackBuilder) -> None:
         try:
-            pack_id, data, entries = builder.finish()
+            pack_id, data, entries = builder.finish(self._avoid)
             self._store.put(keys.pack_key(pack_id), data)
             self._on_pack_stored(pack_id, len(data), entries)
             with self._lock:
