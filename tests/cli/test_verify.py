@@ -343,3 +343,24 @@ def test_decimal_fingerprint_is_exact(
         assert ("toString" in expression) == wide and ("toInt64" in expression) != wide
     distinct = engine.value(f"SELECT uniqExact({expression}) FROM `{dbname}`.d")
     assert distinct == len(values)
+
+
+def test_fingerprint_a_server_now_hashes_differently_is_not_comparable(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an upgrade that changes how the server hashes a column: rows compare, hashes cannot."""
+    import casbackup.verify as verify_module
+    from casbackup.clickhouse.fingerprint import RowHash
+
+    backed_up(engine, dbname, cli, rows=20_000)
+    real = verify_module.row_hash
+
+    def upgraded(*args: Any, **kwargs: Any) -> RowHash:
+        hashing = real(*args, **kwargs)
+        return RowHash(f"cityHash64({hashing.expression}, 1)", hashing.columns)
+
+    monkeypatch.setattr(verify_module, "row_hash", upgraded)
+    code, report = verify(cli, engine, "--restore")
+    [table] = report["tables"]
+    assert code == 0 and report["problems"] == []
+    assert table["fingerprint"] == "not comparable" and table["rows_found"] == 20_000
