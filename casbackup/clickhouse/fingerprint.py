@@ -103,25 +103,29 @@ def _null_safe(column: str, type_: str) -> list[str]:
 def _decimal_parts(column: str, type_: str) -> list[str] | None:
     """Exact integer arguments for a Decimal an old server cannot hash, if it has them.
 
-    The whole part and the fractional digits, ``toInt64(d)`` and
-    ``toInt64((d - toInt64(d)) * 10^S)``, as a Decimal(18, S): together they
-    determine the value. Safe from overflow only while the fraction's digits
-    times 10^S fit in 64 bits (S <= 9) and the value itself does (P <= 18);
-    others return None and go through toString. On 18.16, 40M rows of a
-    Decimal(18, 2): 0.51 s instead of 0.84 s hashed alone; the whole
-    churn-table scan 2.8 s instead of 3.1 s.
+    Decimal(P, S) is an integer scaled by 10^S. Widened to Decimal(18, S),
+    ``toInt64(d * 10^S)`` *is* that integer while it fits in 64 bits (P + S
+    <= 18). Otherwise, if P <= 18 and S <= 9, the whole part and the
+    fractional digits, ``toInt64(d)`` and ``toInt64((d - toInt64(d)) *
+    10^S)``, together determine the value without overflow. Others return
+    None and go through toString. On 18.16, 40M rows of a Decimal(12, 2)
+    hashed alone: 0.5 s as one integer, 0.9 s as two, 1.4 s through
+    toString (three interleaved rounds, machine busy).
     """
     match = _DECIMAL.match(type_)
     if match is None:
         return None
     nullable, precision, scale = match.group(1), int(match.group(2)), int(match.group(3))
-    if precision > 18 or scale > 9:
+    if precision > 18 or (precision + scale > 18 and scale > 9):
         return None
     value = f"assumeNotNull({column})" if nullable else column
     wide = f"CAST({value} AS Decimal(18, {scale}))" if precision <= 9 else value
-    parts = [f"toInt64({wide})"]
-    if scale:
-        parts.append(f"toInt64(({wide} - toInt64({wide})) * {10**scale})")
+    if not scale:
+        parts = [f"toInt64({wide})"]
+    elif precision + scale <= 18:
+        parts = [f"toInt64({wide} * {10**scale})"]
+    else:
+        parts = [f"toInt64({wide})", f"toInt64(({wide} - toInt64({wide})) * {10**scale})"]
     return [f"isNull({column})", *parts] if nullable else parts
 
 
