@@ -232,8 +232,10 @@ def execute_gc(
 
     # 2. Repack mostly-dead packs: copies first, recorded, and only then condemned.
     # A copy must never be byte-identical to (so named like) a pack on its way out.
+    # The plan's marks (read once, above) may include ones just finished: their
+    # packs are gone or live again, and a name avoided needlessly costs nothing.
     doomed = frozenset(
-        {p for m in read_marks(store) for p in m.packs}
+        {p for m in plan.marks for p in m.packs}
         | {a.pack_id for a in plan.condemn}
         | {a.pack_id for a in plan.repack}
     )

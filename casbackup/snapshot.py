@@ -83,7 +83,7 @@ class SnapshotWriter:
         try:
             self.sync_report = sync(repo, catalog, strict=False)
             condemned = frozenset(condemned_packs(repo.store))
-            set_states(catalog.db, set(condemned), self.started_at)
+            set_states(catalog.db, condemned, self.started_at)
             self.backup_id = catalog.backups.start(
                 name, self.started_at, socket.gethostname(), __version__, run_id=self.lease.id
             )

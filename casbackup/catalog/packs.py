@@ -9,6 +9,7 @@ protected by leases and marks (``casbackup.gc``), not by this query.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -71,7 +72,7 @@ def pack_usage(db: CatalogDatabase) -> list[PackUsage]:
     ]
 
 
-def set_states(db: CatalogDatabase, condemned: set[bytes], now: datetime) -> None:
+def set_states(db: CatalogDatabase, condemned: AbstractSet[bytes], now: datetime) -> None:
     """Make the catalog's pack states exactly what the store's marks say."""
     with db.write() as conn:
         current = {
