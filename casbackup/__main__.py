@@ -1,5 +1,5 @@
 """``python -m casbackup``."""
 
-from casbackup.cli.main import entry
+from casbackup.launch import main
 
-entry()
+main()

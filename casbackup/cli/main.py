@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
@@ -137,7 +137,3 @@ def run(argv: list[str] | None = None) -> int:
 def _error(message: str) -> None:
     sys.stderr.write(f"casbackup: error: {message}\n")
     sys.stderr.flush()
-
-
-def entry() -> NoReturn:
-    sys.exit(run())

@@ -1,0 +1,43 @@
+"""Both entry points start through casbackup.launch, and leave the collector running."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from casbackup import __version__
+from casbackup.errors import ExitCode
+
+SCRIPT = Path(sys.executable).parent / "casbackup"
+
+PROBE = """
+import gc, sys
+sys.argv = ["casbackup", "--version"]
+from casbackup import launch
+try:
+    launch.main()
+except SystemExit as exit:
+    print(exit.code, gc.isenabled(), gc.get_freeze_count() > 0)
+"""
+
+
+def test_imports_are_frozen_and_collection_resumes() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[-3:] == ["0", "True", "True"]
+
+
+def test_module_and_script_run_the_cli(tmp_path: Path) -> None:
+    for command in ([sys.executable, "-m", "casbackup"], [str(SCRIPT)]):
+        version = subprocess.run(
+            [*command, "--version"], capture_output=True, text=True, check=True
+        )
+        assert version.stdout.strip() == f"casbackup {__version__}"
+        missing = subprocess.run(
+            [*command, "--repo", str(tmp_path / "none"), "list"], capture_output=True, text=True
+        )
+        assert missing.returncode == ExitCode.NOT_FOUND
+        assert missing.stderr.startswith("casbackup: error: no casbackup repository")
+        assert "Traceback" not in missing.stderr
