@@ -7,11 +7,23 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
-stderr = Console(stderr=True, highlight=False)
+
+@cache
+def stderr() -> Console:
+    """rich's console on stderr, made on first use.
+
+    A cron run that prints no note and no progress bar then never imports
+    rich (~20 ms of start-up).
+    """
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
 
 
 def human_bytes(n: float) -> str:
@@ -46,6 +58,7 @@ def print_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[str] = ()
 ) -> None:
     """Aligned columns; never wrapped when piped, so grep and awk see one line per row."""
+    from rich.console import Console
     from rich.table import Table  # loaded when a command prints a table, not at start-up
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
@@ -61,7 +74,7 @@ class ByteProgress:
     """A progress bar on stderr when it is a terminal; silent otherwise."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and stderr.is_terminal
+        self.enabled = enabled and sys.stderr.isatty() and stderr().is_terminal
         self._progress: Any = None
         self._task: Any = None
 
@@ -85,7 +98,7 @@ class ByteProgress:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=stderr,
+            console=stderr(),
             transient=True,
         )
         with self._progress:
@@ -108,4 +121,4 @@ class ByteProgress:
 
 def note(message: str) -> None:
     """A line for humans on stderr (keeps stdout clean for JSON and pipes)."""
-    stderr.print(message)
+    stderr().print(message)
