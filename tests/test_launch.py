@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from casbackup import __version__
@@ -27,6 +28,31 @@ def test_imports_are_frozen_and_collection_resumes() -> None:
         [sys.executable, "-c", PROBE], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out[-3:] == ["0", "True", "True"]
+
+
+FAILED_IMPORT = """
+import gc, sys
+sys.modules["casbackup.cli.main"] = None  # the import of the CLI fails
+from casbackup import launch
+try:
+    launch.main()
+except ImportError:
+    print(gc.isenabled())
+"""
+
+
+def test_collection_resumes_when_the_import_fails() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FAILED_IMPORT], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[-1:] == ["True"]
+
+
+def test_both_entry_points_start_in_launch() -> None:
+    (script,) = entry_points(group="console_scripts", name="casbackup")
+    assert script.value == "casbackup.launch:main"
+    main_module = Path(__file__).parent.parent / "casbackup" / "__main__.py"
+    assert "from casbackup.launch import main" in main_module.read_text()
 
 
 def test_module_and_script_run_the_cli(tmp_path: Path) -> None:

@@ -692,11 +692,12 @@ class Bench:
         """Two rounds, in the order casbackup, restic, restic, casbackup.
 
         A restore writes the whole table anew, and on this VM writing into
-        memory the page cache has not used for a while costs several times
-        what rewriting it costs (the same restore took 4.5 s and then 1.5 s;
-        restic's 5.6 s and then 3.2 s). One run each measures which tool
-        went first as much as the tools; the mirrored order gives each the
-        same share of cold and warm memory, and the goal compares the totals.
+        memory that has been free a while costs several times what reusing
+        recently freed memory costs (the same casbackup restore: sys 1.4 s in
+        one run, 4.2-4.5 s in the next six; docs/benchmarks.md). One run each
+        measures which tool met which memory as much as the tools; the
+        mirrored order gives each tool a first and a second place, and the
+        goal compares the totals.
         """
         source = self.count_and_sum(TABLE)
         rounds: list[dict[str, Any]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -74,7 +75,7 @@ class ByteProgress:
     """A progress bar on stderr when it is a terminal; silent otherwise."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty() and stderr().is_terminal
+        self.enabled = enabled and _may_be_terminal() and stderr().is_terminal
         self._progress: Any = None
         self._task: Any = None
 
@@ -117,6 +118,13 @@ class ByteProgress:
     def advance(self, nbytes: int) -> None:
         if self._progress is not None:
             self._progress.advance(self._task, nbytes)
+
+
+def _may_be_terminal() -> bool:
+    """A check that needs no rich: false only where rich would say no terminal too."""
+    if os.environ.get("FORCE_TERMINAL"):
+        return True
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 def note(message: str) -> None:
