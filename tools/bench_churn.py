@@ -532,10 +532,6 @@ class Bench:
 
     def setup(self) -> float:
         """Create both repositories; return casbackup's start-up time (`list` on an empty repo)."""
-        # Bytecode compiled ahead, as a wheel install has it: a source checkout
-        # run with PYTHONDONTWRITEBYTECODE would otherwise compile every module
-        # in every process (~0.1 s of each start-up here).
-        run_plain([PYTHON, "-m", "compileall", "-q", str(ROOT / "casbackup")])
         self.cas_config.write_text("")  # all defaults; --repo/--clickhouse say where
         self.casbackup("init")
         if self.without_fingerprints:
@@ -700,38 +696,10 @@ class Bench:
         goal compares the totals.
         """
         source = self.count_and_sum(TABLE)
-        rounds: list[dict[str, Any]] = []
-        for number in (1, 2):
-            target = self.root / f"restic-restore{number}"
-            database = f"bench_restored{number}"
-            steps = ("cas", "restic") if number == 1 else ("restic", "cas")
-            measured: dict[str, Run] = {}
-            for step in steps:
-                if step == "cas":
-                    measured[step] = self.casbackup(
-                        "restore",
-                        last,
-                        "--tables",
-                        f"{DATABASE}.*",
-                        "--as",
-                        f"{DATABASE}:{database}",
-                        "--json",
-                    )
-                else:
-                    measured[step] = self.restic("restore", "latest", "--target", str(target))
-            restored = self.count_and_sum(f"{database}.events")
-            rounds.append(
-                {
-                    "order": list(steps),
-                    "cas_wall_s": measured["cas"].wall_s,
-                    "cas_peak_rss": measured["cas"].peak_rss_bytes,
-                    "restored_rows": restored[0],
-                    "rows_match": source == restored,
-                    "restic_wall_s": measured["restic"].wall_s,
-                    "restic_peak_rss": measured["restic"].peak_rss_bytes,
-                    "restic_restored_bytes": tree_bytes(target),
-                }
-            )
+        rounds = [
+            self._restore_round(last, 1, ("cas", "restic"), source),
+            self._restore_round(last, 2, ("restic", "cas"), source),
+        ]
         return {
             "backup": last,
             "source_rows": source[0],
@@ -740,6 +708,36 @@ class Bench:
             "restic_wall_s": sum(r["restic_wall_s"] for r in rounds),
             "restored_rows": rounds[0]["restored_rows"],
             "rows_match": all(r["rows_match"] for r in rounds),
+        }
+
+    def _restore_round(
+        self, last: str, number: int, order: tuple[str, str], source: tuple[int, int]
+    ) -> dict[str, Any]:
+        target = self.root / f"restic-restore{number}"
+        database = f"bench_restored{number}"
+        run_step: dict[str, Callable[[], Run]] = {
+            "cas": lambda: self.casbackup(
+                "restore",
+                last,
+                "--tables",
+                f"{DATABASE}.*",
+                "--as",
+                f"{DATABASE}:{database}",
+                "--json",
+            ),
+            "restic": lambda: self.restic("restore", "latest", "--target", str(target)),
+        }
+        measured = {step: run_step[step]() for step in order}
+        restored = self.count_and_sum(f"{database}.events")
+        return {
+            "order": list(order),
+            "cas_wall_s": measured["cas"].wall_s,
+            "cas_peak_rss": measured["cas"].peak_rss_bytes,
+            "restored_rows": restored[0],
+            "rows_match": source == restored,
+            "restic_wall_s": measured["restic"].wall_s,
+            "restic_peak_rss": measured["restic"].peak_rss_bytes,
+            "restic_restored_bytes": tree_bytes(target),
         }
 
     def run(self) -> dict[str, Any]:
@@ -1096,6 +1094,10 @@ def main() -> None:
     )
     sys.stdout.flush()
     fresh_workdir(args.workdir)
+    # Bytecode compiled ahead, as a wheel install has it: a source checkout
+    # run with PYTHONDONTWRITEBYTECODE would otherwise compile every module
+    # in every casbackup process (~0.1 s of each start-up here).
+    run_plain([PYTHON, "-m", "compileall", "-q", str(ROOT / "casbackup")])
     kinds = ["server", "chdb"] if args.engine == "both" else [args.engine]
     results: dict[str, Any] = {"environment": env, "engines": {}}
     ok = False
