@@ -94,7 +94,9 @@ class BackupSettings(_Section):
     configs: bool = False  # the server's config directory
     configs_path: Path = Path("/etc/clickhouse-server")
     access_path: Path | None = None  # when system.user_directories does not say
-    fingerprints: bool = True  # row fingerprints of new parts, for verify --restore
+    # Row fingerprints of new parts, for verify --restore; "auto": only on servers
+    # without CHECK TABLE (see backup.BackupService.takes_fingerprints).
+    fingerprints: bool | Literal["auto"] = "auto"
 
     @field_validator("tables", "exclude")
     @classmethod
@@ -314,10 +316,13 @@ configs_path = "/etc/clickhouse-server"
 # access_path = "/var/lib/clickhouse/access"   # default: from system.user_directories
 # Row fingerprints of parts new to the repository (count and sum of row
 # hashes), which `verify --restore` compares after a test restore. The server
-# reads the new parts once for them: on a small machine about a third of a
-# full backup's time, nothing on an unchanged night. Without them, verify
-# --restore compares row counts only.
-fingerprints = true
+# reads every new part once for them: a third to a half of a full backup's
+# time, nothing on an unchanged night. "auto" takes them only on servers
+# without CHECK TABLE (before 20.1); newer servers' CHECK TABLE already
+# re-hashes every restored file against the checksums ClickHouse wrote at the
+# source. true: always; false: never (verify then compares row counts, and
+# runs CHECK TABLE where it can).
+fingerprints = "auto"
 
 [retention]
 # What `forget` and the nightly `run` keep (like restic's forget). All zero:

@@ -35,6 +35,14 @@ def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
     assert settings.source == str(config)
 
 
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("false", False), ('"auto"', "auto")])
+def test_fingerprints_setting(tmp_path: Path, text: str, value: object) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[backup]\nfingerprints = {text}\n")
+    assert load_settings(path, environ={}).backup.fingerprints == value
+    assert load_settings(environ={}).backup.fingerprints == "auto"
+
+
 def test_config_file_from_environment(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text("[repository]\ncompression_level = 5\n")
@@ -85,6 +93,7 @@ def test_default_config_is_valid_and_complete(tmp_path: Path) -> None:
         "[repository]\nthreads = 'two'",
         "repository = 3",
         "[clickhouse]\nport = 9000",
+        "[backup]\nfingerprints = 'sometimes'",
     ],
 )
 def test_invalid_settings(tmp_path: Path, content: str) -> None:

@@ -3,7 +3,7 @@
 
     .venv/bin/python tools/bench_churn.py [--engine server|chdb|both] [--rows N]
         [--workdir DIR] [--keep] [--json-out PATH] [--quiet-seconds S]
-        [--without-fingerprints]
+        [--other-fingerprints]
 
 Method. One run, one data set per engine; every tool backs up the same data
 on the same night, one after the other, nothing running in between:
@@ -493,23 +493,23 @@ class NightResult:
     native_bytes: int | None = None
     native_wall_s: float | None = None
     native_peak_rss: int | None = None
-    cas_nofp_wall_s: float | None = None  # --without-fingerprints: same night, second repository
+    cas_other_wall_s: float | None = None  # --other-fingerprints: same night, second repository
 
 
 class Bench:
     """One engine's week: setup, day-0 load, nights, restores."""
 
     def __init__(
-        self, engine: Engine, rows: int, quiet_s: float, without_fingerprints: bool = False
+        self, engine: Engine, rows: int, quiet_s: float, other_fingerprints: bool = False
     ) -> None:
         self.engine = engine
         self.rows = rows
         self.quiet_s = quiet_s
-        self.without_fingerprints = without_fingerprints
+        self.other_fingerprints = other_fingerprints
         self.root = engine.root
         self.repo = self.root / "casbackup-repo"
-        self.nofp_repo = self.root / "casbackup-repo-nofp"
-        self.nofp_config = self.root / "casbackup-nofp.toml"
+        self.other_repo = self.root / "casbackup-repo-other"
+        self.other_config = self.root / "casbackup-other.toml"
         self.restic_repo = self.root / "restic-repo"
         self.restic_cache = self.root / "restic-cache"
         self.cas_config = self.root / "casbackup.toml"
@@ -517,9 +517,9 @@ class Bench:
 
     # -- tools
 
-    def casbackup(self, *args: str, ok: tuple[int, ...] = (0,), fingerprints: bool = True) -> Run:
+    def casbackup(self, *args: str, ok: tuple[int, ...] = (0,), other: bool = False) -> Run:
         repo, config = (
-            (self.repo, self.cas_config) if fingerprints else (self.nofp_repo, self.nofp_config)
+            (self.other_repo, self.other_config) if other else (self.repo, self.cas_config)
         )
         env = {**os.environ, "CASBACKUP_CONFIG": str(config)}
         cmd = [PYTHON, "-m", "casbackup", "--repo", str(repo), "--clickhouse", self.engine.url]
@@ -534,9 +534,10 @@ class Bench:
         """Create both repositories; return casbackup's start-up time (`list` on an empty repo)."""
         self.cas_config.write_text("")  # all defaults; --repo/--clickhouse say where
         self.casbackup("init")
-        if self.without_fingerprints:
-            self.nofp_config.write_text("[backup]\nfingerprints = false\n")
-            self.casbackup("init", fingerprints=False)
+        if self.other_fingerprints:
+            other = "false" if auto_fingerprints(self.engine.version()) else "true"
+            self.other_config.write_text(f"[backup]\nfingerprints = {other}\n")
+            self.casbackup("init", other=True)
         self.restic("init", "--repository-version", "2")
         return self.casbackup("list", "--json").wall_s
 
@@ -631,11 +632,9 @@ class Bench:
             result.native_bytes, result.native_wall_s, result.native_peak_rss = self.native_backup(
                 self.engine, night.number
             )
-        if self.without_fingerprints:
-            run = self.casbackup(
-                "create", name, "--tables", f"{DATABASE}.*", ok=(0, 1), fingerprints=False
-            )
-            result.cas_nofp_wall_s = run.wall_s
+        if self.other_fingerprints:
+            run = self.casbackup("create", name, "--tables", f"{DATABASE}.*", ok=(0, 1), other=True)
+            result.cas_other_wall_s = run.wall_s
         return result
 
     def cas_backup(self, name: str) -> tuple[Run, dict[str, Any], int]:
@@ -896,6 +895,13 @@ def evaluate(result: dict[str, Any]) -> list[Verdict]:
     return verdicts
 
 
+def auto_fingerprints(version: str) -> bool:
+    """Whether casbackup's default ([backup] fingerprints = "auto") takes them on this version."""
+    from casbackup.clickhouse.server import CHECK_TABLE_SINCE, version_tuple
+
+    return version_tuple(version) < CHECK_TABLE_SINCE
+
+
 def human(n: float | None) -> str:
     if n is None:
         return ""
@@ -922,9 +928,10 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     if native:
         head += ["BACKUP +", "BACKUP wall s"]
-    nofp = any(n.get("cas_nofp_wall_s") is not None for n in result["nights"])
-    if nofp:
-        head.append("cas wall s, fingerprints off")
+    other = any(n.get("cas_other_wall_s") is not None for n in result["nights"])
+    if other:
+        taken = auto_fingerprints(result["clickhouse_version"])
+        head.append(f"cas wall s, fingerprints {'off' if taken else 'on'}")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
     lines[1] = lines[1].replace("---:", ":---", 2)
     for n in result["nights"]:
@@ -946,8 +953,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         if native:
             cells += [human(n["native_bytes"]), f"{n['native_wall_s']:.2f}"]
-        if nofp:
-            cells.append(f"{n['cas_nofp_wall_s']:.2f}")
+        if other:
+            cells.append(f"{n['cas_other_wall_s']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -987,12 +994,14 @@ def report(result: dict[str, Any], verdicts: list[Verdict]) -> str:
     ]
     out += [f"- **{'PASS' if v.passed else 'FAIL'}** {v.goal}: {v.detail}" for v in verdicts]
     full = nights[0]
-    if full.get("cas_nofp_wall_s"):
+    if full.get("cas_other_wall_s"):
+        taken = auto_fingerprints(result["clickhouse_version"])
         out.append(
-            f"- (not a goal) full backup with `[backup] fingerprints = false`: "
-            f"{full['cas_nofp_wall_s']:.2f} s = "
-            f"{full['restic_wall_s'] / full['cas_nofp_wall_s']:.2f}x restic's throughput "
-            f"(with fingerprints: {full['restic_wall_s'] / full['cas_wall_s']:.2f}x)"
+            f"- (not a goal) full backup with `[backup] fingerprints = {str(not taken).lower()}`: "
+            f"{full['cas_other_wall_s']:.2f} s = "
+            f"{full['restic_wall_s'] / full['cas_other_wall_s']:.2f}x restic's throughput "
+            f"(default, fingerprints {'on' if taken else 'off'}: "
+            f"{full['restic_wall_s'] / full['cas_wall_s']:.2f}x)"
         )
     return "\n".join(out)
 
@@ -1026,7 +1035,7 @@ def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     engine.root.mkdir(parents=True)
     engine.start()
     try:
-        return Bench(engine, args.rows, args.quiet_seconds, args.without_fingerprints).run()
+        return Bench(engine, args.rows, args.quiet_seconds, args.other_fingerprints).run()
     finally:
         engine.stop()
 
@@ -1074,10 +1083,11 @@ def main() -> None:
         help="the table counts as settled after this long without merges or part changes",
     )
     parser.add_argument(
-        "--without-fingerprints",
+        "--other-fingerprints",
         action="store_true",
-        help="also back up every night into a second repository with [backup] fingerprints = "
-        "false, to show what the row-fingerprint scan costs (not a goal column)",
+        help="also back up every night into a second repository with [backup] fingerprints set "
+        'the other way from what the default ("auto") does on this engine (18.16: off, chdb: '
+        "on), to show what the row-fingerprint scan costs (not a goal column)",
     )
     parser.add_argument("--child-settle", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -23,6 +23,8 @@ from casbackup.errors import ClickHouseError
 # Databases that are never backed up: ClickHouse's own, and verify's scratch space.
 SYSTEM_DATABASES = frozenset({"system", "INFORMATION_SCHEMA", "information_schema"})
 SCRATCH_PREFIX = "_casbackup_verify_"
+# CHECK TABLE on MergeTree tables (it re-hashes every file against checksums.txt).
+CHECK_TABLE_SINCE = (20, 1)
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -75,7 +77,7 @@ class ServerInfo:
 
     @property
     def has_check_table(self) -> bool:
-        return version_tuple(self.version) >= (20, 1)
+        return version_tuple(self.version) >= CHECK_TABLE_SINCE
 
 
 @dataclass(frozen=True)

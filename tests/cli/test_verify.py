@@ -27,6 +27,13 @@ def backed_up(engine: Engine, dbname: str, cli: Any, name: str = "b1", rows: int
     assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
 
 
+def fingerprints_always(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[backup] fingerprints = true: taken on every engine, not only where "auto" wants them."""
+    config = tmp_path / "casbackup.toml"
+    config.write_text("[backup]\nfingerprints = true\n")
+    monkeypatch.setenv("CASBACKUP_CONFIG", str(config))
+
+
 def verify(cli: Any, engine: Engine | None, *args: str) -> tuple[int, dict[str, Any]]:
     result = cli(engine, "verify", *args, "--json")
     return result.code, result.json()
@@ -62,8 +69,11 @@ def test_healthy_repository_passes_every_level(engine: Engine, dbname: str, cli:
         assert code == 0 and report["ok"] and report["problems"] == [], (args, report)
     code, report = verify(cli, engine, "--restore")
     [table] = report["tables"]
-    assert table["fingerprint"] == "match" and table["rows_found"] == 300_000
-    assert table["check_table"] == ("passed" if engine.modern else "not supported")
+    assert table["rows_found"] == 300_000
+    if engine.modern:  # "auto": CHECK TABLE re-hashes the restored parts instead
+        assert table["fingerprint"] == "not recorded" and table["check_table"] == "passed"
+    else:
+        assert table["fingerprint"] == "match" and table["check_table"] == "not supported"
     assert scratch_databases(engine) == []
     text = cli(engine, "verify", "b1", "--restore")
     assert text.code == 0 and "verify OK" in text.stdout
@@ -212,9 +222,21 @@ def scans(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return scanned
 
 
+def test_fingerprints_auto_are_taken_where_check_table_is_missing(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scanned = scans(monkeypatch)
+    backed_up(engine, dbname, cli, rows=20_000)
+    repo = Repository.open(LocalStore(tmp_path / "repo"))
+    taken = [p.fingerprint is not None for t in repo.read_manifest("b1").tables for p in t.parts]
+    assert taken and set(taken) == {not engine.modern}
+    assert bool(scanned) == (not engine.modern)
+
+
 def test_fingerprints_scan_only_new_parts(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fingerprints_always(tmp_path, monkeypatch)
     scanned = scans(monkeypatch)
     backed_up(engine, dbname, cli)
     first = scanned[-1]
@@ -260,7 +282,7 @@ def test_without_fingerprints_restore_compares_rows(
 
 
 def test_fingerprints_follow_a_column_added_without_rewriting_parts(
-    engine: Engine, dbname: str, cli: Any
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ADD COLUMN changes no part (same checksums.txt) but what a row hashes to.
 
@@ -268,6 +290,7 @@ def test_fingerprints_follow_a_column_added_without_rewriting_parts(
     for the unchanged parts would make verify --restore report a mismatch on a
     healthy backup. Recorded fingerprints name the expression they hashed.
     """
+    fingerprints_always(tmp_path, monkeypatch)
     backed_up(engine, dbname, cli, rows=20_000)
     engine.sql(f"ALTER TABLE `{dbname}`.events ADD COLUMN note String DEFAULT 'n'")
     assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
@@ -279,7 +302,7 @@ def test_fingerprints_follow_a_column_added_without_rewriting_parts(
 
 
 def test_fingerprints_recorded_before_expressions_were_named(
-    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fingerprints without an expression id were summed by the legacy expression.
 
@@ -290,6 +313,8 @@ def test_fingerprints_recorded_before_expressions_were_named(
     import casbackup.backup as backup_module
     from casbackup.clickhouse.fingerprint import part_fingerprints, row_hash
     from casbackup.repo.manifest import PartFingerprint
+
+    fingerprints_always(tmp_path, monkeypatch)
 
     def legacy_scan(server: Any, table: Any, parts: list[str], hashing: Any) -> Any:
         legacy = row_hash(server, table.database, table.name, legacy=True)
@@ -348,12 +373,13 @@ def test_decimal_fingerprint_is_exact(
 
 
 def test_fingerprint_a_server_now_hashes_differently_is_not_comparable(
-    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After an upgrade that changes how the server hashes a column: rows compare, hashes cannot."""
     import casbackup.verify as verify_module
     from casbackup.clickhouse.fingerprint import RowHash
 
+    fingerprints_always(tmp_path, monkeypatch)
     backed_up(engine, dbname, cli, rows=20_000)
     real = verify_module.row_hash
 
