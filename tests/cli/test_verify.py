@@ -194,6 +194,54 @@ def test_part_altered_before_attach_is_found_by_restore(
     assert scratch_databases(engine) == []  # dropped although verification failed
 
 
+def test_sound_part_holding_other_rows_is_found_by_restore(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restored part whose files are all valid but hold other rows than were frozen.
+
+    Same sizes (ATTACH checks only those), intact compressed blocks (the full
+    scan passes), same row count: only a check against what the source had
+    sees it. With the default fingerprints ("auto") that is CHECK TABLE on a
+    modern server and the row fingerprint on 18.16, the reason "auto" can
+    skip the fingerprint where CHECK TABLE exists.
+    """
+    from casbackup.restore import RestoreService
+
+    engine.sql(f"CREATE DATABASE `{dbname}`")
+    # Two constants with the same byte period compress to files of the same size.
+    for table, value in (("a", 0x0102030405060708), ("b", 0x0807060504030201)):
+        engine.sql(
+            f"CREATE TABLE `{dbname}`.{table} (x UInt64) ENGINE = MergeTree ORDER BY tuple()"
+        )
+        engine.sql(f"INSERT INTO `{dbname}`.{table} SELECT toUInt64({value}) FROM numbers(50000)")
+    [(other,)] = engine.sql(
+        f"SELECT path FROM system.parts WHERE database = '{dbname}' AND table = 'b' AND active"
+    )
+    assert cli(engine, "init").code == 0
+    assert cli(engine, "create", "b1", "--tables", f"{dbname}.a").code == 0
+    real = RestoreService._stage_parts
+
+    def swapped(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
+        staged = real(self, *args)
+        for _, temp in staged:
+            for victim in temp.rglob("*.bin"):
+                replacement = Path(other) / victim.relative_to(temp)
+                assert replacement.stat().st_size == victim.stat().st_size
+                victim.write_bytes(replacement.read_bytes())
+        return staged
+
+    monkeypatch.setattr(RestoreService, "_stage_parts", swapped)
+    code, report = verify(cli, engine, "--restore")
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert problem["object"] == f"b1: {dbname}.a"
+    if engine.modern:
+        assert problem["detail"] == "CHECK TABLE found a damaged part"
+    else:
+        assert problem["detail"] == "same row count, different content (row hashes differ)"
+    assert scratch_databases(engine) == []
+
+
 def test_verify_one_backup_and_tables(engine: Engine, dbname: str, cli: Any) -> None:
     backed_up(engine, dbname, cli)
     assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
