@@ -48,7 +48,10 @@ on the same night, one after the other, nothing running in between:
   `restic restore latest --target DIR`, in two rounds in the mirrored order
   casbackup, restic, restic, casbackup (a restore's speed here depends on how
   long ago the memory it writes into was last used; this gives both tools the
-  same share); the goal compares the totals of both rounds.
+  same share); the goal compares the totals of both rounds. Before each
+  restore the tool's repository (restic's cache included) is dropped from the
+  page cache, so both read it from disk, as a restore days after the backup
+  would.
 
 Every wall time is that of a whole process (start-up included), as an
 operator's cron job would see it. Data is read from the page cache (24 GB of
@@ -195,6 +198,26 @@ def run_measured(
         )
     rss_kb = int(lines[-1]) if lines and lines[-1].isdigit() else 0
     return Run(wall, rss_kb * 1024, proc.stdout, proc.stderr, proc.returncode)
+
+
+def evict(*trees: Path) -> None:
+    """Drop these directories' files from the page cache, as days would.
+
+    A restore reads a repository written long before: from disk, not from
+    memory. casbackup writes its packs past the page cache (O_DIRECT) while
+    restic's stay cached after its backup; evicting both before each restore
+    makes them start alike. After a sync the pages are clean, so the kernel
+    drops them at once.
+    """
+    os.sync()
+    for tree in trees:
+        for path in tree.rglob("*"):
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
 
 
 def run_plain(cmd: list[str], *, env: dict[str, str] | None = None) -> str:
@@ -726,7 +749,11 @@ class Bench:
             ),
             "restic": lambda: self.restic("restore", "latest", "--target", str(target)),
         }
-        measured = {step: run_step[step]() for step in order}
+        repository = {"cas": (self.repo,), "restic": (self.restic_repo, self.restic_cache)}
+        measured = {}
+        for step in order:
+            evict(*repository[step])
+            measured[step] = run_step[step]()
         restored = self.count_and_sum(f"{database}.events")
         return {
             "order": list(order),

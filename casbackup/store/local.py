@@ -5,6 +5,8 @@ Objects are files under the root, one per key; ``packs/ab/abcd...`` becomes
 target, fsyncs it, renames it over the target and fsyncs the directory, so a
 crash leaves either the old state or the new one, plus at worst a ``.tmp-*``
 file that ``remove_stale_temporaries`` (run by ``casbackup clean``) deletes.
+Large objects (packs) are written past the page cache (``direct_io``), unless
+the filesystem refuses direct I/O, which is then remembered for the store.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from casbackup.errors import (
     StorePermissionDenied,
 )
 from casbackup.store.base import ObjectInfo, validate_key, validate_prefix, validate_range
+from casbackup.store.direct_io import (
+    MIN_DIRECT_SIZE,
+    DirectIOUnsupported,
+    direct_io_available,
+    write_new_file_direct,
+)
 
 TEMP_PREFIX = ".tmp-"
 
@@ -32,6 +40,7 @@ TEMP_PREFIX = ".tmp-"
 class LocalStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).absolute()
+        self.direct_writes = direct_io_available()  # cleared if the filesystem refuses them
 
     def describe(self) -> str:
         return str(self.root)
@@ -158,11 +167,17 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    @staticmethod
-    def _write_temp(temp: Path, data: bytes | bytearray | memoryview) -> None:
+    def _write_temp(self, temp: Path, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        if self.direct_writes and view.nbytes >= MIN_DIRECT_SIZE:
+            try:
+                write_new_file_direct(temp, view)
+                return
+            except DirectIOUnsupported:
+                self.direct_writes = False
+                _unlink_quietly(temp)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            view = memoryview(data)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]

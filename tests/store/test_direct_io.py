@@ -1,0 +1,171 @@
+"""Large objects are written past the page cache; every way that can go wrong falls back or fails cleanly."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import casbackup.store.direct_io as direct_io
+from casbackup.errors import StoreFull
+from casbackup.store.direct_io import ALIGNMENT, MIN_DIRECT_SIZE
+from casbackup.store.local import LocalStore
+
+pytestmark = pytest.mark.skipif(
+    not direct_io.direct_io_available(), reason="no O_DIRECT on this platform"
+)
+
+sizes = st.one_of(
+    st.sampled_from(
+        [
+            MIN_DIRECT_SIZE,
+            MIN_DIRECT_SIZE + 1,
+            MIN_DIRECT_SIZE + ALIGNMENT - 1,
+            MIN_DIRECT_SIZE + ALIGNMENT,
+            4 * MIN_DIRECT_SIZE + 17,
+        ]
+    ),
+    st.integers(MIN_DIRECT_SIZE, 3 * MIN_DIRECT_SIZE),
+)
+
+
+def payload(size: int) -> bytes:
+    return (bytes(range(251)) * (size // 251 + 1))[:size]
+
+
+def is_direct(fd: int) -> bool:
+    return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+def spy_direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths written by the direct path from now on (the real function still runs)."""
+    import casbackup.store.local as local
+
+    calls: list[Path] = []
+    real = local.write_new_file_direct
+
+    def spy(path: Path, data: memoryview) -> None:
+        calls.append(path)
+        real(path, data)
+
+    monkeypatch.setattr(local, "write_new_file_direct", spy)
+    return calls
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and p.name.startswith(".tmp-")]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(size=sizes)
+def test_large_objects_round_trip_through_direct_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    store = LocalStore(tempfile.mkdtemp(dir=tmp_path))  # examples share tmp_path
+    with monkeypatch.context() as patch:
+        calls = spy_direct_writes(patch)
+        data = payload(size)
+        store.put("packs/ab/x", data)
+        store.create("packs/ab/y", bytearray(data))
+    assert len(calls) == 2 and store.direct_writes
+    assert store.get("packs/ab/x") == data and store.get("packs/ab/y") == data
+    assert store.get("packs/ab/x", size - 5000, 4000) == data[size - 5000 : size - 1000]
+    assert leftovers(store.root) == []
+
+
+def test_small_objects_are_written_normally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = spy_direct_writes(monkeypatch)
+    store = LocalStore(tmp_path)
+    store.put("manifests/m", b"m" * (MIN_DIRECT_SIZE - 1))
+    assert calls == [] and store.get("manifests/m") == b"m" * (MIN_DIRECT_SIZE - 1)
+
+
+def refuse_direct(monkeypatch: pytest.MonkeyPatch, *, at: str) -> None:
+    """A filesystem without direct I/O: EINVAL at open (tmpfs before Linux 6.6) or at write (some FUSE)."""
+    real_open, real_write = os.open, os.write
+
+    def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if at == "open" and flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args, **kwargs)
+
+    def writing(fd: int, data: Any) -> int:
+        if at == "write" and is_direct(fd):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "write", writing)
+
+
+@pytest.mark.parametrize("at", ["open", "write"])
+def test_a_filesystem_refusing_direct_io_gets_normal_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    store = LocalStore(tmp_path)
+    data = payload(2 * MIN_DIRECT_SIZE + 3)
+    with monkeypatch.context() as patch:
+        refuse_direct(patch, at=at)
+        calls = spy_direct_writes(patch)
+        store.put("packs/ab/x", data)
+        store.put("packs/ab/y", data)
+    assert len(calls) == 1, "refused once, not asked again"
+    assert not store.direct_writes
+    assert store.get("packs/ab/x") == data and store.get("packs/ab/y") == data
+    assert leftovers(tmp_path) == []
+
+
+def test_a_short_direct_write_is_finished_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    short: list[int] = []
+
+    def writing(fd: int, data: Any) -> int:
+        """The first direct write stops at an unaligned offset, from where direct I/O cannot go on."""
+        if not is_direct(fd) or short:
+            return real_write(fd, data)
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        written = real_write(fd, memoryview(data)[:ALIGNMENT])
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
+        written += real_write(fd, memoryview(data)[ALIGNMENT : ALIGNMENT + 100])
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+        short.append(written)
+        return written
+
+    monkeypatch.setattr(os, "write", writing)
+    store = LocalStore(tmp_path)
+    data = payload(3 * MIN_DIRECT_SIZE + 5)
+    store.put("packs/ab/x", data)
+    assert short == [ALIGNMENT + 100]
+    assert store.get("packs/ab/x") == data and store.direct_writes
+
+
+def test_disk_full_during_a_direct_write_is_a_clear_error_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write: Callable[[int, Any], int] = os.write
+
+    def full(fd: int, data: Any) -> int:
+        if is_direct(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    store = LocalStore(tmp_path)
+    with pytest.raises(StoreFull) as caught:
+        store.put("packs/ab/x", payload(2 * MIN_DIRECT_SIZE))
+    assert "no space left" in caught.value.message
+    assert list(tmp_path.rglob("*x*")) == [] and store.direct_writes
