@@ -11,6 +11,7 @@ may query at the same time from different threads.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,11 @@ from casbackup.errors import ClickHouseError, ClickHouseUnavailable
 
 class EmbeddedClient:
     def __init__(self, path: str, config_file: str = "") -> None:
+        # chdb imports numpy, whose OpenBLAS starts a worker thread per core that
+        # spins waiting for matrix work this process never has: 3% of a chdb
+        # restore's CPU samples (perf). One thread means no pool; set before
+        # the import, as OpenBLAS reads it once.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         try:
             from chdb import session
         except ImportError:
