@@ -73,9 +73,8 @@ class BackupOptions:
     threads: int = 2
     upload_threads: int = 2
     rehash: bool = False  # read every file even if it is known unchanged
-    fingerprints: bool | Literal["auto"] = (
-        "auto"  # row fingerprints of new parts (verify --restore)
-    )
+    # Row fingerprints of new parts (verify --restore); see takes_fingerprints.
+    fingerprints: bool | Literal["auto"] = "auto"
     partitions: tuple[str, ...] = ()  # only these partitions ("P" or "db.table:P"), by id or value
     access: bool = False  # also access entities (users, roles, grants) and the access directory
     access_path: Path | None = None  # where the access directory is, if the server does not say
@@ -392,16 +391,17 @@ class BackupService:
     def takes_fingerprints(self) -> bool:
         """Whether this backup fingerprints its new parts; "auto" decides by the server.
 
-        A server with CHECK TABLE (20.1 and later) re-hashes every file of a
-        restored part against the part's checksums.txt, which ClickHouse wrote
-        from the data when it made the part and which the backup holds byte for
-        byte; verify --restore runs it. That proves the restored parts are the
-        frozen ones, so the row fingerprint adds little there, and costs a full
+        CHECK TABLE (which casbackup relies on from 20.1) re-hashes every file
+        of a restored part against the part's checksums.txt, which ClickHouse
+        wrote from the data when it made the part and which the backup holds
+        byte for byte; verify --restore runs it, and reports a problem if it
+        cannot. That ties the restored parts to the frozen ones, so the row
+        fingerprint adds little there, and costs a full
         server-side read of every new part: on the churn benchmark a third to
         a half of a full backup's time, enough to make casbackup slower than
-        restic on chdb's nights that rewrite every part. Older servers have
-        nothing of the kind, so there the fingerprint is the only end-to-end
-        check and is taken.
+        restic on chdb's nights that rewrite every part. On older servers
+        (18.16 has no CHECK TABLE for MergeTree) the fingerprint is the only
+        end-to-end check and is taken.
         """
         wanted = self.options.fingerprints
         if wanted == "auto":

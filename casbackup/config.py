@@ -318,10 +318,10 @@ configs_path = "/etc/clickhouse-server"
 # hashes), which `verify --restore` compares after a test restore. The server
 # reads every new part once for them: a third to a half of a full backup's
 # time, nothing on an unchanged night. "auto" takes them only on servers
-# without CHECK TABLE (before 20.1); newer servers' CHECK TABLE already
-# re-hashes every restored file against the checksums ClickHouse wrote at the
-# source. true: always; false: never (verify then compares row counts, and
-# runs CHECK TABLE where it can).
+# before 20.1, where casbackup does not rely on CHECK TABLE; from 20.1 verify's
+# CHECK TABLE re-hashes every restored file against the checksums ClickHouse
+# wrote at the source. true: always; false: never (verify then compares row
+# counts, and runs CHECK TABLE where it can).
 fingerprints = "auto"
 
 [retention]

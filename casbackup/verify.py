@@ -419,6 +419,17 @@ class Verifier:
                     )
             except ClickHouseError as exc:
                 check.check_table = f"not run: {exc.message}"
+                if check.fingerprint == "not recorded":
+                    # The backup relied on CHECK TABLE ([backup] fingerprints
+                    # "auto"): without it nothing ties the restored data to
+                    # the frozen data.
+                    check.ok = False
+                    self._problem(
+                        RESTORE,
+                        f"{check.backup}: {check.table}",
+                        f"CHECK TABLE could not run ({exc.message}) and the backup has no "
+                        "fingerprint: the restored data was not compared with the frozen data",
+                    )
 
 
 def table_fingerprint(table: mf.Table) -> tuple[Fingerprint, str | None] | None:

@@ -40,7 +40,12 @@ def test_fingerprints_setting(tmp_path: Path, text: str, value: object) -> None:
     path = tmp_path / "c.toml"
     path.write_text(f"[backup]\nfingerprints = {text}\n")
     assert load_settings(path, environ={}).backup.fingerprints == value
-    assert load_settings(environ={}).backup.fingerprints == "auto"
+
+
+def test_fingerprints_default_to_auto() -> None:
+    from casbackup.config import BackupSettings
+
+    assert BackupSettings().fingerprints == "auto"
 
 
 def test_config_file_from_environment(tmp_path: Path) -> None:

@@ -20,14 +20,15 @@ from typing import Any
 from casbackup.clickhouse.client import Row, first_line
 from casbackup.errors import ClickHouseError, ClickHouseUnavailable
 
+# chdb imports numpy, whose OpenBLAS starts a worker thread per core that spins
+# waiting for matrix work this process never has: 3% of a chdb restore's CPU
+# samples (perf). One thread means no pool. It must be set before numpy is
+# first imported (chdb is imported only when a client is made, below).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 class EmbeddedClient:
     def __init__(self, path: str, config_file: str = "") -> None:
-        # chdb imports numpy, whose OpenBLAS starts a worker thread per core that
-        # spins waiting for matrix work this process never has: 3% of a chdb
-        # restore's CPU samples (perf). One thread means no pool; set before
-        # the import, as OpenBLAS reads it once.
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         try:
             from chdb import session
         except ImportError:

@@ -23,7 +23,8 @@ from casbackup.errors import ClickHouseError
 # Databases that are never backed up: ClickHouse's own, and verify's scratch space.
 SYSTEM_DATABASES = frozenset({"system", "INFORMATION_SCHEMA", "information_schema"})
 SCRATCH_PREFIX = "_casbackup_verify_"
-# CHECK TABLE on MergeTree tables (it re-hashes every file against checksums.txt).
+# CHECK TABLE on MergeTree tables (it re-hashes every file against checksums.txt):
+# MergeTree support arrived during 19.x; casbackup relies on it from 20.1.
 CHECK_TABLE_SINCE = (20, 1)
 
 

@@ -242,6 +242,33 @@ def test_sound_part_holding_other_rows_is_found_by_restore(
     assert scratch_databases(engine) == []
 
 
+def test_check_table_failing_to_run_without_a_fingerprint_is_a_problem(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With "auto" a modern server's backup has no fingerprint: CHECK TABLE is the only content check."""
+    if not engine.modern:
+        pytest.skip("18.16 has no CHECK TABLE for MergeTree; it keeps fingerprints")
+    from casbackup.clickhouse.embedded import EmbeddedClient
+    from casbackup.errors import ClickHouseError
+
+    backed_up(engine, dbname, cli, rows=20_000)
+    real = EmbeddedClient.query
+
+    def refusing(self: EmbeddedClient, sql: str) -> Any:
+        if sql.startswith("CHECK TABLE"):
+            raise ClickHouseError(detail="Not enough privileges")
+        return real(self, sql)
+
+    monkeypatch.setattr(EmbeddedClient, "query", refusing)
+    code, report = verify(cli, engine, "--restore")
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert problem["object"] == f"b1: {dbname}.events"
+    assert problem["detail"].startswith("CHECK TABLE could not run (")
+    assert "Not enough privileges" in problem["detail"]
+    assert scratch_databases(engine) == []
+
+
 def test_verify_one_backup_and_tables(engine: Engine, dbname: str, cli: Any) -> None:
     backed_up(engine, dbname, cli)
     assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0

@@ -16,12 +16,23 @@ from hypothesis import strategies as st
 
 import casbackup.store.direct_io as direct_io
 from casbackup.errors import StoreFull
-from casbackup.store.direct_io import ALIGNMENT, MIN_DIRECT_SIZE
+from casbackup.store.direct_io import ALIGNMENT, MIN_DIRECT_SIZE, STAGING_SIZE
 from casbackup.store.local import LocalStore
 
-pytestmark = pytest.mark.skipif(
-    not direct_io.direct_io_available(), reason="no O_DIRECT on this platform"
-)
+
+@pytest.fixture(autouse=True)
+def direct_io_here(tmp_path: Path) -> None:
+    """Skip where the test directory's filesystem refuses O_DIRECT (tmpfs before Linux 6.6)."""
+    if not direct_io.direct_io_available():
+        pytest.skip("no O_DIRECT on this platform")
+    probe = tmp_path / "probe"
+    try:
+        direct_io.write_new_file_direct(probe, memoryview(bytes(ALIGNMENT)))
+    except direct_io.DirectIOUnsupported:
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    finally:
+        probe.unlink(missing_ok=True)
+
 
 sizes = st.one_of(
     st.sampled_from(
@@ -31,6 +42,9 @@ sizes = st.one_of(
             MIN_DIRECT_SIZE + ALIGNMENT - 1,
             MIN_DIRECT_SIZE + ALIGNMENT,
             4 * MIN_DIRECT_SIZE + 17,
+            STAGING_SIZE,
+            STAGING_SIZE + ALIGNMENT + 1,
+            2 * STAGING_SIZE + 3,
         ]
     ),
     st.integers(MIN_DIRECT_SIZE, 3 * MIN_DIRECT_SIZE),
@@ -98,6 +112,7 @@ def refuse_direct(monkeypatch: pytest.MonkeyPatch, *, at: str) -> None:
 
     def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
         if at == "open" and flags & os.O_DIRECT:
+            os.close(real_open(path, flags & ~os.O_DIRECT, *args, **kwargs))  # as the kernel does
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args, **kwargs)
 
@@ -169,3 +184,41 @@ def test_disk_full_during_a_direct_write_is_a_clear_error_and_leaves_nothing(
         store.put("packs/ab/x", payload(2 * MIN_DIRECT_SIZE))
     assert "no space left" in caught.value.message
     assert list(tmp_path.rglob("*x*")) == [] and store.direct_writes
+
+
+def test_einval_after_some_direct_writes_finishes_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+    direct_calls: list[int] = []
+
+    def writing(fd: int, data: Any) -> int:
+        if is_direct(fd):
+            direct_calls.append(len(data))
+            if len(direct_calls) > 1:
+                raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", writing)
+    store = LocalStore(tmp_path)
+    data = payload(STAGING_SIZE + 3 * ALIGNMENT + 7)
+    store.put("packs/ab/x", data)
+    assert direct_calls == [STAGING_SIZE, 3 * ALIGNMENT]
+    assert store.get("packs/ab/x") == data and store.direct_writes
+
+
+def test_a_direct_write_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stat
+
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            synced.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    calls = spy_direct_writes(monkeypatch)
+    LocalStore(tmp_path).put("packs/ab/x", payload(2 * MIN_DIRECT_SIZE + 1))
+    assert len(calls) == 1 and synced == [2 * MIN_DIRECT_SIZE + 1]
