@@ -69,15 +69,19 @@ def write_new_file_direct(path: Path, data: memoryview) -> None:
         done = _write_aligned_bulk(fd, data)
         # The tail (and whatever a short write left) through the page cache.
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
-        rest = data[done:]
-        while rest:
-            written = os.write(fd, rest)
-            if written <= 0:
-                raise OSError(errno.EIO, "write made no progress")
-            rest = rest[written:]
+        write_all(fd, data[done:])
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: memoryview) -> None:
+    """``os.write`` until all of ``data`` is written: one call may take less."""
+    while data:
+        written = os.write(fd, data)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        data = data[written:]
 
 
 def _write_aligned_bulk(fd: int, data: memoryview) -> int:

@@ -5,8 +5,9 @@ Objects are files under the root, one per key; ``packs/ab/abcd...`` becomes
 target, fsyncs it, renames it over the target and fsyncs the directory, so a
 crash leaves either the old state or the new one, plus at worst a ``.tmp-*``
 file that ``remove_stale_temporaries`` (run by ``casbackup clean``) deletes.
-Large objects (packs) are written past the page cache (``direct_io``), unless
-the filesystem refuses direct I/O, which is then remembered for the store.
+Objects of 1 MiB or more (packs, large manifests) are written past the page
+cache (``direct_io``), unless the filesystem refuses direct I/O, which is
+then remembered for the store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from casbackup.store.direct_io import (
     MIN_DIRECT_SIZE,
     DirectIOUnsupported,
     direct_io_available,
+    write_all,
     write_new_file_direct,
 )
 
@@ -178,9 +180,7 @@ class LocalStore:
                 _unlink_quietly(temp)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            write_all(fd, view)
             os.fsync(fd)
         finally:
             os.close(fd)
