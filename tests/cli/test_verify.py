@@ -27,10 +27,10 @@ def backed_up(engine: Engine, dbname: str, cli: Any, name: str = "b1", rows: int
     assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
 
 
-def fingerprints_always(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """[backup] fingerprints = true: taken on every engine, not only where "auto" wants them."""
+def set_fingerprints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """[backup] fingerprints = value for every command from now on ("true": on every engine)."""
     config = tmp_path / "casbackup.toml"
-    config.write_text("[backup]\nfingerprints = true\n")
+    config.write_text(f"[backup]\nfingerprints = {value}\n")
     monkeypatch.setenv("CASBACKUP_CONFIG", str(config))
 
 
@@ -311,7 +311,7 @@ def test_fingerprints_auto_are_taken_where_check_table_is_missing(
 def test_fingerprints_scan_only_new_parts(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fingerprints_always(tmp_path, monkeypatch)
+    set_fingerprints(tmp_path, monkeypatch, "true")
     scanned = scans(monkeypatch)
     backed_up(engine, dbname, cli)
     first = scanned[-1]
@@ -346,9 +346,7 @@ def test_without_fingerprints_restore_compares_rows(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """[backup] fingerprints = false: no scan at backup time, and verify --restore says so."""
-    config = tmp_path / "casbackup.toml"
-    config.write_text("[backup]\nfingerprints = false\n")
-    monkeypatch.setenv("CASBACKUP_CONFIG", str(config))
+    set_fingerprints(tmp_path, monkeypatch, "false")
     backed_up(engine, dbname, cli, rows=20_000)
     code, report = verify(cli, engine, "--restore")
     [table] = report["tables"]
@@ -365,7 +363,7 @@ def test_fingerprints_follow_a_column_added_without_rewriting_parts(
     for the unchanged parts would make verify --restore report a mismatch on a
     healthy backup. Recorded fingerprints name the expression they hashed.
     """
-    fingerprints_always(tmp_path, monkeypatch)
+    set_fingerprints(tmp_path, monkeypatch, "true")
     backed_up(engine, dbname, cli, rows=20_000)
     engine.sql(f"ALTER TABLE `{dbname}`.events ADD COLUMN note String DEFAULT 'n'")
     assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
@@ -389,7 +387,7 @@ def test_fingerprints_recorded_before_expressions_were_named(
     from casbackup.clickhouse.fingerprint import part_fingerprints, row_hash
     from casbackup.repo.manifest import PartFingerprint
 
-    fingerprints_always(tmp_path, monkeypatch)
+    set_fingerprints(tmp_path, monkeypatch, "true")
 
     def legacy_scan(server: Any, table: Any, parts: list[str], hashing: Any) -> Any:
         legacy = row_hash(server, table.database, table.name, legacy=True)
@@ -454,7 +452,7 @@ def test_fingerprint_a_server_now_hashes_differently_is_not_comparable(
     import casbackup.verify as verify_module
     from casbackup.clickhouse.fingerprint import RowHash
 
-    fingerprints_always(tmp_path, monkeypatch)
+    set_fingerprints(tmp_path, monkeypatch, "true")
     backed_up(engine, dbname, cli, rows=20_000)
     real = verify_module.row_hash
 

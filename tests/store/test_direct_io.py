@@ -74,6 +74,31 @@ def spy_direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return calls
 
 
+Write = Callable[[int, Any], int]
+
+
+def on_direct_writes(
+    monkeypatch: pytest.MonkeyPatch, device: Callable[[Write, int, Any], int]
+) -> None:
+    """os.write goes to ``device(real_write, fd, data)`` for descriptors in O_DIRECT mode.
+
+    Writes through the page cache (the tail, the fallback) are left alone.
+    """
+    real_write: Write = os.write
+
+    def writing(fd: int, data: Any) -> int:
+        return device(real_write, fd, data) if is_direct(fd) else real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", writing)
+
+
+def refuse(errno_: int, text: str) -> Callable[[Write, int, Any], int]:
+    def device(real_write: Write, fd: int, data: Any) -> int:
+        raise OSError(errno_, text)
+
+    return device
+
+
 def leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and p.name.startswith(".tmp-")]
 
@@ -108,21 +133,18 @@ def test_small_objects_are_written_normally(
 
 def refuse_direct(monkeypatch: pytest.MonkeyPatch, *, at: str) -> None:
     """A filesystem without direct I/O: EINVAL at open (tmpfs before Linux 6.6) or at write (some FUSE)."""
-    real_open, real_write = os.open, os.write
+    if at == "write":
+        on_direct_writes(monkeypatch, refuse(errno.EINVAL, "Invalid argument"))
+        return
+    real_open = os.open
 
     def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if at == "open" and flags & os.O_DIRECT:
+        if flags & os.O_DIRECT:
             os.close(real_open(path, flags & ~os.O_DIRECT, *args, **kwargs))  # as the kernel does
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_open(path, flags, *args, **kwargs)
 
-    def writing(fd: int, data: Any) -> int:
-        if at == "write" and is_direct(fd):
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_write(fd, data)
-
     monkeypatch.setattr(os, "open", opening)
-    monkeypatch.setattr(os, "write", writing)
 
 
 @pytest.mark.parametrize("at", ["open", "write"])
@@ -145,12 +167,11 @@ def test_a_filesystem_refusing_direct_io_gets_normal_writes(
 def test_a_short_direct_write_is_finished_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = os.write
     short: list[int] = []
 
-    def writing(fd: int, data: Any) -> int:
+    def device(real_write: Write, fd: int, data: Any) -> int:
         """The first direct write stops at an unaligned offset, from where direct I/O cannot go on."""
-        if not is_direct(fd) or short:
+        if short:
             return real_write(fd, data)
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         written = real_write(fd, memoryview(data)[:ALIGNMENT])
@@ -160,7 +181,7 @@ def test_a_short_direct_write_is_finished_through_the_page_cache(
         short.append(written)
         return written
 
-    monkeypatch.setattr(os, "write", writing)
+    on_direct_writes(monkeypatch, device)
     store = LocalStore(tmp_path)
     data = payload(3 * MIN_DIRECT_SIZE + 5)
     store.put("packs/ab/x", data)
@@ -171,14 +192,7 @@ def test_a_short_direct_write_is_finished_through_the_page_cache(
 def test_disk_full_during_a_direct_write_is_a_clear_error_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write: Callable[[int, Any], int] = os.write
-
-    def full(fd: int, data: Any) -> int:
-        if is_direct(fd):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", full)
+    on_direct_writes(monkeypatch, refuse(errno.ENOSPC, "No space left on device"))
     store = LocalStore(tmp_path)
     with pytest.raises(StoreFull) as caught:
         store.put("packs/ab/x", payload(2 * MIN_DIRECT_SIZE))
@@ -189,17 +203,15 @@ def test_disk_full_during_a_direct_write_is_a_clear_error_and_leaves_nothing(
 def test_einval_after_some_direct_writes_finishes_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_write = os.write
     direct_calls: list[int] = []
 
-    def writing(fd: int, data: Any) -> int:
-        if is_direct(fd):
-            direct_calls.append(len(data))
-            if len(direct_calls) > 1:
-                raise OSError(errno.EINVAL, "Invalid argument")
+    def device(real_write: Write, fd: int, data: Any) -> int:
+        direct_calls.append(len(data))
+        if len(direct_calls) > 1:
+            raise OSError(errno.EINVAL, "Invalid argument")
         return real_write(fd, data)
 
-    monkeypatch.setattr(os, "write", writing)
+    on_direct_writes(monkeypatch, device)
     store = LocalStore(tmp_path)
     data = payload(STAGING_SIZE + 3 * ALIGNMENT + 7)
     store.put("packs/ab/x", data)
