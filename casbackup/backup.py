@@ -74,7 +74,7 @@ class BackupOptions:
     upload_threads: int = 2
     rehash: bool = False  # read every file even if it is known unchanged
     # Row fingerprints of new parts (verify --restore); see takes_fingerprints.
-    fingerprints: bool | Literal["auto"] = "auto"
+    fingerprints: bool | Literal["auto"] = False
     partitions: tuple[str, ...] = ()  # only these partitions ("P" or "db.table:P"), by id or value
     access: bool = False  # also access entities (users, roles, grants) and the access directory
     access_path: Path | None = None  # where the access directory is, if the server does not say
@@ -389,24 +389,21 @@ class BackupService:
 
     @property
     def takes_fingerprints(self) -> bool:
-        """Whether this backup fingerprints its new parts; "auto" decides by the server.
+        """Whether this backup fingerprints its new parts: only when configured to (``true``).
 
-        CHECK TABLE (which casbackup relies on from 20.1) re-hashes every file
-        of a restored part against the part's checksums.txt, which ClickHouse
-        wrote from the data when it made the part and which the backup holds
-        byte for byte; verify --restore runs it, and reports a problem if it
-        cannot. That ties the restored parts to the frozen ones, so the row
-        fingerprint adds little there, and costs a full
-        server-side read of every new part: on the churn benchmark a third to
-        a half of a full backup's time, enough to make casbackup slower than
-        restic on chdb's nights that rewrite every part. On older servers
-        (18.16 has no CHECK TABLE for MergeTree) the fingerprint is the only
-        end-to-end check and is taken.
+        verify --restore checks every restored file against its part's
+        checksums.txt itself (clickhouse.part_check), on every server version;
+        ClickHouse wrote that file from the data when it made the part, and
+        the backup reads it fresh every time and restores it byte for byte.
+        A part that passes is the frozen part, which is all the row
+        fingerprint proved, for a full server-side read of every new part at
+        backup time: on the churn benchmark a third to a half of a full
+        backup's time. The fingerprint skips parts without checksums.txt too,
+        so it covers nothing the check does not. ``"auto"``, the default of
+        the release before, took them only on servers without CHECK TABLE;
+        it now means ``false``.
         """
-        wanted = self.options.fingerprints
-        if wanted == "auto":
-            return not self.server.info.has_check_table
-        return bool(wanted)
+        return self.options.fingerprints is True
 
     @staticmethod
     def _scan(

@@ -94,9 +94,9 @@ class BackupSettings(_Section):
     configs: bool = False  # the server's config directory
     configs_path: Path = Path("/etc/clickhouse-server")
     access_path: Path | None = None  # when system.user_directories does not say
-    # Row fingerprints of new parts, for verify --restore; "auto": only on servers
-    # without CHECK TABLE (see backup.BackupService.takes_fingerprints).
-    fingerprints: bool | Literal["auto"] = "auto"
+    # Row fingerprints of new parts, for verify --restore; "auto" (the earlier
+    # default) now means false (see backup.BackupService.takes_fingerprints).
+    fingerprints: bool | Literal["auto"] = False
 
     @field_validator("tables", "exclude")
     @classmethod
@@ -315,14 +315,12 @@ configs = false
 configs_path = "/etc/clickhouse-server"
 # access_path = "/var/lib/clickhouse/access"   # default: from system.user_directories
 # Row fingerprints of parts new to the repository (count and sum of row
-# hashes), which `verify --restore` compares after a test restore. The server
-# reads every new part once for them: a third to a half of a full backup's
-# time, nothing on an unchanged night. "auto" takes them only on servers
-# before 20.1, where casbackup does not rely on CHECK TABLE; from 20.1 verify's
-# CHECK TABLE re-hashes every restored file against the checksums ClickHouse
-# wrote at the source. true: always; false: never (verify then compares row
-# counts, and runs CHECK TABLE where it can).
-fingerprints = "auto"
+# hashes), which `verify --restore` compares after a test restore, on top of
+# its own check of every restored file against the part's checksums.txt. The
+# server reads every new part once for them: a third to a half of a full
+# backup's time, nothing on an unchanged night. "auto" (the earlier default)
+# means false.
+fingerprints = false
 
 [retention]
 # What `forget` and the nightly `run` keep (like restic's forget). All zero:

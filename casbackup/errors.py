@@ -227,6 +227,12 @@ class RestoreFailed(CasbackupError):
     exit_code = ExitCode.CLICKHOUSE_QUERY
 
 
+class PartDamaged(CasbackupError):
+    """restore of {table} refused: part {part} is not what ClickHouse wrote: {detail}; nothing was attached"""
+
+    exit_code = ExitCode.INTEGRITY
+
+
 class LockHeld(CasbackupError):
     """{what} is locked by {holder}; wait, or break a stale lock with `casbackup unlock`"""
 

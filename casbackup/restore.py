@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casbackup.catalog import Catalog
+from casbackup.clickhouse.part_check import check_part
 from casbackup.clickhouse.server import ClickHouseServer, TableInfo
 from casbackup.clickhouse.sql import (
     qualified,
@@ -41,6 +42,7 @@ from casbackup.clickhouse.sql import (
 from casbackup.errors import (
     ClickHouseError,
     NothingSelected,
+    PartDamaged,
     RestoreConflict,
     RestoreFailed,
     UsageError,
@@ -81,6 +83,9 @@ class RestoreOptions:
     files_target: Path | None = None  # where stored configs / access files are written
     configs: bool = False
     overwrite_files: bool = False
+    # Check every staged part's files against its checksums.txt before any is
+    # attached (verify --restore, restore --check); see clickhouse.part_check.
+    check_parts: bool = False
 
 
 @dataclass
@@ -91,6 +96,7 @@ class TableOutcome:
     parts: int = 0
     rows: int = 0
     created: bool = False
+    unchecked: int = 0  # parts check_parts could not check (no checksums.txt)
 
 
 @dataclass
@@ -315,7 +321,7 @@ class RestoreService:
                     outcome = outcomes[id(item)]
                     outcome.target = item.target
                     self.progress.table(item.target)
-                    outcome.parts, outcome.rows = self._restore_data(item, fetcher)
+                    self._restore_data(item, fetcher, outcome)
         if self.options.access:  # after tables: grants name them
             if not self.manifest.access and self.manifest.access_files is None:
                 report.notes.append("this backup holds no access entities (made without --rbac?)")
@@ -462,7 +468,7 @@ class RestoreService:
 
     # --- data -----------------------------------------------------------------------
 
-    def _restore_data(self, item: _Item, fetcher: ChunkFetcher) -> tuple[int, int]:
+    def _restore_data(self, item: _Item, fetcher: ChunkFetcher, outcome: TableOutcome) -> None:
         """All or nothing per table: every part is fetched and verified before any is attached."""
         info = self.server.table(item.database, item.name)
         if info is None or not info.data_paths:
@@ -486,6 +492,8 @@ class RestoreService:
         try:
             for batch in staging_batches(parts):
                 staged += self._stage_parts(batch, detached, owner.st_uid, owner.st_gid, fetcher)
+            if self.options.check_parts:
+                outcome.unchecked = self._check_staged(item, staged)
             # Physical rows (count.txt) of attached parts: exact even for parts
             # whose rows a lightweight DELETE masks (count() would not see those).
             log.info(
@@ -512,7 +520,7 @@ class RestoreService:
                 table=item.target,
                 detail=f"{after - before} rows after attaching, the backup recorded {expected}",
             )
-        return len(parts), expected
+        outcome.parts, outcome.rows = len(parts), expected
 
     def _stage_parts(
         self, parts: list[mf.Part], detached: Path, uid: int, gid: int, fetcher: ChunkFetcher
@@ -542,6 +550,33 @@ class RestoreService:
                 shutil.rmtree(temp, ignore_errors=True)
             raise
         return staged
+
+    def _check_staged(self, item: _Item, staged: list[tuple[mf.Part, Path]]) -> int:
+        """Refuse the table if a staged file is not what ClickHouse wrote; returns parts not checkable.
+
+        Files read back from the staging directories, so what is checked is
+        what ATTACH will find, as CHECK TABLE would check it afterwards.
+        """
+        clock, unchecked, nbytes = time.monotonic(), 0, 0
+        for part, temp in staged:
+            found = check_part(temp)
+            if found.problems:
+                shown = "; ".join(found.problems[:3])
+                more = len(found.problems) - 3
+                raise PartDamaged(
+                    table=item.target,
+                    part=part.name,
+                    detail=shown + (f" (and {more} more)" if more > 0 else ""),
+                )
+            unchecked += not found.has_checksums
+            nbytes += found.bytes
+        log.info(
+            "%s: checked %d bytes against checksums.txt in %.2f s",
+            item.target,
+            nbytes,
+            time.monotonic() - clock,
+        )
+        return unchecked
 
     def _attach(self, item: _Item, part: mf.Part, temp: Path, final: Path) -> None:
         os.rename(temp, final)

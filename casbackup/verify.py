@@ -10,9 +10,12 @@
   moves every day (consecutive daily runs cover everything in 100/P days),
   ``n/m`` a fixed group, or a size such as ``2G`` of randomly chosen packs.
 - **--restore**: restore into scratch databases (``_casbackup_verify_…``) on
-  the same server, then per table: parts attached with the recorded rows, a
-  full scan of every column (ClickHouse checks its block checksums),
-  ``CHECK TABLE`` where the server supports it, and the row fingerprint
+  the same server, checking every staged file against its part's
+  ``checksums.txt`` before anything is attached (clickhouse.part_check: the
+  restored part is the one ClickHouse wrote, on every server version), then
+  per table: parts attached with the recorded rows, a full scan of every
+  column (ClickHouse checks its block checksums), ``CHECK TABLE`` where the
+  server supports it, and the row fingerprint, if the backup took one,
   compared with the one recorded at backup time. Scratch databases are
   dropped afterwards, also when verification fails.
 
@@ -38,7 +41,13 @@ from casbackup.catalog.models import COMMITTED, Backup, Chunk, Pack
 from casbackup.clickhouse.fingerprint import Fingerprint, fingerprint, row_hash
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.clickhouse.sql import qualified
-from casbackup.errors import CasbackupError, ClickHouseError, ObjectNotFound, UsageError
+from casbackup.errors import (
+    CasbackupError,
+    ClickHouseError,
+    ObjectNotFound,
+    PartDamaged,
+    UsageError,
+)
 from casbackup.process import ProcessTag
 from casbackup.repo import keys
 from casbackup.repo import manifest as mf
@@ -70,6 +79,7 @@ class TableCheck:
     rows_expected: int | None = None
     rows_found: int | None = None
     fingerprint: str = "not recorded"  # match / mismatch / not recorded / not comparable
+    checksums: str = "not run"  # passed / failed / N of M parts have no checksums.txt
     check_table: str = "not supported"
     ok: bool = True
 
@@ -326,7 +336,9 @@ class Verifier:
     ) -> None:
         assert self.server is not None
         patterns = tuple(exact_pattern(t.database, t.name) for t in selected)
-        base = RestoreOptions(tables=patterns, database_map=mapping, threads=self.options.threads)
+        base = RestoreOptions(
+            tables=patterns, database_map=mapping, threads=self.options.threads, check_parts=True
+        )
         try:
             RestoreService(
                 self.server, self.repo, self.catalog, manifest, replace(base, schema_only=True)
@@ -358,8 +370,16 @@ class Verifier:
                     if outcome.tables
                     else [scratch_db, table.name]
                 )
+                unchecked = sum(t.unchecked for t in outcome.tables)
+                check.checksums = (
+                    f"{unchecked} of {len(table.parts)} parts have no checksums.txt"
+                    if unchecked
+                    else "passed"
+                )
                 self._check_table(check, table, target[0], target[1])
             except CasbackupError as exc:
+                if isinstance(exc, PartDamaged):
+                    check.checksums = "failed"
                 check.ok = False
                 self._problem(RESTORE, f"{name}: {table.qualified}", exc.message)
 
@@ -419,9 +439,9 @@ class Verifier:
                     )
             except ClickHouseError as exc:
                 check.check_table = f"not run: {exc.message}"
-                if check.fingerprint == "not recorded":
-                    # The backup relied on CHECK TABLE ([backup] fingerprints
-                    # "auto"): without it nothing ties the restored data to
+                if check.fingerprint == "not recorded" and check.checksums != "passed":
+                    # Some parts had no checksums.txt and the backup took no
+                    # fingerprint: without CHECK TABLE nothing ties them to
                     # the frozen data.
                     check.ok = False
                     self._problem(

@@ -42,10 +42,10 @@ def test_fingerprints_setting(tmp_path: Path, text: str, value: object) -> None:
     assert load_settings(path, environ={}).backup.fingerprints == value
 
 
-def test_fingerprints_default_to_auto() -> None:
+def test_fingerprints_default_to_off() -> None:
     from casbackup.config import BackupSettings
 
-    assert BackupSettings().fingerprints == "auto"
+    assert BackupSettings().fingerprints is False
 
 
 def test_config_file_from_environment(tmp_path: Path) -> None:

@@ -558,8 +558,7 @@ class Bench:
         self.cas_config.write_text("")  # all defaults; --repo/--clickhouse say where
         self.casbackup("init")
         if self.other_fingerprints:
-            other = "false" if auto_fingerprints(self.engine.version()) else "true"
-            self.other_config.write_text(f"[backup]\nfingerprints = {other}\n")
+            self.other_config.write_text("[backup]\nfingerprints = true\n")
             self.casbackup("init", other=True)
         self.restic("init", "--repository-version", "2")
         return self.casbackup("list", "--json").wall_s
@@ -922,13 +921,6 @@ def evaluate(result: dict[str, Any]) -> list[Verdict]:
     return verdicts
 
 
-def auto_fingerprints(version: str) -> bool:
-    """Whether casbackup's default ([backup] fingerprints = "auto") takes them on this version."""
-    from casbackup.clickhouse.server import CHECK_TABLE_SINCE, version_tuple
-
-    return version_tuple(version) < CHECK_TABLE_SINCE
-
-
 def human(n: float | None) -> str:
     if n is None:
         return ""
@@ -957,8 +949,7 @@ def markdown(result: dict[str, Any]) -> str:
         head += ["BACKUP +", "BACKUP wall s"]
     other = any(n.get("cas_other_wall_s") is not None for n in result["nights"])
     if other:
-        taken = auto_fingerprints(result["clickhouse_version"])
-        head.append(f"cas wall s, fingerprints {'off' if taken else 'on'}")
+        head.append("cas wall s, fingerprints on")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" for _ in head) + "|"]
     lines[1] = lines[1].replace("---:", ":---", 2)
     for n in result["nights"]:
@@ -1022,13 +1013,11 @@ def report(result: dict[str, Any], verdicts: list[Verdict]) -> str:
     out += [f"- **{'PASS' if v.passed else 'FAIL'}** {v.goal}: {v.detail}" for v in verdicts]
     full = nights[0]
     if full.get("cas_other_wall_s"):
-        taken = auto_fingerprints(result["clickhouse_version"])
         out.append(
-            f"- (not a goal) full backup with `[backup] fingerprints = {str(not taken).lower()}`: "
+            "- (not a goal) full backup with `[backup] fingerprints = true`: "
             f"{full['cas_other_wall_s']:.2f} s = "
             f"{full['restic_wall_s'] / full['cas_other_wall_s']:.2f}x restic's throughput "
-            f"(default, fingerprints {'on' if taken else 'off'}: "
-            f"{full['restic_wall_s'] / full['cas_wall_s']:.2f}x)"
+            f"(default, fingerprints off: {full['restic_wall_s'] / full['cas_wall_s']:.2f}x)"
         )
     return "\n".join(out)
 
@@ -1112,9 +1101,8 @@ def main() -> None:
     parser.add_argument(
         "--other-fingerprints",
         action="store_true",
-        help="also back up every night into a second repository with [backup] fingerprints set "
-        'the other way from what the default ("auto") does on this engine (18.16: off, chdb: '
-        "on), to show what the row-fingerprint scan costs (not a goal column)",
+        help="also back up every night into a second repository with [backup] fingerprints = "
+        "true (the default is off), to show what the row-fingerprint scan costs (not a goal column)",
     )
     parser.add_argument("--child-settle", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -54,7 +54,9 @@ def verify(
     restore: Annotated[
         bool,
         typer.Option(
-            "--restore", help="Test-restore into scratch databases and compare fingerprints."
+            "--restore",
+            help="Test-restore into scratch databases; check every file against ClickHouse's "
+            "checksums, and rows.",
         ),
     ] = False,
     tables: TablesOption = None,
@@ -94,12 +96,13 @@ def verify(
             )
         if report.tables:
             print_table(
-                ["backup", "table", "rows", "fingerprint", "CHECK TABLE", "result"],
+                ["backup", "table", "rows", "checksums", "fingerprint", "CHECK TABLE", "result"],
                 [
                     [
                         t.backup,
                         t.table,
                         "" if t.rows_found is None else f"{t.rows_found:,}",
+                        t.checksums,
                         t.fingerprint,
                         t.check_table,
                         "ok" if t.ok else "FAILED",

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from casbackup.errors import ExitCode
-from tests.clickhouse.schema import ODD_TABLE, create_realistic, fingerprints, odd_database, q
+from tests.clickhouse.schema import (
+    ODD_TABLE,
+    create_realistic,
+    fingerprints,
+    odd_database,
+    q,
+    server_for,
+)
 from tests.engines import Engine
 
 
@@ -76,21 +83,76 @@ def test_modern_parts_are_wide_compact_and_have_projections(chdb_engine: Engine,
     drop_databases(chdb_engine, db, odd_database(db))
 
 
-def test_restore_as_maps_databases_and_rewrites_views(
-    engine: Engine, dbname: str, cli: Any
-) -> None:
+def restored_copy(engine: Engine, dbname: str, cli: Any, *options: str) -> tuple[str, Any]:
+    """Back up the realistic schema as "b" and restore it --as a copy, which must equal it."""
     create_realistic(engine, dbname, rows=4000)
     before = fingerprints(engine, [dbname])
     cli(engine, "init")
     assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
     copy = f"{dbname}_copy"
-    result = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}")
+    result = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}", *options)
     assert result.code == 0, result.stderr
     after = {k.replace(copy, dbname, 1): v for k, v in fingerprints(engine, [copy]).items()}
     assert after == before
+    return copy, result
+
+
+def test_restore_as_maps_databases_and_rewrites_views(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    copy, _ = restored_copy(engine, dbname, cli)
     # The view reads the copy, not the original.
     engine.sql(f"TRUNCATE TABLE {q(dbname)}.{'events_wide' if engine.modern else 'events'}")
     assert engine.value(f"SELECT count() FROM {q(copy)}.v") == 100
+
+
+def test_restore_check_refuses_a_damaged_part_and_attaches_nothing(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from casbackup.restore import RestoreService
+
+    copy, checked = restored_copy(engine, dbname, cli, "--check", "--json")
+    assert {t["unchecked_parts"] for t in checked.json()["tables"]} == {0}
+
+    stage = RestoreService._stage_parts
+
+    def damaged(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
+        staged = stage(self, *args)
+        victim = next(staged[-1][1].glob("*mrk*"))
+        data = bytearray(victim.read_bytes())
+        data[-1] ^= 0x01
+        victim.write_bytes(bytes(data))
+        return staged
+
+    monkeypatch.setattr(RestoreService, "_stage_parts", damaged)
+    source = "events_wide" if engine.modern else "events"
+    drop_databases(engine, copy)
+    refused = cli(
+        engine,
+        "restore",
+        "b",
+        "--as",
+        f"{dbname}:{copy}",
+        "--tables",
+        f"{dbname}.{source}",
+        "--check",
+    )
+    assert refused.code == ExitCode.INTEGRITY
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(f"casbackup: error: restore of {copy}.{source} refused: part ")
+    assert "does not match its checksum in checksums.txt; nothing was attached" in line
+    assert engine.value(f"SELECT count() FROM system.parts WHERE database = '{copy}'") == 0
+    server = server_for(engine)
+    try:
+        table = server.table(copy, source)
+        assert table is not None
+        assert list((Path(table.data_paths[0]) / "detached").iterdir()) == []
+    finally:
+        server.close()
+    unchecked = cli(
+        engine, "restore", "b", "--as", f"{dbname}:{dbname}_2", "--tables", f"{dbname}.{source}"
+    )
+    assert unchecked.code == 0  # without --check, ATTACH PART only compares sizes
 
 
 def test_restore_selected_tables_only(engine: Engine, dbname: str, cli: Any) -> None:

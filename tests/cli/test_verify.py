@@ -70,10 +70,8 @@ def test_healthy_repository_passes_every_level(engine: Engine, dbname: str, cli:
     code, report = verify(cli, engine, "--restore")
     [table] = report["tables"]
     assert table["rows_found"] == 300_000
-    if engine.modern:  # "auto": CHECK TABLE re-hashes the restored parts instead
-        assert table["fingerprint"] == "not recorded" and table["check_table"] == "passed"
-    else:
-        assert table["fingerprint"] == "match" and table["check_table"] == "not supported"
+    assert table["checksums"] == "passed" and table["fingerprint"] == "not recorded"
+    assert table["check_table"] == ("passed" if engine.modern else "not supported")
     assert scratch_databases(engine) == []
     text = cli(engine, "verify", "b1", "--restore")
     assert text.code == 0 and "verify OK" in text.stdout
@@ -191,19 +189,21 @@ def test_part_altered_before_attach_is_found_by_restore(
     assert code == ExitCode.VERIFY_FAILED
     [problem] = report["problems"]
     assert problem["level"] == "restore" and problem["object"] == f"b1: {dbname}.events"
+    assert "does not match its checksum in checksums.txt; nothing was attached" in problem["detail"]
+    assert report["tables"][0]["checksums"] == "failed"
     assert scratch_databases(engine) == []  # dropped although verification failed
 
 
 def test_sound_part_holding_other_rows_is_found_by_restore(
-    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A restored part whose files are all valid but hold other rows than were frozen.
 
     Same sizes (ATTACH checks only those), intact compressed blocks (the full
     scan passes), same row count: only a check against what the source had
-    sees it. With the default fingerprints ("auto") that is CHECK TABLE on a
-    modern server and the row fingerprint on 18.16, the reason "auto" can
-    skip the fingerprint where CHECK TABLE exists.
+    sees it: verify's check of every file against checksums.txt, on both
+    engines (18.16 has no CHECK TABLE), the reason backups take no row
+    fingerprints by default.
     """
     from casbackup.restore import RestoreService
 
@@ -235,21 +235,27 @@ def test_sound_part_holding_other_rows_is_found_by_restore(
     assert code == ExitCode.VERIFY_FAILED
     [problem] = report["problems"]
     assert problem["object"] == f"b1: {dbname}.a"
-    if engine.modern:
-        assert problem["detail"] == "CHECK TABLE found a damaged part"
-    else:
-        assert problem["detail"] == "same row count, different content (row hashes differ)"
+    assert problem["detail"].startswith("restore of _casbackup_verify_")
+    assert ".bin does not match its checksum in checksums.txt" in problem["detail"]
     assert scratch_databases(engine) == []
+    set_fingerprints(tmp_path, monkeypatch, "true")  # the row check on its own sees it too
+    monkeypatch.setattr(RestoreService, "_check_staged", lambda *_: 0)
+    assert cli(engine, "create", "b2", "--tables", f"{dbname}.a").code == 0
+    code, report = verify(cli, engine, "b2", "--restore")
+    assert code == ExitCode.VERIFY_FAILED
+    details = {p["detail"] for p in report["problems"]}
+    assert "same row count, different content (row hashes differ)" in details
 
 
-def test_check_table_failing_to_run_without_a_fingerprint_is_a_problem(
+def test_check_table_failing_to_run_matters_only_for_parts_without_checksums(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With "auto" a modern server's backup has no fingerprint: CHECK TABLE is the only content check."""
+    """Without a fingerprint, a part casbackup could not check itself needs CHECK TABLE."""
     if not engine.modern:
-        pytest.skip("18.16 has no CHECK TABLE for MergeTree; it keeps fingerprints")
+        pytest.skip("18.16 has no CHECK TABLE for MergeTree")
     from casbackup.clickhouse.embedded import EmbeddedClient
     from casbackup.errors import ClickHouseError
+    from casbackup.restore import RestoreService
 
     backed_up(engine, dbname, cli, rows=20_000)
     real = EmbeddedClient.query
@@ -261,7 +267,21 @@ def test_check_table_failing_to_run_without_a_fingerprint_is_a_problem(
 
     monkeypatch.setattr(EmbeddedClient, "query", refusing)
     code, report = verify(cli, engine, "--restore")
+    [table] = report["tables"]
+    assert code == 0 and table["checksums"] == "passed"
+    assert table["check_table"].startswith("not run: ")
+
+    stage = RestoreService._stage_parts
+
+    def without_checksums(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
+        staged = stage(self, *args)
+        (staged[0][1] / "checksums.txt").unlink()  # as in parts older than 2016
+        return staged
+
+    monkeypatch.setattr(RestoreService, "_stage_parts", without_checksums)
+    code, report = verify(cli, engine, "--restore")
     assert code == ExitCode.VERIFY_FAILED
+    assert report["tables"][0]["checksums"].startswith("1 of ")
     [problem] = report["problems"]
     assert problem["object"] == f"b1: {dbname}.events"
     assert problem["detail"].startswith("CHECK TABLE could not run (")
@@ -297,15 +317,24 @@ def scans(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     return scanned
 
 
-def test_fingerprints_auto_are_taken_where_check_table_is_missing(
-    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("setting", [None, '"auto"'])
+def test_fingerprints_are_off_unless_asked_for(
+    engine: Engine,
+    dbname: str,
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str | None,
 ) -> None:
+    """The default, and "auto" (the default before verify checked checksums.txt), scan nothing."""
+    if setting is not None:
+        set_fingerprints(tmp_path, monkeypatch, setting)
     scanned = scans(monkeypatch)
     backed_up(engine, dbname, cli, rows=20_000)
     repo = Repository.open(LocalStore(tmp_path / "repo"))
     taken = [p.fingerprint is not None for t in repo.read_manifest("b1").tables for p in t.parts]
-    assert taken and set(taken) == {not engine.modern}
-    assert bool(scanned) == (not engine.modern)
+    assert taken and set(taken) == {False}
+    assert scanned == []
 
 
 def test_fingerprints_scan_only_new_parts(

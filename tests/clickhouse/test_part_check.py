@@ -1,0 +1,140 @@
+"""ClickHouse's file checksums computed here, proved against parts both engines wrote."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from casbackup.clickhouse.part_check import BLOCK, ClickHouseFileHash, check_part, file_hash
+from tests.clickhouse.schema import create_realistic
+from tests.engines import Engine
+
+
+def active_parts(engine: Engine, db: str) -> list[Path]:
+    rows = engine.sql(
+        f"SELECT path FROM system.parts WHERE database = '{db}' AND active AND rows > 0"
+    )
+    return [Path(path) for (path,) in rows]
+
+
+def copy_part(engine: Engine, db: str, tmp_path: Path) -> Path:
+    """A copy of the biggest wide part, to damage without touching the server's."""
+    table = "events_wide" if engine.modern else "events"
+    [(path,)] = engine.sql(
+        f"SELECT path FROM system.parts WHERE database = '{db}' AND table = '{table}' AND active "
+        "ORDER BY bytes_on_disk DESC LIMIT 1"
+    )
+    return Path(shutil.copytree(path, tmp_path / "part"))
+
+
+def varuint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def checksums_v3(entries: dict[str, tuple[int, bytes]]) -> bytes:
+    """checksums.txt format version 3 (uncompressed records), as ClickHouse writes it."""
+    body = varuint(len(entries))
+    for name, (size, digest) in sorted(entries.items()):
+        raw = name.encode()
+        body += varuint(len(raw)) + raw + varuint(size) + digest + b"\x00"
+    return b"checksums format version: 3\n" + body
+
+
+def test_every_file_of_every_part_matches_what_clickhouse_recorded(
+    engine: Engine, dbname: str
+) -> None:
+    """Wide, compact, projection, skip index, LowCardinality, Nullable: one hash for all."""
+    create_realistic(engine, dbname)
+    parts = active_parts(engine, dbname)
+    assert len(parts) >= 4
+    for path in parts:
+        found = check_part(path)
+        assert found.problems == [] and found.has_checksums, path
+        assert found.files >= 3
+    if engine.modern:  # the projection's files, through its own checksums.txt
+        assert any((p / "by_d.proj" / "checksums.txt").exists() for p in parts)
+
+
+def test_a_changed_byte_a_wrong_size_and_a_missing_file_are_each_found(
+    engine: Engine, dbname: str, tmp_path: Path
+) -> None:
+    create_realistic(engine, dbname, rows=20_000)
+    part = copy_part(engine, dbname, tmp_path)
+    bins = sorted(part.glob("*.bin"), key=lambda p: p.stat().st_size)
+    data = bytearray(bins[-1].read_bytes())
+    data[len(data) // 2] ^= 0x40
+    bins[-1].write_bytes(bytes(data))
+    with bins[0].open("ab") as grown:
+        grown.write(b"\x00")
+    (part / "primary.idx" if (part / "primary.idx").exists() else part / "primary.cidx").unlink()
+    problems = check_part(part).problems
+    assert len(problems) == 3, problems
+    assert f"{bins[-1].name} does not match its checksum in checksums.txt" in problems
+    assert any(p.startswith(f"{bins[0].name} has ") for p in problems)
+    assert any(p.startswith("primary.") and p.endswith(" is missing") for p in problems)
+
+
+def test_hostile_names_in_checksums_txt_are_findings_and_never_opened(tmp_path: Path) -> None:
+    part = tmp_path / "part"
+    part.mkdir()
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"x" * 10)
+    digest = file_hash(outside)
+    (part / "checksums.txt").write_bytes(
+        checksums_v3({"../secret": (10, digest), "a/../../secret": (10, digest), "..": (0, digest)})
+    )
+    found = check_part(part)
+    assert found.files == 0 and len(found.problems) == 3
+    assert all(p.startswith("checksums.txt lists an unsafe name") for p in found.problems)
+
+
+def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    part = tmp_path / "part"
+    part.mkdir()
+    (tmp_path / "target.bin").write_bytes(b"y" * 3000)
+    os.symlink(tmp_path / "target.bin", part / "x.bin")
+    (part / "checksums.txt").write_bytes(
+        checksums_v3({"x.bin": (3000, file_hash(tmp_path / "target.bin"))})
+    )
+    assert check_part(part).problems == ["x.bin is missing"]
+
+
+def test_a_part_without_checksums_is_reported_as_unchecked(tmp_path: Path) -> None:
+    (tmp_path / "data.bin").write_bytes(b"z")
+    found = check_part(tmp_path)
+    assert not found.has_checksums and found.problems == [] and found.files == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=5 * BLOCK + 17),
+    cuts=st.lists(st.integers(min_value=0, max_value=5 * BLOCK + 17), max_size=8),
+)
+def test_the_hash_does_not_depend_on_how_the_file_is_fed(data: bytes, cuts: list[int]) -> None:
+    whole = ClickHouseFileHash()
+    whole.update(data)
+    pieces = ClickHouseFileHash()
+    bounds = [0, *sorted(c for c in cuts if c <= len(data)), len(data)]
+    for start, end in itertools.pairwise(bounds):
+        pieces.update(data[start:end])
+    assert pieces.digest() == whole.digest()
+    assert whole.digest() == whole.digest()  # digest leaves the state as it was
+
+
+def test_blocks_are_chained_with_the_previous_hash_as_seed() -> None:
+    """Two files sharing a last block but not a first hash differently; an empty file is zero."""
+    assert ClickHouseFileHash().digest() == bytes(16)
+    a, b = ClickHouseFileHash(), ClickHouseFileHash()
+    a.update(b"a" * BLOCK + b"tail")
+    b.update(b"b" * BLOCK + b"tail")
+    assert a.digest() != b.digest()
