@@ -15,7 +15,7 @@ The PyPI binding (clickhouse-cityhash) ignores the seed of
 16 bytes or more, exactly ``CityHash128WithSeed(s + 16, len - 16, seed)`` with
 ``seed = (Fetch64(s) ^ k3, Fetch64(s + 8))``. Prefixing each block with the
 seed's words (the low one xor k3) therefore gives the seeded hash through the
-unseeded function. It runs at about 1 GB/s on one core here, holding the GIL.
+unseeded function. It runs at about 1.2 GB/s on one core here, holding the GIL.
 
 Names in ``checksums.txt`` come from repository data and are untrusted: one
 that is not a plain path inside the part is a finding, never opened.
@@ -43,50 +43,51 @@ READ_SIZE = 1024 * 1024
 
 
 class ClickHouseFileHash:
-    """ClickHouse's checksum of a file fed in pieces of any size."""
+    """ClickHouse's checksum of a file fed in pieces of any size.
+
+    Every block goes to CityHash128 as a new ``bytes`` (seed words joined to
+    the block, one copy): the binding releases the buffer of nothing else,
+    so a memoryview or bytearray argument would leak one export per block
+    (about 160 MB per GB hashed, seen). Joining was also the fastest form
+    measured: 1.27 GB/s on one core, against 0.46-0.59 GB/s for packing the
+    seed into a reused buffer.
+    """
 
     def __init__(self) -> None:
         self._low = 0
         self._high = 0
-        # The seed words, then up to one block of pending bytes.
-        self._buffer = bytearray(_SEED.size + BLOCK)
-        self._pending = 0
+        self._pending = b""  # under one block
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
-        buffer, start = self._buffer, _SEED.size
-        position = 0
         if self._pending:
-            take = min(BLOCK - self._pending, len(view))
-            buffer[start + self._pending : start + self._pending + take] = view[:take]
-            self._pending += take
-            position = take
-            if self._pending < BLOCK:
+            take = min(BLOCK - len(self._pending), len(view))
+            self._pending += view[:take]
+            view = view[take:]
+            if len(self._pending) < BLOCK:
                 return
-            self._append()
-        whole = len(view) - (len(view) - position) % BLOCK
-        while position < whole:
-            buffer[start:] = view[position : position + BLOCK]
-            self._append()
-            position += BLOCK
-        rest = len(view) - position
-        buffer[start : start + rest] = view[position:]
-        self._pending = rest
-
-    def _append(self) -> None:
-        self._low, self._high = self._chained(BLOCK)
-        self._pending = 0
-
-    def _chained(self, length: int) -> tuple[int, int]:
-        """The hash of the buffer's first ``length`` bytes, seeded with the state so far."""
-        _SEED.pack_into(self._buffer, 0, self._low ^ _K3, self._high)
-        value = CityHash128(memoryview(self._buffer)[: _SEED.size + length])
-        return value >> 64, value & _MASK64
+            self._low, self._high = _chain(memoryview(self._pending), self._low, self._high)
+            self._pending = b""
+        whole = len(view) - len(view) % BLOCK
+        self._low, self._high = _chain(view[:whole], self._low, self._high)
+        self._pending = bytes(view[whole:])
 
     def digest(self) -> bytes:
         """The 16 bytes ``checksums.txt`` stores (low word first, little-endian)."""
-        low, high = self._chained(self._pending) if self._pending else (self._low, self._high)
+        low, high = self._low, self._high
+        if self._pending:
+            value = CityHash128(_SEED.pack(low ^ _K3, high) + self._pending)
+            low, high = value >> 64, value & _MASK64
         return _SEED.pack(low, high)
+
+
+def _chain(blocks: memoryview, low: int, high: int) -> tuple[int, int]:
+    """Hash whole blocks in order, each seeded with the hash before it."""
+    pack, join = _SEED.pack, b"".join
+    for start in range(0, len(blocks), BLOCK):
+        value = CityHash128(join((pack(low ^ _K3, high), blocks[start : start + BLOCK])))
+        low, high = value >> 64, value & _MASK64
+    return low, high
 
 
 def file_hash(path: Path) -> bytes:

@@ -138,3 +138,23 @@ def test_blocks_are_chained_with_the_previous_hash_as_seed() -> None:
     a.update(b"a" * BLOCK + b"tail")
     b.update(b"b" * BLOCK + b"tail")
     assert a.digest() != b.digest()
+
+
+def test_hashing_keeps_no_memory_behind() -> None:
+    """The binding never releases a buffer it is given: only new bytes objects may reach it."""
+    import tracemalloc
+
+    data = bytearray(os.urandom(4 * 1024 * 1024))
+    ClickHouseFileHash().update(data)  # warm-up: caches, interned objects
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        hasher = ClickHouseFileHash()
+        hasher.update(memoryview(data)[1:])
+        hasher.digest()
+        del hasher
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024  # a leaked view per 2 KiB block would be about 300 KB here
+    data.extend(b"x")  # and no export of the caller's buffer is left behind
