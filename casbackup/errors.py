@@ -228,7 +228,7 @@ class RestoreFailed(CasbackupError):
 
 
 class PartDamaged(CasbackupError):
-    """restore of {table} refused: part {part} is not what ClickHouse wrote: {detail}; nothing was attached"""
+    """restore of {table} refused: part {part} is not what ClickHouse wrote: {detail}; no part of this table was attached"""
 
     exit_code = ExitCode.INTEGRITY
 

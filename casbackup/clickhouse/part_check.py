@@ -18,22 +18,29 @@ seed's words (the low one xor k3) therefore gives the seeded hash through the
 unseeded function. It runs at about 1.2 GB/s on one core here, holding the GIL.
 
 Names in ``checksums.txt`` come from repository data and are untrusted: one
-that is not a plain path inside the part is a finding, never opened.
-Projections (``name.proj`` directories) are checked through their own
-``checksums.txt``; their entry in the parent is a hash of that file's
-contents, which that check covers.
+that is not a plain file name inside the part is a finding, never opened,
+and nothing is opened through a symlink. Projections (``name.proj``
+directories) are checked through their own ``checksums.txt``; the parent's
+entry for one holds the total size of the projection's files (compared) and
+a SipHash of their names and hashes (not recomputed here).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clickhouse_cityhash.cityhash import CityHash128
 
-from casbackup.clickhouse.checksums import read_checksums
+from casbackup.clickhouse.checksums import (
+    MAX_CHECKSUMS_BYTES,
+    ChecksumsError,
+    FileChecksum,
+    parse_checksums,
+)
 
 BLOCK = 2048  # DBMS_DEFAULT_HASHING_BLOCK_SIZE
 _K3 = 0xC949D7C7509E6557  # CityHash v1.0.2's k3
@@ -90,12 +97,32 @@ def _chain(blocks: memoryview, low: int, high: int) -> tuple[int, int]:
     return low, high
 
 
-def file_hash(path: Path) -> bytes:
-    hasher = ClickHouseFileHash()
-    with path.open("rb", buffering=0) as stream:
+def file_hash(path: Path, size: int | None = None) -> bytes:
+    """ClickHouse's checksum of a regular file, never through a symlink.
+
+    With ``size``, a file of another size (or not a regular file) raises
+    ``PartFileError`` before anything is read: opened once, then fstat-ed, so
+    what is hashed is what was checked.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb", buffering=0) as stream:
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode):
+            raise PartFileError("is not a regular file")
+        if size is not None and found.st_size != size:
+            raise PartFileError(f"has {found.st_size} bytes, checksums.txt says {size}")
+        hasher = ClickHouseFileHash()
         while chunk := stream.read(READ_SIZE):
             hasher.update(chunk)
     return hasher.digest()
+
+
+class PartFileError(Exception):
+    """A listed file that cannot be what checksums.txt describes (the message says why)."""
+
+
+# A part with more findings than this is damaged beyond what listing them helps.
+MAX_PROBLEMS = 100
 
 
 @dataclass
@@ -107,57 +134,99 @@ class PartCheck:
     has_checksums: bool = True
     problems: list[str] = field(default_factory=list)
 
+    def add(self, problem: str) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+
 
 def check_part(directory: Path) -> PartCheck:
     """Every file ``checksums.txt`` lists, by size then by ClickHouse's hash.
 
-    A part without a readable ``checksums.txt`` (formats before 2016) cannot
-    be checked this way; ``has_checksums`` says so and the caller decides.
+    A part without ``checksums.txt`` (formats before 2016) cannot be checked
+    this way; ``has_checksums`` says so and the caller decides. One that is
+    there but unreadable or unparseable is a finding, not a pass.
     """
     result = PartCheck()
     _check_directory(directory, "", result)
     return result
 
 
-def _check_directory(directory: Path, prefix: str, result: PartCheck) -> None:
-    listed = read_checksums(directory / "checksums.txt")
-    if listed is None:
-        if prefix:
-            result.problems.append(f"{prefix}checksums.txt is missing or unreadable")
-        else:
-            result.has_checksums = False
-        return
+def _check_directory(directory: Path, prefix: str, result: PartCheck) -> dict[str, FileChecksum]:
+    listed = _listed(directory / "checksums.txt", prefix, result)
     for name, expected in sorted(listed.items()):
-        shown = prefix + name
+        if len(result.problems) >= MAX_PROBLEMS:
+            break
         if not _plain_name(name):
-            result.problems.append(f"checksums.txt lists an unsafe name {shown[:200]!r}")
+            result.add(f"{prefix}checksums.txt lists an unsafe name {(prefix + name)[:200]!r}")
             continue
-        path = directory / name
-        if name.endswith(".proj") and path.is_dir() and not path.is_symlink():
-            _check_directory(path, f"{shown}/", result)
-            continue
+        shown, path = prefix + name, directory / name
         try:
-            size = os.lstat(path).st_size if path.is_file() and not path.is_symlink() else None
-            if size is None:
-                result.problems.append(f"{shown} is missing")
+            mode = os.lstat(path).st_mode
+            if name.endswith(".proj") and stat.S_ISDIR(mode):
+                # The parent lists a projection with the total size of its files.
+                inner = _check_directory(path, f"{shown}/", result)
+                if inner and sum(c.size for c in inner.values()) != expected.size:
+                    result.add(f"{shown} holds other files than its part lists")
                 continue
-            if size != expected.size:
-                result.problems.append(
-                    f"{shown} has {size} bytes, checksums.txt says {expected.size}"
-                )
-                continue
-            actual = file_hash(path)
+            if not stat.S_ISREG(mode):
+                raise PartFileError("is not a regular file")
+            actual = file_hash(path, expected.size)
+        except FileNotFoundError:
+            result.add(f"{shown} is missing")
+            continue
+        except PartFileError as exc:
+            result.add(f"{shown} {exc}")
+            continue
         except OSError as exc:
-            result.problems.append(f"{shown} cannot be read: {exc.strerror}")
+            result.add(f"{shown} cannot be read: {exc.strerror or exc}")
             continue
         result.files += 1
-        result.bytes += size
+        result.bytes += expected.size
         if actual != expected.hash:
-            result.problems.append(f"{shown} does not match its checksum in checksums.txt")
+            result.add(f"{shown} does not match its checksum in checksums.txt")
+    return listed
+
+
+def _listed(path: Path, prefix: str, result: PartCheck) -> dict[str, FileChecksum]:
+    """The part's checksums.txt; absent only makes a top-level part unchecked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if prefix:
+            result.add(f"{prefix}checksums.txt is missing")
+        else:
+            result.has_checksums = False
+        return {}
+    except OSError as exc:
+        result.add(f"{prefix}checksums.txt cannot be read: {exc.strerror or exc}")
+        return {}
+    try:
+        with open(fd, "rb", buffering=0) as stream:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ChecksumsError("not a regular file")
+            data = stream.read(MAX_CHECKSUMS_BYTES + 1)
+        listed = parse_checksums(data)
+    except OSError as exc:
+        result.add(f"{prefix}checksums.txt cannot be read: {exc.strerror or exc}")
+        return {}
+    except ChecksumsError as exc:
+        result.add(f"{prefix}checksums.txt is not usable: {exc}")
+        return {}
+    if not listed:
+        result.add(f"{prefix}checksums.txt lists no files")
+    return listed
 
 
 def _plain_name(name: str) -> bool:
-    """A file directly inside the part: every name ClickHouse lists is one (projections too)."""
+    """A file directly inside the part, as ClickHouse names them.
+
+    ClickHouse escapes column names into file names (``count%28%29.bin``), so
+    every name it lists is printable ASCII without '/'; anything else would
+    only be there to reach outside the part or into a terminal.
+    """
     return (
-        name not in ("", ".", "..") and "/" not in name and "\x00" not in name and len(name) <= 255
+        name not in (".", "..")
+        and 0 < len(name) <= 255
+        and all("!" <= c <= "~" for c in name)
+        and "/" not in name
     )

@@ -140,7 +140,9 @@ def test_restore_check_refuses_a_damaged_part_and_attaches_nothing(
     assert refused.code == ExitCode.INTEGRITY
     [line] = refused.stderr.strip().splitlines()
     assert line.startswith(f"casbackup: error: restore of {copy}.{source} refused: part ")
-    assert "does not match its checksum in checksums.txt; nothing was attached" in line
+    assert (
+        "does not match its checksum in checksums.txt; no part of this table was attached" in line
+    )
     assert engine.value(f"SELECT count() FROM system.parts WHERE database = '{copy}'") == 0
     server = server_for(engine)
     try:

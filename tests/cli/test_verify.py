@@ -189,7 +189,10 @@ def test_part_altered_before_attach_is_found_by_restore(
     assert code == ExitCode.VERIFY_FAILED
     [problem] = report["problems"]
     assert problem["level"] == "restore" and problem["object"] == f"b1: {dbname}.events"
-    assert "does not match its checksum in checksums.txt; nothing was attached" in problem["detail"]
+    assert (
+        "does not match its checksum in checksums.txt; no part of this table was attached"
+        in (problem["detail"])
+    )
     assert report["tables"][0]["checksums"] == "failed"
     assert scratch_databases(engine) == []  # dropped although verification failed
 
@@ -247,15 +250,14 @@ def test_sound_part_holding_other_rows_is_found_by_restore(
     assert "same row count, different content (row hashes differ)" in details
 
 
-def test_check_table_failing_to_run_matters_only_for_parts_without_checksums(
+def test_check_table_failing_to_run_is_reported_not_failed(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without a fingerprint, a part casbackup could not check itself needs CHECK TABLE."""
+    """Every file was checked against checksums.txt already; CHECK TABLE is a second opinion."""
     if not engine.modern:
         pytest.skip("18.16 has no CHECK TABLE for MergeTree")
     from casbackup.clickhouse.embedded import EmbeddedClient
     from casbackup.errors import ClickHouseError
-    from casbackup.restore import RestoreService
 
     backed_up(engine, dbname, cli, rows=20_000)
     real = EmbeddedClient.query
@@ -270,7 +272,16 @@ def test_check_table_failing_to_run_matters_only_for_parts_without_checksums(
     [table] = report["tables"]
     assert code == 0 and table["checksums"] == "passed"
     assert table["check_table"].startswith("not run: ")
+    assert "Not enough privileges" in table["check_table"]
 
+
+def test_parts_without_checksums_fail_verify(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing ties such a part to the frozen data: not the check, a fingerprint or CHECK TABLE."""
+    from casbackup.restore import RestoreService
+
+    backed_up(engine, dbname, cli, rows=20_000)
     stage = RestoreService._stage_parts
 
     def without_checksums(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
@@ -284,8 +295,8 @@ def test_check_table_failing_to_run_matters_only_for_parts_without_checksums(
     assert report["tables"][0]["checksums"].startswith("1 of ")
     [problem] = report["problems"]
     assert problem["object"] == f"b1: {dbname}.events"
-    assert problem["detail"].startswith("CHECK TABLE could not run (")
-    assert "Not enough privileges" in problem["detail"]
+    assert problem["detail"].startswith("1 of ")
+    assert "parts have no checksums.txt (written before 2016)" in problem["detail"]
     assert scratch_databases(engine) == []
 
 

@@ -7,9 +7,11 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from casbackup.clickhouse.checksums import read_checksums
 from casbackup.clickhouse.part_check import BLOCK, ClickHouseFileHash, check_part, file_hash
 from tests.clickhouse.schema import create_realistic
 from tests.engines import Engine
@@ -106,7 +108,7 @@ def test_a_symlink_is_not_followed(tmp_path: Path) -> None:
     (part / "checksums.txt").write_bytes(
         checksums_v3({"x.bin": (3000, file_hash(tmp_path / "target.bin"))})
     )
-    assert check_part(part).problems == ["x.bin is missing"]
+    assert check_part(part).problems == ["x.bin is not a regular file"]
 
 
 def test_a_part_without_checksums_is_reported_as_unchecked(tmp_path: Path) -> None:
@@ -158,3 +160,101 @@ def test_hashing_keeps_no_memory_behind() -> None:
         tracemalloc.stop()
     assert grown < 64 * 1024  # a leaked view per 2 KiB block would be about 300 KB here
     data.extend(b"x")  # and no export of the caller's buffer is left behind
+
+
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (0, "00000000000000000000000000000000"),
+        (1, "b27aedfc610eafe36fcbe5d4205dae62"),
+        (16, "48ddfb05246b74b1cf9fa822150e49da"),
+        (2047, "3fc9ea3eba4c369ea388c0171e74cba5"),
+        (2048, "d259b8777a616a8165f7b06e63ffd2d8"),
+        (2049, "89b410f6ca75afe0d4500d221b4a7cef"),
+        (4096, "9c70ea81d58ec01a6b21eb14afb9f6cc"),
+        (5000, "97cd6279dae822f3324bf44995840f24"),
+    ],
+)
+def test_pinned_hashes_at_block_edges(length: int, expected: str) -> None:
+    """Pinned from this code once it matched both engines' parts: any change shows here first."""
+    hasher = ClickHouseFileHash()
+    hasher.update(bytes(i * 7 % 251 for i in range(length)))
+    assert hasher.digest().hex() == expected
+
+
+def test_a_file_clickhouse_hashed() -> None:
+    """count.txt of a 100,000-row part, with the checksum chdb wrote for it."""
+    hasher = ClickHouseFileHash()
+    hasher.update(b"100000")
+    assert hasher.digest().hex() == "064c3696e16df95da570008a8665a0bd"
+
+
+def part_listing(tmp_path: Path, entries: dict[str, bytes], listed: dict[str, int]) -> Path:
+    """A part directory with these files, whose checksums.txt lists ``listed`` (name: size)."""
+    part = tmp_path / "part"
+    part.mkdir()
+    for name, content in entries.items():
+        (part / name).write_bytes(content)
+    digests = {n: file_hash(part / n) if n in entries else bytes(16) for n in listed}
+    (part / "checksums.txt").write_bytes(
+        checksums_v3({n: (size, digests[n]) for n, size in listed.items()})
+    )
+    return part
+
+
+def test_names_that_are_not_clickhouse_file_names_are_refused(tmp_path: Path) -> None:
+    long = "é" * 200 + ".proj"  # 200 characters, 400 bytes: too long for a file name
+    part = part_listing(
+        tmp_path, {}, {"bad\nname\x1b[31m.bin": 1, long: 0, "sp ace.bin": 1, "ok%28%29.bin": 0}
+    )
+    (part / "ok%28%29.bin").write_bytes(b"")
+    found = check_part(part)
+    assert len(found.problems) == 3 and found.files == 1
+    assert all(p.startswith("checksums.txt lists an unsafe name") for p in found.problems)
+    assert all("\n" not in p and "\x1b" not in p for p in found.problems)
+
+
+def test_an_unusable_checksums_txt_is_a_finding_not_a_pass(tmp_path: Path) -> None:
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "checksums.txt").write_bytes(b"checksums format version: 2\n2 files:\n")
+    assert check_part(part).problems == [
+        "checksums.txt is not usable: unsupported checksums format version 2"
+    ]
+    (part / "checksums.txt").write_bytes(checksums_v3({}))
+    assert check_part(part).problems == ["checksums.txt lists no files"]
+    (part / "checksums.txt").unlink()
+    os.mkfifo(part / "checksums.txt")  # opened without blocking, refused
+    found = check_part(part)
+    assert found.has_checksums and found.problems[0].startswith("checksums.txt is not usable")
+
+
+def test_a_directory_under_a_file_name_is_not_a_file(tmp_path: Path) -> None:
+    part = part_listing(tmp_path, {}, {"x.bin": 0})
+    (part / "x.bin").mkdir()
+    assert check_part(part).problems == ["x.bin is not a regular file"]
+
+
+def test_a_damaged_projection_is_found(engine: Engine, dbname: str, tmp_path: Path) -> None:
+    if not engine.modern:
+        pytest.skip("18.16 has no projections")
+    create_realistic(engine, dbname, rows=20_000)
+    part = copy_part(engine, dbname, tmp_path)
+    projection = part / "by_d.proj"
+    victim = max(projection.glob("*.bin"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0x01
+    victim.write_bytes(bytes(data))
+    assert check_part(part).problems == [
+        f"by_d.proj/{victim.name} does not match its checksum in checksums.txt"
+    ]
+    victim.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0x01]))  # repaired
+    listed = read_checksums(projection / "checksums.txt")
+    assert listed is not None
+    del listed[victim.name]  # a projection that lists fewer files than its part says it holds
+    (projection / "checksums.txt").write_bytes(
+        checksums_v3({n: (c.size, c.hash) for n, c in listed.items()})
+    )
+    assert check_part(part).problems == ["by_d.proj holds other files than its part lists"]
+    (projection / "checksums.txt").unlink()
+    assert check_part(part).problems == ["by_d.proj/checksums.txt is missing"]
