@@ -162,6 +162,9 @@ class RestoreService:
         self.options = options
         self.progress = progress or RestoreProgress()
         self.files = manifest.file_table()
+        # check_parts: per target table whose parts passed, how many had no
+        # checksums.txt; kept here so a later failure does not hide it.
+        self.checked: dict[str, int] = {}
 
     # --- 1. plan -----------------------------------------------------------------
 
@@ -493,7 +496,7 @@ class RestoreService:
             for batch in staging_batches(parts):
                 staged += self._stage_parts(batch, detached, owner.st_uid, owner.st_gid, fetcher)
             if self.options.check_parts:
-                outcome.unchecked = self._check_staged(item, staged)
+                outcome.unchecked = self.checked[item.target] = self._check_staged(item, staged)
             # Physical rows (count.txt) of attached parts: exact even for parts
             # whose rows a lightweight DELETE masks (count() would not see those).
             log.info(

@@ -355,8 +355,9 @@ class Verifier:
             )
             self.report.tables.append(check)
             self.note(f"verifying {table.qualified} of {name}")
+            checked: dict[str, int] = {}
             try:
-                outcome = RestoreService(
+                service = RestoreService(
                     self.server,
                     self.repo,
                     self.catalog,
@@ -364,36 +365,47 @@ class Verifier:
                     replace(
                         base, tables=(exact_pattern(table.database, table.name),), data_only=True
                     ),
-                ).run()
+                )
+                checked = service.checked
+                outcome = service.run()
                 target = (
                     outcome.tables[0].target.split(".", 1)
                     if outcome.tables
                     else [scratch_db, table.name]
                 )
-                unchecked = sum(t.unchecked for t in outcome.tables)
-                check.checksums = (
-                    f"{unchecked} of {len(table.parts)} parts have no checksums.txt"
-                    if unchecked
-                    else "passed"
-                )
-                if unchecked:
-                    # Nothing else ties such parts to the frozen data: the
-                    # fingerprint scan skips them and CHECK TABLE rebuilds
-                    # a missing checksums.txt and passes.
-                    check.ok = False
-                    self._problem(
-                        RESTORE,
-                        f"{name}: {table.qualified}",
-                        f"{unchecked} of {len(table.parts)} parts have no checksums.txt (written "
-                        "before 2016), so their content cannot be checked; OPTIMIZE TABLE ... FINAL "
-                        "rewrites them with one",
-                    )
+                self._record_checksums(check, table, checked)
                 self._check_table(check, table, target[0], target[1])
             except CasbackupError as exc:
+                check.ok = False
                 if isinstance(exc, PartDamaged):
                     check.checksums = "failed"
-                check.ok = False
+                else:  # failed after the check (rows after ATTACH, say): what it found stands
+                    self._record_checksums(check, table, checked)
                 self._problem(RESTORE, f"{name}: {table.qualified}", exc.message)
+
+    def _record_checksums(
+        self, check: TableCheck, table: mf.Table, checked: dict[str, int]
+    ) -> None:
+        if not checked or check.checksums != "not run":
+            return
+        unchecked = sum(checked.values())
+        check.checksums = (
+            f"{unchecked} of {len(table.parts)} parts have no checksums.txt"
+            if unchecked
+            else "passed"
+        )
+        if unchecked:
+            # Nothing else ties such parts to the frozen data: the fingerprint
+            # scan skips them and CHECK TABLE rebuilds a missing checksums.txt
+            # and passes.
+            check.ok = False
+            self._problem(
+                RESTORE,
+                f"{check.backup}: {check.table}",
+                f"{unchecked} of {len(table.parts)} parts have no checksums.txt (written before "
+                "2016), so their content cannot be checked; OPTIMIZE TABLE ... FINAL rewrites "
+                "them with one",
+            )
 
     def _check_table(self, check: TableCheck, table: mf.Table, database: str, name: str) -> None:
         self._compare_fingerprint(check, table, database, name)

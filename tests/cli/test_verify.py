@@ -197,6 +197,22 @@ def test_part_altered_before_attach_is_found_by_restore(
     assert scratch_databases(engine) == []  # dropped although verification failed
 
 
+def test_a_failure_after_the_checksum_check_keeps_its_result(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from casbackup.clickhouse.server import ClickHouseServer
+
+    backed_up(engine, dbname, cli, rows=20_000)
+    monkeypatch.setattr(ClickHouseServer, "part_rows", lambda *_: 0)  # rows never arrive
+    code, report = verify(cli, engine, "--restore")
+    assert code == ExitCode.VERIFY_FAILED
+    [table] = report["tables"]
+    assert table["checksums"] == "passed" and not table["ok"]
+    [problem] = report["problems"]
+    assert "0 rows after attaching, the backup recorded 20000" in problem["detail"]
+    assert scratch_databases(engine) == []
+
+
 def test_sound_part_holding_other_rows_is_found_by_restore(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
