@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import random
 import tracemalloc
 
@@ -51,15 +52,31 @@ def test_empty_file_has_no_chunks_and_a_stable_id() -> None:
 def test_insertion_in_the_middle_keeps_most_chunks(
     seed: int, position: float, insert: bytes
 ) -> None:
+    """Only chunks around the edit change: one run of them, covering the edit, a few chunks long.
+
+    Cut points resynchronise within a few chunks after an edit, not always at
+    the next one: skipping min_size after each cut can carry the shift over
+    several (seed 1385956 with one byte inserted mid-file changed five
+    4 KiB chunks, 24 KB). Over 1,500 random edits of 200 KB the new run was
+    6 KB at the median, 21 KB at the 99th percentile, 30 KB at most; the bound
+    is 8 x max_size, 128 KiB.
+    """
     data = random.Random(seed).randbytes(1_000_000)
     cut = int(len(data) * position)
     edited = data[:cut] + insert + data[cut:]
     chunker = Chunker(MEDIUM)
-    before = [chunk_id(p) for p in chunker.split_bytes(data)]
-    after = [chunk_id(p) for p in chunker.split_bytes(edited)]
-    unchanged = len(set(before) & set(after))
-    # Only the chunk(s) around the edit may differ: a handful out of ~170.
-    assert unchanged >= len(before) - 4, (unchanged, len(before))
+    before = {chunk_id(p) for p in chunker.split_bytes(data)}
+    changed: list[tuple[int, int]] = []  # (start, end) in the edited data
+    position_in_edited = 0
+    for piece in chunker.split_bytes(edited):
+        if chunk_id(piece) not in before:
+            changed.append((position_in_edited, position_in_edited + len(piece)))
+        position_in_edited += len(piece)
+    assert changed, "the chunk holding the edit is new"
+    start, end = changed[0][0], changed[-1][1]
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(changed)), changed  # one run
+    assert start <= cut and end >= cut + len(insert)
+    assert end - start <= 8 * MEDIUM.max_size, (start, end)
 
 
 @given(st.lists(st.binary(min_size=32, max_size=32), max_size=20))
