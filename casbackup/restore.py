@@ -96,7 +96,6 @@ class TableOutcome:
     parts: int = 0
     rows: int = 0
     created: bool = False
-    unchecked: int = 0  # parts check_parts could not check (no checksums.txt)
 
 
 @dataclass
@@ -163,7 +162,8 @@ class RestoreService:
         self.progress = progress or RestoreProgress()
         self.files = manifest.file_table()
         # check_parts: per target table whose parts passed, how many had no
-        # checksums.txt; kept here so a later failure does not hide it.
+        # checksums.txt; here rather than in the report, so that a failure
+        # after the check (verify) does not hide it.
         self.checked: dict[str, int] = {}
 
     # --- 1. plan -----------------------------------------------------------------
@@ -324,7 +324,7 @@ class RestoreService:
                     outcome = outcomes[id(item)]
                     outcome.target = item.target
                     self.progress.table(item.target)
-                    self._restore_data(item, fetcher, outcome)
+                    outcome.parts, outcome.rows = self._restore_data(item, fetcher)
         if self.options.access:  # after tables: grants name them
             if not self.manifest.access and self.manifest.access_files is None:
                 report.notes.append("this backup holds no access entities (made without --rbac?)")
@@ -471,7 +471,7 @@ class RestoreService:
 
     # --- data -----------------------------------------------------------------------
 
-    def _restore_data(self, item: _Item, fetcher: ChunkFetcher, outcome: TableOutcome) -> None:
+    def _restore_data(self, item: _Item, fetcher: ChunkFetcher) -> tuple[int, int]:
         """All or nothing per table: every part is fetched and verified before any is attached."""
         info = self.server.table(item.database, item.name)
         if info is None or not info.data_paths:
@@ -496,7 +496,7 @@ class RestoreService:
             for batch in staging_batches(parts):
                 staged += self._stage_parts(batch, detached, owner.st_uid, owner.st_gid, fetcher)
             if self.options.check_parts:
-                outcome.unchecked = self.checked[item.target] = self._check_staged(item, staged)
+                self.checked[item.target] = self._check_staged(item, staged)
             # Physical rows (count.txt) of attached parts: exact even for parts
             # whose rows a lightweight DELETE masks (count() would not see those).
             log.info(
@@ -523,7 +523,7 @@ class RestoreService:
                 table=item.target,
                 detail=f"{after - before} rows after attaching, the backup recorded {expected}",
             )
-        outcome.parts, outcome.rows = len(parts), expected
+        return len(parts), expected
 
     def _stage_parts(
         self, parts: list[mf.Part], detached: Path, uid: int, gid: int, fetcher: ChunkFetcher

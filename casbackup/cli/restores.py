@@ -155,16 +155,17 @@ def restore(
     manifest = app.repository.read_manifest(name)
     catalog = app.synced_catalog()
     bar = ByteProgress(enabled=not (json_output or app.quiet))
+    service = RestoreService(
+        app.server, app.repository, catalog, manifest, options, _RestoreBar(bar)
+    )
     with bar.running("restoring"):
-        report = RestoreService(
-            app.server, app.repository, catalog, manifest, options, _RestoreBar(bar)
-        ).run()
-    if check and (unchecked := sum(t.unchecked for t in report.tables)):
+        report = service.run()
+    if unchecked := sum(service.checked.values()):
         report.notes.append(
             f"{unchecked} parts have no checksums.txt (formats before 2016) and were not checked"
         )
     if json_output:
-        emit_json(_report_document(report, check))
+        emit_json(_report_document(report, service.checked if check else None))
     elif report.tables:
         print_table(
             ["source", "target", "engine", "created", "parts", "rows"],
@@ -186,7 +187,7 @@ def restore(
     return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 
-def _report_document(report: RestoreReport, check: bool) -> dict[str, object]:
+def _report_document(report: RestoreReport, checked: dict[str, int] | None) -> dict[str, object]:
     return {
         "backup": report.backup,
         "tables": [
@@ -197,7 +198,7 @@ def _report_document(report: RestoreReport, check: bool) -> dict[str, object]:
                 "created": t.created,
                 "parts": t.parts,
                 "rows": t.rows,
-                **({"unchecked_parts": t.unchecked} if check else {}),
+                **({} if checked is None else {"unchecked_parts": checked.get(t.target, 0)}),
             }
             for t in report.tables
         ],

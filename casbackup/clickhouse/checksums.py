@@ -17,6 +17,8 @@ means "no checksums": the part's files are simply read.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +46,38 @@ class FileChecksum:
 def read_checksums(path: Path) -> dict[str, FileChecksum] | None:
     """The checksums of a part's files, keyed by path inside the part; None if unusable."""
     try:
-        data = path.read_bytes()
-    except OSError:
+        return load_checksums(path)
+    except (OSError, ChecksumsError):
         return None
+
+
+def load_checksums(path: Path) -> dict[str, FileChecksum]:
+    """A checksums.txt, read at most to its size limit and never through a symlink.
+
+    Raises FileNotFoundError if there is none, another OSError if it cannot be
+    read, ChecksumsError if it is not a regular file or does not parse.
+    """
+    fd, found = open_regular(path)
+    with open(fd, "rb", buffering=0) as stream:
+        if not stat.S_ISREG(found.st_mode):
+            raise ChecksumsError("not a regular file")
+        data = stream.read(MAX_CHECKSUMS_BYTES + 1)
+    return parse_checksums(data)
+
+
+def open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """A read descriptor for ``path`` and what it is, checked after opening, not before.
+
+    O_NOFOLLOW: a symlink is not followed (ELOOP); O_NONBLOCK: a FIFO does not
+    hang the open. The caller decides what a non-regular file means, and
+    closes the descriptor.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        return parse_checksums(data)
-    except ChecksumsError:
-        return None
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def parse_checksums(data: bytes) -> dict[str, FileChecksum]:

@@ -36,10 +36,10 @@ from pathlib import Path
 from clickhouse_cityhash.cityhash import CityHash128
 
 from casbackup.clickhouse.checksums import (
-    MAX_CHECKSUMS_BYTES,
     ChecksumsError,
     FileChecksum,
-    parse_checksums,
+    load_checksums,
+    open_regular,
 )
 
 BLOCK = 2048  # DBMS_DEFAULT_HASHING_BLOCK_SIZE
@@ -104,9 +104,8 @@ def file_hash(path: Path, size: int | None = None) -> bytes:
     ``PartFileError`` before anything is read: opened once, then fstat-ed, so
     what is hashed is what was checked.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd, found = open_regular(path)
     with open(fd, "rb", buffering=0) as stream:
-        found = os.fstat(fd)
         if not stat.S_ISREG(found.st_mode):
             raise PartFileError("is not a regular file")
         if size is not None and found.st_size != size:
@@ -190,22 +189,13 @@ def _check_directory(directory: Path, prefix: str, result: PartCheck) -> dict[st
 def _listed(path: Path, prefix: str, result: PartCheck) -> dict[str, FileChecksum]:
     """The part's checksums.txt; absent only makes a top-level part unchecked."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        listed = load_checksums(path)
     except FileNotFoundError:
         if prefix:
             result.add(f"{prefix}checksums.txt is missing")
         else:
             result.has_checksums = False
         return {}
-    except OSError as exc:
-        result.add(f"{prefix}checksums.txt cannot be read: {exc.strerror or exc}")
-        return {}
-    try:
-        with open(fd, "rb", buffering=0) as stream:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ChecksumsError("not a regular file")
-            data = stream.read(MAX_CHECKSUMS_BYTES + 1)
-        listed = parse_checksums(data)
     except OSError as exc:
         result.add(f"{prefix}checksums.txt cannot be read: {exc.strerror or exc}")
         return {}
