@@ -3,13 +3,40 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from casbackup.catalog import Catalog
 from casbackup.repo.manifest import Database, Manifest, Part, PartFile, Table
 from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
+from casbackup.restore import RestoreService
 from casbackup.snapshot import SnapshotWriter
+
+# What RestoreService._stage_parts returns: each part and its temporary directory.
+StagedParts = list[tuple[Part, Path]]
+
+
+def after_staging(monkeypatch: pytest.MonkeyPatch, change: Callable[[StagedParts], None]) -> None:
+    """Restore stages parts as usual, then ``change`` alters them before anything checks them."""
+    stage = RestoreService._stage_parts
+
+    def staged_then_changed(self: RestoreService, *args: Any) -> StagedParts:
+        staged = stage(self, *args)
+        change(staged)
+        return staged
+
+    monkeypatch.setattr(RestoreService, "_stage_parts", staged_then_changed)
+
+
+def flip_byte(path: Path, index: int, mask: int = 0x01) -> None:
+    """Change one byte of a file in place: same size, other content."""
+    data = bytearray(path.read_bytes())
+    data[index] ^= mask
+    path.write_bytes(bytes(data))
 
 
 def snapshot_directory(

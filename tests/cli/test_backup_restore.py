@@ -17,6 +17,7 @@ from tests.clickhouse.schema import (
     server_for,
 )
 from tests.engines import Engine
+from tests.helpers import after_staging, flip_byte
 
 
 def drop_databases(engine: Engine, *names: str) -> None:
@@ -109,22 +110,10 @@ def test_restore_as_maps_databases_and_rewrites_views(
 def test_restore_check_refuses_a_damaged_part_and_attaches_nothing(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from casbackup.restore import RestoreService
-
     copy, checked = restored_copy(engine, dbname, cli, "--check", "--json")
     assert {t["unchecked_parts"] for t in checked.json()["tables"]} == {0}
 
-    stage = RestoreService._stage_parts
-
-    def damaged(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
-        staged = stage(self, *args)
-        victim = next(staged[-1][1].glob("*mrk*"))
-        data = bytearray(victim.read_bytes())
-        data[-1] ^= 0x01
-        victim.write_bytes(bytes(data))
-        return staged
-
-    monkeypatch.setattr(RestoreService, "_stage_parts", damaged)
+    after_staging(monkeypatch, lambda staged: flip_byte(next(staged[-1][1].glob("*mrk*")), -1))
     source = "events_wide" if engine.modern else "events"
     drop_databases(engine, copy)
     refused = cli(

@@ -16,6 +16,7 @@ from casbackup.errors import ExitCode, StoreFull
 from casbackup.store.local import LocalStore
 from tests.clickhouse.schema import create_realistic, fingerprints, q
 from tests.engines import PROTECTED_PASSWORD, PROTECTED_USER, Engine, ServerEngine, free_port
+from tests.helpers import flip_byte
 
 CASBACKUP = [sys.executable, "-m", "casbackup"]
 
@@ -377,9 +378,7 @@ def test_restore_into_server_with_corrupted_pack_is_an_integrity_error(
     before = fingerprints(engine, [dbname])
     for pack in (tmp_path / "repo" / "packs").rglob("*"):
         if pack.is_file():
-            data = bytearray(pack.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            pack.write_bytes(bytes(data))
+            flip_byte(pack, pack.stat().st_size // 2, 0xFF)
     engine.sql(f"DROP DATABASE {q(dbname)}")
     result = cli(engine, "restore", "b")
     assert result.code == ExitCode.INTEGRITY

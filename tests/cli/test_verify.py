@@ -16,6 +16,7 @@ from casbackup.store.local import LocalStore
 from casbackup.verify import choose_subset
 from tests.cli.test_incremental import create_table, fill, mutate
 from tests.engines import Engine
+from tests.helpers import StagedParts, after_staging, flip_byte
 
 
 def backed_up(engine: Engine, dbname: str, cli: Any, name: str = "b1", rows: int = 300_000) -> None:
@@ -82,9 +83,7 @@ def test_flipped_byte_is_found_by_read_data(
 ) -> None:
     backed_up(engine, dbname, cli)
     target = packs(tmp_path / "repo")[0]
-    data = bytearray(target.read_bytes())
-    data[100] ^= 0x10
-    target.write_bytes(bytes(data))
+    flip_byte(target, 100, 0x10)
     code, report = verify(cli, engine)
     assert code == 0, "structure cannot see a flipped byte: same size, same name"
     code, report = verify(cli, engine, "--read-data")
@@ -167,23 +166,18 @@ def test_catalog_pointing_at_wrong_offset_is_found_by_read_data(
 def test_part_altered_before_attach_is_found_by_restore(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from casbackup.restore import RestoreService
-
     backed_up(engine, dbname, cli)
-    real = RestoreService._stage_parts
+    done: list[bool] = []
 
-    def altered(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
-        staged = real(self, *args)
-        if not getattr(altered, "done", False):
+    def altered(staged: StagedParts) -> None:
+        if not done:
             temp = staged[0][1]
             victim = max((p for p in temp.rglob("*.bin")), key=lambda p: p.stat().st_size)
-            data = bytearray(victim.read_bytes())
-            data[len(data) // 2] ^= 0x01  # same size: ATTACH PART only checks sizes
-            victim.write_bytes(bytes(data))
-            altered.done = True  # type: ignore[attr-defined]
-        return staged
+            # same size: ATTACH PART only checks sizes
+            flip_byte(victim, victim.stat().st_size // 2)
+            done.append(True)
 
-    monkeypatch.setattr(RestoreService, "_stage_parts", altered)
+    after_staging(monkeypatch, altered)
     assert verify(cli, engine, "--read-data")[0] == 0  # the repository itself is fine
     code, report = verify(cli, engine, "--restore")
     assert code == ExitCode.VERIFY_FAILED
@@ -238,18 +232,15 @@ def test_sound_part_holding_other_rows_is_found_by_restore(
     )
     assert cli(engine, "init").code == 0
     assert cli(engine, "create", "b1", "--tables", f"{dbname}.a").code == 0
-    real = RestoreService._stage_parts
 
-    def swapped(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
-        staged = real(self, *args)
+    def swapped(staged: StagedParts) -> None:
         for _, temp in staged:
             for victim in temp.rglob("*.bin"):
                 replacement = Path(other) / victim.relative_to(temp)
                 assert replacement.stat().st_size == victim.stat().st_size
                 victim.write_bytes(replacement.read_bytes())
-        return staged
 
-    monkeypatch.setattr(RestoreService, "_stage_parts", swapped)
+    after_staging(monkeypatch, swapped)
     code, report = verify(cli, engine, "--restore")
     assert code == ExitCode.VERIFY_FAILED
     [problem] = report["problems"]
@@ -295,17 +286,12 @@ def test_parts_without_checksums_fail_verify(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Nothing ties such a part to the frozen data: not the check, a fingerprint or CHECK TABLE."""
-    from casbackup.restore import RestoreService
-
     backed_up(engine, dbname, cli, rows=20_000)
-    stage = RestoreService._stage_parts
 
-    def without_checksums(self: RestoreService, *args: Any) -> list[tuple[Any, Path]]:
-        staged = stage(self, *args)
+    def without_checksums(staged: StagedParts) -> None:
         (staged[0][1] / "checksums.txt").unlink()  # as in parts older than 2016
-        return staged
 
-    monkeypatch.setattr(RestoreService, "_stage_parts", without_checksums)
+    after_staging(monkeypatch, without_checksums)
     code, report = verify(cli, engine, "--restore")
     assert code == ExitCode.VERIFY_FAILED
     assert report["tables"][0]["checksums"].startswith("1 of ")

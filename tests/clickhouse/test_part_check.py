@@ -15,6 +15,7 @@ from casbackup.clickhouse.checksums import read_checksums
 from casbackup.clickhouse.part_check import BLOCK, ClickHouseFileHash, check_part, file_hash
 from tests.clickhouse.schema import create_realistic
 from tests.engines import Engine
+from tests.helpers import flip_byte
 
 
 def active_parts(engine: Engine, db: str) -> list[Path]:
@@ -73,9 +74,7 @@ def test_a_changed_byte_a_wrong_size_and_a_missing_file_are_each_found(
     create_realistic(engine, dbname, rows=20_000)
     part = copy_part(engine, dbname, tmp_path)
     bins = sorted(part.glob("*.bin"), key=lambda p: p.stat().st_size)
-    data = bytearray(bins[-1].read_bytes())
-    data[len(data) // 2] ^= 0x40
-    bins[-1].write_bytes(bytes(data))
+    flip_byte(bins[-1], bins[-1].stat().st_size // 2, 0x40)
     with bins[0].open("ab") as grown:
         grown.write(b"\x00")
     (part / "primary.idx" if (part / "primary.idx").exists() else part / "primary.cidx").unlink()
@@ -242,13 +241,11 @@ def test_a_damaged_projection_is_found(engine: Engine, dbname: str, tmp_path: Pa
     part = copy_part(engine, dbname, tmp_path)
     projection = part / "by_d.proj"
     victim = max(projection.glob("*.bin"), key=lambda p: p.stat().st_size)
-    data = bytearray(victim.read_bytes())
-    data[-1] ^= 0x01
-    victim.write_bytes(bytes(data))
+    flip_byte(victim, -1)
     assert check_part(part).problems == [
         f"by_d.proj/{victim.name} does not match its checksum in checksums.txt"
     ]
-    victim.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0x01]))  # repaired
+    flip_byte(victim, -1)  # repaired
     listed = read_checksums(projection / "checksums.txt")
     assert listed is not None
     del listed[victim.name]  # a projection that lists fewer files than its part says it holds
