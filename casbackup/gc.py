@@ -314,10 +314,10 @@ def _repack(
 def _store_repacked(
     repo: Repository, catalog: Catalog, builder: PackBuilder, run_id: str, avoid: frozenset[bytes]
 ) -> int:
-    pack_id, data, entries = builder.finish(avoid)
-    repo.store.put(keys.pack_key(pack_id), data)
-    record_repacked(catalog.db, pack_id, len(data), entries, run_id)
-    return len(data)
+    sealed = builder.finish(avoid)
+    repo.store.put_pieces(keys.pack_key(sealed.pack_id), sealed.pieces)
+    record_repacked(catalog.db, sealed.pack_id, sealed.size, sealed.entries, run_id)
+    return sealed.size
 
 
 def collect_garbage(

@@ -73,14 +73,19 @@ _decompressors = threading.local()
 
 def decompress(
     kind: int, blob: bytes | memoryview, raw_size: int, *, chunk: str = "?", pack: str = "?"
-) -> bytes:
-    """Undo ``compress``; never produces more than ``raw_size`` bytes, whatever the blob says."""
+) -> bytes | memoryview:
+    """Undo ``compress``; never produces more than ``raw_size`` bytes, whatever the blob says.
+
+    A chunk stored raw comes back as the very buffer it was given, not a copy:
+    a restore of incompressible data would otherwise copy every byte once more
+    between the pack it read and the file it writes.
+    """
     if kind == Compression.NONE:
         if len(blob) != raw_size:
             raise ChunkCorrupt(
                 chunk=chunk, pack=pack, detail=f"raw length {len(blob)} != {raw_size}"
             )
-        return bytes(blob)
+        return blob
     if kind != Compression.ZSTD:
         raise ChunkCorrupt(chunk=chunk, pack=pack, detail=f"unknown compression {kind}")
     dctx = getattr(_decompressors, "dctx", None)
@@ -89,7 +94,7 @@ def decompress(
     try:
         # A stream reader with a hard read limit: a hostile frame that claims or
         # expands to more than raw_size cannot make us allocate more.
-        with dctx.stream_reader(bytes(blob), read_across_frames=False) as reader:
+        with dctx.stream_reader(blob, read_across_frames=False) as reader:
             out = reader.read(raw_size + 1)
     except zstandard.ZstdError as exc:
         raise ChunkCorrupt(chunk=chunk, pack=pack, detail=f"zstd: {exc}") from None

@@ -90,10 +90,8 @@ class PackBuilder:
         self._size += len(blob)
         self._ids.add(chunk_id)
 
-    def finish(
-        self, avoid: AbstractSet[bytes] = frozenset()
-    ) -> tuple[bytes, bytes, list[PackEntry]]:
-        """Seal the pack: returns (pack id, pack bytes, entries); the builder is spent.
+    def finish(self, avoid: AbstractSet[bytes] = frozenset()) -> SealedPack:
+        """Seal the pack; the builder is spent.
 
         Never a pack named in ``avoid`` (condemned packs: a byte-identical
         re-creation would silently rely on a pack gc is about to delete); zero
@@ -106,11 +104,34 @@ class PackBuilder:
             )
             trailer = encode_trailer(entries)
             footer = _FOOTER.pack(len(trailer), blake3.blake3(trailer).digest(), END_MAGIC)
-            data = b"".join([blobs[0], bytes(pad), *blobs[1:], trailer, footer])
-            pack_id = blake3.blake3(data).digest()
+            pieces = (blobs[0], bytes(pad), *blobs[1:], trailer, footer)
+            hasher = blake3.blake3()
+            for piece in pieces:
+                hasher.update(piece)
+            pack_id = hasher.digest()
             if pack_id not in avoid:
                 break
-        return pack_id, data, entries
+        return SealedPack(pack_id, pieces, entries)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedPack:
+    """A finished pack, kept as the pieces it is made of.
+
+    Stores write the pieces one after the other (``ObjectStore.put_pieces``);
+    joining 32 MiB first would copy every byte once more into fresh memory.
+    """
+
+    pack_id: bytes
+    pieces: tuple[bytes, ...]
+    entries: list[PackEntry]
+
+    @property
+    def size(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
+
+    def data(self) -> bytes:
+        return b"".join(self.pieces)
 
 
 def encode_trailer(entries: list[PackEntry]) -> bytes:

@@ -13,7 +13,7 @@ import os
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from casbackup.store.base import ObjectStore
 MiB = 1024 * 1024
 DEFAULT_MAX_GAP = 1 * MiB
 DEFAULT_MAX_SPAN = 8 * MiB
+# A verified chunk: raw ones are views of the range read that held them.
+Raw = bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,27 +94,8 @@ class ChunkFetcher:
         self.bytes_fetched = 0
         self._count_lock = threading.Lock()
 
-    def fetch(self, locations: Mapping[bytes, ChunkLocation]) -> Iterator[tuple[bytes, bytes]]:
-        """Yield (chunk id, verified raw bytes) for every location, in no particular order."""
-        reads = plan_reads(locations, self.max_gap, self.max_span)
-        if self.threads == 1 or len(reads) <= 1:
-            for read in reads:
-                yield from self._serve(read)
-            return
-        # A bounded window of reads in flight: memory ~ (threads + 1) x a range
-        # and its decompressed chunks.
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="casbackup-fetch") as pool:
-            window: list[Future[list[tuple[bytes, bytes]]]] = []
-            pending = iter(reads)
-            for read in pending:
-                window.append(pool.submit(self._serve_all, read))
-                if len(window) > self.threads:
-                    yield from window.pop(0).result()
-            for future in window:
-                yield from future.result()
-
     def fetch_into(
-        self, locations: Mapping[bytes, ChunkLocation], sink: Callable[[bytes, bytes], None]
+        self, locations: Mapping[bytes, ChunkLocation], sink: Callable[[bytes, Raw], None]
     ) -> None:
         """Hand every verified chunk to ``sink`` from the worker that fetched it.
 
@@ -135,10 +118,7 @@ class ChunkFetcher:
             for future in [pool.submit(serve, read) for read in reads]:
                 future.result()
 
-    def _serve_all(self, read: RangeRead) -> list[tuple[bytes, bytes]]:
-        return list(self._serve(read))
-
-    def _serve(self, read: RangeRead) -> Iterator[tuple[bytes, bytes]]:
+    def _serve(self, read: RangeRead) -> Iterator[tuple[bytes, Raw]]:
         pack = read.pack_id.hex()
         try:
             data = self.store.get(keys.pack_key(read.pack_id), read.start, read.end - read.start)
@@ -212,7 +192,7 @@ def write_files(
             os.ftruncate(fd, target.content.size)
         lock = threading.Lock()
 
-        def place(cid: bytes, raw: bytes) -> None:
+        def place(cid: bytes, raw: Raw) -> None:
             nonlocal written
             for index, offset in needs[cid]:
                 view = memoryview(raw)

@@ -166,13 +166,13 @@ class ChunkWriter:
 
     def _seal_and_store(self, builder: PackBuilder) -> None:
         try:
-            pack_id, data, entries = builder.finish(self._avoid)
-            self._store.put(keys.pack_key(pack_id), data)
-            self._on_pack_stored(pack_id, len(data), entries)
+            sealed = builder.finish(self._avoid)
+            self._store.put_pieces(keys.pack_key(sealed.pack_id), sealed.pieces)
+            self._on_pack_stored(sealed.pack_id, sealed.size, sealed.entries)
             with self._lock:
                 self.stats.packs += 1
-                self.stats.pack_bytes += len(data)
-                self._pending.difference_update(e.chunk_id for e in entries)
+                self.stats.pack_bytes += sealed.size
+                self._pending.difference_update(e.chunk_id for e in sealed.entries)
         except BaseException as exc:
             self._fail(exc)
             raise

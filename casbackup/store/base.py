@@ -7,6 +7,7 @@ only on the behaviour pinned down here and checked by
 
 - ``put`` is atomic: a reader sees the whole object or no object, never a torn
   one, and a crash mid-put leaves at most temporary debris the store can clean.
+  ``put_pieces`` is the same for an object given as consecutive buffers.
 - ``get`` with a range returns the bytes of that range that exist (shorter at the
   end of the object, empty past it); a missing key raises ``ObjectNotFound``.
 - ``list`` yields every committed key with the given string prefix, sorted.
@@ -19,7 +20,7 @@ only on the behaviour pinned down here and checked by
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -45,6 +46,10 @@ class ObjectStore(Protocol):
         ...
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
+
+    def put_pieces(self, key: str, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        """``put`` of the pieces' concatenation; a store may write them without joining."""
+        ...
 
     def create(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
 

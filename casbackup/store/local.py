@@ -17,7 +17,7 @@ import errno
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from casbackup.errors import (
@@ -31,6 +31,7 @@ from casbackup.store.base import ObjectInfo, validate_key, validate_prefix, vali
 from casbackup.store.direct_io import (
     MIN_DIRECT_SIZE,
     DirectIOUnsupported,
+    Pieces,
     direct_io_available,
     write_all,
     write_new_file_direct,
@@ -50,11 +51,15 @@ class LocalStore:
     # --- writing -------------------------------------------------------------
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        self.put_pieces(key, [data])
+
+    def put_pieces(self, key: str, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        """``put`` of the pieces' concatenation, written piece by piece (a pack is never joined)."""
         path = self._path(key)
         temp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
         try:
             self._make_dirs(path.parent)
-            self._write_temp(temp, data)
+            self._write_temp(temp, Pieces(pieces))
             os.rename(temp, path)
             _fsync_directory(path.parent)
         except OSError as exc:
@@ -67,7 +72,7 @@ class LocalStore:
         temp = path.parent / f"{TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}"
         try:
             self._make_dirs(path.parent)
-            self._write_temp(temp, data)
+            self._write_temp(temp, Pieces([data]))
             try:
                 os.link(temp, path)
             except FileExistsError:
@@ -169,18 +174,18 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _write_temp(self, temp: Path, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        if self.direct_writes and view.nbytes >= MIN_DIRECT_SIZE:
+    def _write_temp(self, temp: Path, data: Pieces) -> None:
+        if self.direct_writes and data.size >= MIN_DIRECT_SIZE:
             try:
-                write_new_file_direct(temp, view)
+                write_new_file_direct(temp, data)
                 return
             except DirectIOUnsupported:
                 self.direct_writes = False
                 _unlink_quietly(temp)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            write_all(fd, view)
+            for view in data.slices(0, data.size):
+                write_all(fd, view)
             os.fsync(fd)
         finally:
             os.close(fd)

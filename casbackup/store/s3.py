@@ -31,7 +31,7 @@ from __future__ import annotations
 import io
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
@@ -167,6 +167,10 @@ class S3Store:
                 Bucket=self.bucket, Key=name, Body=_as_bytes(data), **self._write_args
             ),
         )
+
+    def put_pieces(self, key: str, pieces: Sequence[bytes | bytearray | memoryview]) -> None:
+        # One body for the PUT (botocore re-sends it on a retry): join here.
+        self.put(key, b"".join(pieces))
 
     def create(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """PUT with If-None-Match: *, repeated only when S3 reports a conflicting conditional write.

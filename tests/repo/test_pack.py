@@ -28,7 +28,9 @@ def build(
     for data in chunks:
         kind, blob = compressor.compress(data)
         builder.add(chunk_id(data), blob, len(data), kind)
-    return builder.finish(avoid)
+    sealed = builder.finish(avoid)
+    assert sealed.size == len(sealed.data())
+    return sealed.pack_id, sealed.data(), sealed.entries
 
 
 @given(st.lists(st.binary(max_size=5000), max_size=30))

@@ -44,6 +44,14 @@ class StoreConformance:
         assert store.get("big") == data
         assert store.get("big", 5_000_000, 1_000_000) == data[5_000_000:6_000_000]
 
+    def test_put_pieces_stores_their_concatenation(self, store: ObjectStore) -> None:
+        head, body = b"CASPACK1", bytes(range(256)) * (8 * 1024 + 1)  # > 2 MiB in all
+        pieces = [head, b"", body, bytearray(b"tail"), memoryview(body)[:4097], b"!"]
+        store.put_pieces("packs/ab/joined", pieces)
+        assert store.get("packs/ab/joined") == b"".join(pieces)
+        store.put_pieces("packs/ab/small", [b"a", b"", b"bc"])
+        assert store.get("packs/ab/small") == b"abc"
+
     def test_ranged_get(self, store: ObjectStore) -> None:
         store.put("r", b"0123456789")
         assert store.get("r", 2, 3) == b"234"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,7 +28,7 @@ def direct_io_here(tmp_path: Path) -> None:
         pytest.skip("no O_DIRECT on this platform")
     probe = tmp_path / "probe"
     try:
-        direct_io.write_new_file_direct(probe, memoryview(bytes(ALIGNMENT)))
+        direct_io.write_new_file_direct(probe, direct_io.Pieces([bytes(ALIGNMENT)]))
     except direct_io.DirectIOUnsupported:
         pytest.skip(f"{tmp_path} refuses O_DIRECT")
     finally:
@@ -66,7 +67,7 @@ def spy_direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
     real = local.write_new_file_direct
 
-    def spy(path: Path, data: memoryview) -> None:
+    def spy(path: Path, data: direct_io.Pieces) -> None:
         calls.append(path)
         real(path, data)
 
@@ -101,6 +102,39 @@ def refuse(errno_: int, text: str) -> Callable[[Write, int, Any], int]:
 
 def leftovers(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and p.name.startswith(".tmp-")]
+
+
+@given(
+    sizes=st.lists(st.integers(0, 3 * ALIGNMENT), max_size=8),
+    start=st.integers(0, 30_000),
+    length=st.integers(0, 30_000),
+)
+def test_pieces_read_as_their_concatenation(sizes: list[int], start: int, length: int) -> None:
+    buffers = [payload(size + index)[index:] for index, size in enumerate(sizes)]
+    joined = b"".join(buffers)
+    pieces = direct_io.Pieces(buffers)
+    assert pieces.size == len(joined)
+    stop = min(start + length, pieces.size)
+    assert b"".join(pieces.slices(start, stop)) == joined[start:stop]
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(size=sizes, cuts=st.lists(st.floats(0, 1), max_size=6))
+def test_objects_in_pieces_round_trip_through_direct_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, cuts: list[float]
+) -> None:
+    """A pack is written from its blobs as they are; pieces may straddle staging and tail."""
+    store = LocalStore(tempfile.mkdtemp(dir=tmp_path))
+    data = payload(size)
+    edges = sorted({0, size, *(int(cut * size) for cut in cuts)})
+    pieces = [data[a:b] for a, b in itertools.pairwise(edges)] + [b""]
+    with monkeypatch.context() as patch:
+        calls = spy_direct_writes(patch)
+        store.put_pieces("packs/ab/x", pieces)
+    assert len(calls) == 1 and store.get("packs/ab/x") == data
+    assert leftovers(tmp_path) == []
 
 
 @settings(
