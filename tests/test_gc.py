@@ -270,7 +270,9 @@ def test_gc_interrupted_anywhere_is_finished_by_the_next_run(
     delete_backups(repo, catalog, ["b0", "b2"])
     expected = {name: tree_contents(tmp_path / f"t{name[1]}") for name in ("b1", "b3")}
     store = repo.store
-    real_put, real_delete = LocalStore.put, LocalStore.delete
+    # Every write of an object goes through put_pieces (put included, and
+    # repacked packs directly), so wrapping it and delete crashes at each one.
+    real_put, real_delete = LocalStore.put_pieces, LocalStore.delete
     for failing_at in range(1, 40):
         calls = {"n": 0}
 
@@ -283,11 +285,11 @@ def test_gc_interrupted_anywhere_is_finished_by_the_next_run(
 
             return wrapper
 
-        monkeypatch.setattr(LocalStore, "put", counted(real_put))
+        monkeypatch.setattr(LocalStore, "put_pieces", counted(real_put))
         monkeypatch.setattr(LocalStore, "delete", counted(real_delete))
         with contextlib.suppress(RuntimeError):  # the injected crash
             gc(repo, catalog, clock, repack_below=0.9)
-        monkeypatch.setattr(LocalStore, "put", real_put)
+        monkeypatch.setattr(LocalStore, "put_pieces", real_put)
         monkeypatch.setattr(LocalStore, "delete", real_delete)
         clock.advance(10)
         for name, contents in expected.items():

@@ -61,9 +61,10 @@ class PackEntry:
 class PackBuilder:
     """Accumulates stored chunks in memory until the pack is big enough to upload.
 
-    Blobs are kept as a list and joined once when sealed: growing one
-    bytearray re-copies the whole buffer on every reallocation, with the GIL
-    held, which made this the bottleneck of a two-thread backup.
+    Blobs are kept as a list and never joined: growing one bytearray
+    re-copied the whole buffer on every reallocation, with the GIL held (the
+    bottleneck of a two-thread backup), and joining them when sealed copied
+    every byte once more into fresh memory; the store writes the pieces.
     """
 
     def __init__(self) -> None:

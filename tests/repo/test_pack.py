@@ -29,8 +29,9 @@ def build(
         kind, blob = compressor.compress(data)
         builder.add(chunk_id(data), blob, len(data), kind)
     sealed = builder.finish(avoid)
-    assert sealed.size == len(sealed.data())
-    return sealed.pack_id, sealed.data(), sealed.entries
+    data = sealed.data()
+    assert sealed.size == len(data)
+    return sealed.pack_id, data, sealed.entries
 
 
 @given(st.lists(st.binary(max_size=5000), max_size=30))
