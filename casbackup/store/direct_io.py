@@ -94,15 +94,17 @@ class Pieces:
         self.size = self._starts[-1]
 
     def slices(self, start: int, stop: int) -> Iterator[memoryview]:
-        """The bytes [start, stop) of the whole, as views of the pieces that hold them."""
+        """The bytes [start, stop) of the whole, as views of the pieces that hold them.
+
+        Empty pieces were dropped, so the piece found for ``start`` holds it and
+        every later one starts where the one before ended.
+        """
         index = bisect_right(self._starts, start) - 1
         while start < stop and index < len(self._views):
-            base = self._starts[index]
-            view = self._views[index]
+            base, view = self._starts[index], self._views[index]
             end = min(stop, base + view.nbytes)
-            if end > start:
-                yield view[start - base : end - base]
-                start = end
+            yield view[start - base : end - base]
+            start = end
             index += 1
 
 
