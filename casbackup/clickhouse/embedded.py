@@ -11,26 +11,45 @@ may query at the same time from different threads.
 from __future__ import annotations
 
 import json
-import os
+import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from casbackup.clickhouse.client import Row, first_line
 from casbackup.errors import ClickHouseError, ClickHouseUnavailable
 
-# chdb imports numpy, whose OpenBLAS starts a worker thread per core that spins
-# waiting for matrix work this process never has: 3% of a chdb restore's CPU
-# samples (perf). One thread means no pool. It must be set before numpy is
-# first imported (chdb is imported only when a client is made, below).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+def _import_chdb_session() -> ModuleType:
+    """``chdb.session``, imported without pyarrow.
+
+    chdb's package imports pyarrow when it is installed (chdb-core requires
+    it), for the Arrow result formats; pyarrow imports numpy, whose OpenBLAS
+    also starts a spinning worker thread per core. None of it is used here: we
+    ask for JSON and TabSeparated. It was ~0.1 s of the ~0.28 s chdb import,
+    paid by every command on chdb. chdb treats pyarrow as optional (its
+    Arrow-only calls raise ImportError without it), so the import is hidden
+    for the time chdb takes to load, and only if nothing in this process had
+    imported pyarrow already; afterwards ``import pyarrow`` works again for
+    anyone else.
+    """
+    hidden = "pyarrow" not in sys.modules
+    if hidden:
+        sys.modules["pyarrow"] = None  # type: ignore[assignment]  # makes `import pyarrow` fail
+    try:
+        from chdb import session
+    finally:
+        if hidden and "pyarrow" in sys.modules and sys.modules["pyarrow"] is None:
+            del sys.modules["pyarrow"]
+    return session
 
 
 class EmbeddedClient:
     def __init__(self, path: str, config_file: str = "") -> None:
         try:
-            from chdb import session
+            session = _import_chdb_session()
         except ImportError:
             raise ClickHouseUnavailable(
                 target=f"chdb://{path}",
