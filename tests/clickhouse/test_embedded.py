@@ -10,8 +10,14 @@ import pytest
 
 pytestmark = pytest.mark.chdb
 
-# A fresh interpreter: in the test process something may have imported
-# pyarrow already, and then the client rightly leaves it alone.
+
+def run_probe(code: str, data_dir: Path) -> list[str]:
+    """Run ``code`` in a fresh interpreter (the test process may hold pyarrow already)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, str(data_dir)], capture_output=True, text=True, check=True
+    ).stdout.split()
+
+
 PROBE = """
 import sys
 from casbackup.clickhouse.embedded import EmbeddedClient
@@ -25,12 +31,7 @@ print(rows[0]["answer"], loaded or "none", pyarrow.__name__)
 
 
 def test_chdb_is_loaded_without_pyarrow_which_stays_importable(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    out = run_probe(PROBE, tmp_path / "data")
     assert out[-3:] == ["42", "none", "pyarrow"]
 
 
@@ -46,10 +47,5 @@ print(stateful.pa is pyarrow)
 
 
 def test_pyarrow_already_imported_is_left_to_chdb(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", PREIMPORTED, str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    out = run_probe(PREIMPORTED, tmp_path / "data")
     assert out[-1:] == ["True"]
