@@ -22,7 +22,7 @@ from casbackup.repo import keys
 from casbackup.repo.chunker import chunk_id as digest_of
 from casbackup.repo.compression import decompress
 from casbackup.repo.manifest import FileContent
-from casbackup.store.base import ObjectStore
+from casbackup.store.base import ObjectStore, Prefetches
 
 MiB = 1024 * 1024
 DEFAULT_MAX_GAP = 1 * MiB
@@ -105,17 +105,27 @@ class ChunkFetcher:
         Memory: ``threads`` ranges and their chunks at a time.
         """
         reads = plan_reads(locations, self.max_gap, self.max_span)
+        hints = self.store if isinstance(self.store, Prefetches) else None
+        # Reads start in order, ``threads`` at a time: the one starting read i
+        # hints read i + threads, the first of the next wave, so the disk is
+        # reading it while this wave is decompressed and written.
+        ahead = self.threads
 
-        def serve(read: RangeRead) -> None:
-            for cid, raw in self._serve(read):
+        def serve(index: int) -> None:
+            if hints is not None and index + ahead < len(reads):
+                upcoming = reads[index + ahead]
+                hints.prefetch(
+                    keys.pack_key(upcoming.pack_id), upcoming.start, upcoming.end - upcoming.start
+                )
+            for cid, raw in self._serve(reads[index]):
                 sink(cid, raw)
 
         if self.threads == 1 or len(reads) <= 1:
-            for read in reads:
-                serve(read)
+            for index in range(len(reads)):
+                serve(index)
             return
         with ThreadPoolExecutor(self.threads, thread_name_prefix="casbackup-fetch") as pool:
-            for future in [pool.submit(serve, read) for read in reads]:
+            for future in [pool.submit(serve, index) for index in range(len(reads))]:
                 future.result()
 
     def _serve(self, read: RangeRead) -> Iterator[tuple[bytes, Raw]]:

@@ -63,6 +63,21 @@ class ObjectStore(Protocol):
 
 
 @runtime_checkable
+class Prefetches(Protocol):
+    """A store that can start reading a range before it is asked for it.
+
+    A local repository read back days after it was written comes from the
+    disk, and each restore thread would otherwise wait for its own ranged read
+    before decompressing it. A hint lets the kernel read the next ranges while
+    the current ones are being decompressed and written. Hints never fail and
+    never change what ``get`` returns; S3 has nothing to hint (each GET is its
+    own request, already in parallel).
+    """
+
+    def prefetch(self, key: str, offset: int, length: int) -> None: ...
+
+
+@runtime_checkable
 class LeavesTemporaries(Protocol):
     """A store where a killed write leaves debris invisible to ``list``.
 

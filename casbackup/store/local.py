@@ -111,6 +111,26 @@ class LocalStore:
         except OSError as exc:
             raise self._translate(exc, key) from exc
 
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        """Start reading a range into the page cache (``POSIX_FADV_WILLNEED``), without waiting.
+
+        Only a hint: a missing or unreadable object is left for ``get`` to
+        report. Restoring 1,269 MB from an evicted repository, by hand, with
+        the next wave of reads hinted: fetch phase 1.23-1.33 s against
+        1.29-1.44 s (eight alternated rounds).
+        """
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def stat(self, key: str) -> ObjectInfo:
         path = self._path(key)
         try:

@@ -1,11 +1,19 @@
-"""Read planning: neighbours coalesce into few ranged reads, bounded in size."""
+"""Read planning: neighbours coalesce into few ranged reads, bounded in size; reads ahead are hinted."""
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from casbackup.repo.reader import ChunkLocation, plan_reads
+from casbackup.repo import keys
+from casbackup.repo.chunker import chunk_id
+from casbackup.repo.reader import ChunkFetcher, ChunkLocation, plan_reads
+from casbackup.store.local import LocalStore
 
 P1, P2 = b"\x01" * 32, b"\x02" * 32
 
@@ -55,3 +63,57 @@ def test_every_chunk_is_served_once_inside_its_read(
         for _, location in r.chunks:
             assert location.pack_id == r.pack_id
             assert r.start <= location.offset and location.offset + location.length <= r.end
+
+
+class RecordingStore(LocalStore):
+    """The real local store, noting which ranges were hinted and which were read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.hinted: list[tuple[str, int, int]] = []
+        self.read: list[tuple[str, int, int]] = []
+        self._lock = threading.Lock()
+
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        with self._lock:
+            self.hinted.append((key, offset, length))
+        super().prefetch(key, offset, length)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        with self._lock:
+            self.read.append((key, offset, -1 if length is None else length))
+        return super().get(key, offset, length)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_every_read_after_the_first_wave_is_hinted_once(tmp_path: Path, threads: int) -> None:
+    store = RecordingStore(tmp_path / "repo")
+    chunks = [os.urandom(1000 + i) for i in range(40)]
+    locations: dict[bytes, ChunkLocation] = {}
+    for pack_no in range(2):
+        pack_id = bytes([pack_no + 1]) * 32
+        offset = 0
+        for data in chunks[pack_no * 20 : (pack_no + 1) * 20]:
+            locations[chunk_id(data)] = ChunkLocation(pack_id, offset, len(data), len(data), 0)
+            offset += len(data)
+        store.put(keys.pack_key(pack_id), b"".join(chunks[pack_no * 20 : (pack_no + 1) * 20]))
+    fetcher = ChunkFetcher(store, threads=threads, max_gap=0, max_span=4000)
+    got: dict[bytes, bytes] = {}
+    fetcher.fetch_into(locations, lambda cid, raw: got.__setitem__(cid, bytes(raw)))
+
+    assert got == {chunk_id(data): data for data in chunks}
+    planned = [
+        (keys.pack_key(r.pack_id), r.start, r.end - r.start)
+        for r in plan_reads(locations, max_gap=0, max_span=4000)
+    ]
+    assert len(planned) > 2 * threads
+    assert sorted(store.read) == sorted(planned)
+    assert sorted(store.hinted) == sorted(planned[threads:])
+
+
+def test_a_hint_for_what_is_not_there_is_ignored(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "repo")
+    store.put("packs/ab/cd", b"x" * 100)
+    store.prefetch("packs/ab/missing", 0, 10)
+    store.prefetch("packs/ab/cd", 50, 10_000)  # past the end
+    assert store.get("packs/ab/cd", 50, 10) == b"x" * 10
