@@ -493,7 +493,11 @@ class RestoreService:
         staged: list[tuple[mf.Part, Path]] = []
         clock = time.monotonic()
         try:
-            for batch in staging_batches(parts):
+            batches = list(staging_batches(parts))
+            for batch, upcoming in zip(batches, [*batches[1:], []], strict=True):
+                # The next batch's first reads start on the disk while this one is fetched.
+                if upcoming and fetcher.reads_ahead:
+                    fetcher.prefetch_first(self.catalog.index.locate(self._chunks_of(upcoming)))
                 staged += self._stage_parts(batch, detached, owner.st_uid, owner.st_gid, fetcher)
             if self.options.check_parts:
                 self.checked[item.target] = self._check_staged(item, staged)
@@ -524,6 +528,9 @@ class RestoreService:
                 detail=f"{after - before} rows after attaching, the backup recorded {expected}",
             )
         return len(parts), expected
+
+    def _chunks_of(self, parts: list[mf.Part]) -> set[bytes]:
+        return {cid for part in parts for f in part.files for cid in self.files[f.file_id].chunks}
 
     def _stage_parts(
         self, parts: list[mf.Part], detached: Path, uid: int, gid: int, fetcher: ChunkFetcher

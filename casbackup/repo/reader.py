@@ -128,6 +128,23 @@ class ChunkFetcher:
             for future in [pool.submit(serve, index) for index in range(len(reads))]:
                 future.result()
 
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether the store takes read-ahead hints (a local repository does, S3 does not)."""
+        return isinstance(self.store, Prefetches)
+
+    def prefetch_first(self, locations: Mapping[bytes, ChunkLocation]) -> None:
+        """Hint the first wave of reads a later ``fetch_into`` of ``locations`` will make.
+
+        ``fetch_into`` hints its reads one wave ahead, but its own first wave
+        starts cold; called for the next batch while the current one is
+        fetched, this covers that wave too.
+        """
+        if not isinstance(self.store, Prefetches):
+            return
+        for read in plan_reads(locations, self.max_gap, self.max_span)[: self.threads]:
+            self.store.prefetch(keys.pack_key(read.pack_id), read.start, read.end - read.start)
+
     def _serve(self, read: RangeRead) -> Iterator[tuple[bytes, Raw]]:
         pack = read.pack_id.hex()
         try:

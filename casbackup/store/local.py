@@ -115,9 +115,7 @@ class LocalStore:
         """Start reading a range into the page cache (``POSIX_FADV_WILLNEED``), without waiting.
 
         Only a hint: a missing or unreadable object is left for ``get`` to
-        report. Restoring 1,269 MB from an evicted repository, by hand, with
-        the next wave of reads hinted: fetch phase 1.23-1.33 s against
-        1.29-1.44 s (eight alternated rounds).
+        report. What it saves a restore is in docs/design.md ("Restore").
         """
         path = self._path(key)
         try:

@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
+from casbackup import restore
 from casbackup.errors import ExitCode
+from casbackup.repo.reader import ChunkFetcher
+from casbackup.restore import RestoreService
 from tests.clickhouse.schema import (
     ODD_TABLE,
     create_realistic,
@@ -96,6 +99,30 @@ def restored_copy(engine: Engine, dbname: str, cli: Any, *options: str) -> tuple
     after = {k.replace(copy, dbname, 1): v for k, v in fingerprints(engine, [copy]).items()}
     assert after == before
     return copy, result
+
+
+def test_restore_hints_each_next_batch_while_it_stages_the_current_one(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restore, "STAGE_BATCH_BYTES", 1)  # every part a batch of its own
+    staged: dict[Path, list[set[bytes]]] = {}
+    hinted: list[set[bytes]] = []
+    stage, prefetch_first = RestoreService._stage_parts, ChunkFetcher.prefetch_first
+
+    def recording_stage(self: RestoreService, parts: list[Any], detached: Path, *rest: Any) -> Any:
+        staged.setdefault(detached, []).append(self._chunks_of(parts))
+        return stage(self, parts, detached, *rest)
+
+    def recording_prefetch(self: ChunkFetcher, locations: Any) -> None:
+        hinted.append(set(locations))
+        prefetch_first(self, locations)
+
+    monkeypatch.setattr(RestoreService, "_stage_parts", recording_stage)
+    monkeypatch.setattr(ChunkFetcher, "prefetch_first", recording_prefetch)
+    restored_copy(engine, dbname, cli)  # the copy equals the source
+
+    assert max(len(batches) for batches in staged.values()) > 1
+    assert hinted == [batches[i] for batches in staged.values() for i in range(1, len(batches))]
 
 
 def test_restore_as_maps_databases_and_rewrites_views(

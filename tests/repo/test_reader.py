@@ -111,6 +111,18 @@ def test_every_read_after_the_first_wave_is_hinted_once(tmp_path: Path, threads:
     assert sorted(store.hinted) == sorted(planned[threads:])
 
 
+def test_prefetch_first_hints_the_first_wave_only(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "repo")
+    pack_id = b"\x07" * 32
+    locations = {
+        bytes([i]) * 32: ChunkLocation(pack_id, i * 5000, 1000, 1000, 0) for i in range(10)
+    }
+    ChunkFetcher(store, threads=4, max_gap=0).prefetch_first(locations)
+    key = keys.pack_key(pack_id)
+    assert sorted(store.hinted) == [(key, i * 5000, 1000) for i in range(4)]
+    assert store.read == []
+
+
 def test_a_hint_for_what_is_not_there_is_ignored(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "repo")
     store.put("packs/ab/cd", b"x" * 100)
