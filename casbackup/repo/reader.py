@@ -105,18 +105,14 @@ class ChunkFetcher:
         Memory: ``threads`` ranges and their chunks at a time.
         """
         reads = plan_reads(locations, self.max_gap, self.max_span)
-        hints = self.store if isinstance(self.store, Prefetches) else None
         # Reads start in order, ``threads`` at a time: the one starting read i
         # hints read i + threads, the first of the next wave, so the disk is
         # reading it while this wave is decompressed and written.
-        ahead = self.threads
+        ahead = self.threads if self.reads_ahead else len(reads)
 
         def serve(index: int) -> None:
-            if hints is not None and index + ahead < len(reads):
-                upcoming = reads[index + ahead]
-                hints.prefetch(
-                    keys.pack_key(upcoming.pack_id), upcoming.start, upcoming.end - upcoming.start
-                )
+            if index + ahead < len(reads):
+                self._hint(reads[index + ahead])
             for cid, raw in self._serve(reads[index]):
                 sink(cid, raw)
 
@@ -140,9 +136,12 @@ class ChunkFetcher:
         starts cold; called for the next batch while the current one is
         fetched, this covers that wave too.
         """
-        if not isinstance(self.store, Prefetches):
-            return
-        for read in plan_reads(locations, self.max_gap, self.max_span)[: self.threads]:
+        if self.reads_ahead:
+            for read in plan_reads(locations, self.max_gap, self.max_span)[: self.threads]:
+                self._hint(read)
+
+    def _hint(self, read: RangeRead) -> None:
+        if isinstance(self.store, Prefetches):
             self.store.prefetch(keys.pack_key(read.pack_id), read.start, read.end - read.start)
 
     def _serve(self, read: RangeRead) -> Iterator[tuple[bytes, Raw]]:
