@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +50,7 @@ from casbackup.errors import (
 from casbackup.ordering import is_inner_table
 from casbackup.process import ProcessTag
 from casbackup.repo import manifest as mf
-from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
+from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write_files
 from casbackup.repo.repository import Repository
 from casbackup.selection import partition_selected, select
 from casbackup.server_state import (
@@ -494,11 +494,17 @@ class RestoreService:
         clock = time.monotonic()
         try:
             batches = list(staging_batches(parts))
+            located: Mapping[bytes, ChunkLocation] | None = None  # this batch's, if looked up
             for batch, upcoming in zip(batches, [*batches[1:], []], strict=True):
+                ahead: Mapping[bytes, ChunkLocation] | None = None
                 # The next batch's first reads start on the disk while this one is fetched.
                 if upcoming and fetcher.reads_ahead:
-                    fetcher.prefetch_first(self.catalog.index.locate(self._chunks_of(upcoming)))
-                staged += self._stage_parts(batch, detached, owner.st_uid, owner.st_gid, fetcher)
+                    ahead = self.catalog.index.locate(self._chunks_of(upcoming))
+                    fetcher.prefetch_first(ahead)
+                staged += self._stage_parts(
+                    batch, detached, owner.st_uid, owner.st_gid, fetcher, located
+                )
+                located = ahead
             if self.options.check_parts:
                 self.checked[item.target] = self._check_staged(item, staged)
             # Physical rows (count.txt) of attached parts: exact even for parts
@@ -533,7 +539,13 @@ class RestoreService:
         return {cid for part in parts for f in part.files for cid in self.files[f.file_id].chunks}
 
     def _stage_parts(
-        self, parts: list[mf.Part], detached: Path, uid: int, gid: int, fetcher: ChunkFetcher
+        self,
+        parts: list[mf.Part],
+        detached: Path,
+        uid: int,
+        gid: int,
+        fetcher: ChunkFetcher,
+        located: Mapping[bytes, ChunkLocation] | None = None,
     ) -> list[tuple[mf.Part, Path]]:
         """Write several parts' files, verified, each into a temporary directory under detached/.
 
@@ -551,7 +563,9 @@ class RestoreService:
                 targets += [
                     FileTarget(temp / f.path, self.files[f.file_id], f.mode) for f in part.files
                 ]
-            written = write_files(fetcher, self.catalog.index.locate, targets)
+            # Where the batch's chunks were looked up for read-ahead, not again.
+            locate = self.catalog.index.locate if located is None else (lambda _: located)
+            written = write_files(fetcher, locate, targets)
             self.progress.advance(written)
             for _, temp in staged:
                 _chown_tree(temp, uid, gid)

@@ -25,17 +25,18 @@ from casbackup.errors import ClickHouseError, ClickHouseUnavailable
 def _import_chdb_session() -> ModuleType:
     """``chdb.session``, imported without pyarrow.
 
-    chdb's package imports pyarrow when it is installed (chdb-core requires
-    it), for the Arrow result formats; pyarrow imports numpy, whose OpenBLAS
-    also starts a spinning worker thread per core. None of it is used here: we
-    ask for JSON and TabSeparated. It was ~0.1 s of the ~0.28 s chdb import,
-    paid by every command on chdb. chdb treats pyarrow as optional (its
-    Arrow-only calls raise ImportError without it), so the import is hidden
-    for the time chdb takes to load, and only if nothing in this process had
-    imported pyarrow already; afterwards ``import pyarrow`` works again for
-    anyone else.
+    ``chdb.session`` imports pyarrow when it is installed (chdb-core requires
+    it; the import is in ``chdb.state.sqlitelike``), for the Arrow result
+    formats; pyarrow imports numpy, whose OpenBLAS also starts a spinning
+    worker thread per core. None of it is used here: we ask for JSON and
+    TabSeparated. It was ~0.1 s of the ~0.28 s chdb import, paid by every
+    command on chdb. chdb treats pyarrow as optional (its Arrow-only calls
+    raise ImportError without it, for the rest of the process), so the import
+    is hidden for the time chdb takes to load: only on chdb's first load, and
+    only if nothing in this process had imported pyarrow already. Afterwards
+    ``import pyarrow`` works again for anyone else.
     """
-    hidden = "pyarrow" not in sys.modules
+    hidden = "pyarrow" not in sys.modules and "chdb.session" not in sys.modules
     if hidden:
         sys.modules["pyarrow"] = None  # type: ignore[assignment]  # makes `import pyarrow` fail
     try:

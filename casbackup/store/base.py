@@ -69,9 +69,10 @@ class Prefetches(Protocol):
     A local repository read back days after it was written comes from the
     disk, and each restore thread would otherwise wait for its own ranged read
     before decompressing it. A hint lets the kernel read the next ranges while
-    the current ones are being decompressed and written. Hints never fail and
-    never change what ``get`` returns; S3 has nothing to hint (each GET is its
-    own request, already in parallel).
+    the current ones are being decompressed and written. A hint fails only
+    where ``get`` would (a malformed key), and never changes what ``get``
+    returns; S3 has nothing to hint (each GET is its own request, already in
+    parallel).
     """
 
     def prefetch(self, key: str, offset: int, length: int) -> None: ...

@@ -101,28 +101,37 @@ def restored_copy(engine: Engine, dbname: str, cli: Any, *options: str) -> tuple
     return copy, result
 
 
-def test_restore_hints_each_next_batch_while_it_stages_the_current_one(
+def test_restore_hints_each_next_batch_before_it_stages_the_current_one(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(restore, "STAGE_BATCH_BYTES", 1)  # every part a batch of its own
-    staged: dict[Path, list[set[bytes]]] = {}
-    hinted: list[set[bytes]] = []
+    events: list[tuple[str, Path | None, set[bytes]]] = []  # in the order they happened
     stage, prefetch_first = RestoreService._stage_parts, ChunkFetcher.prefetch_first
 
     def recording_stage(self: RestoreService, parts: list[Any], detached: Path, *rest: Any) -> Any:
-        staged.setdefault(detached, []).append(self._chunks_of(parts))
+        events.append(("stage", detached, self._chunks_of(parts)))
         return stage(self, parts, detached, *rest)
 
     def recording_prefetch(self: ChunkFetcher, locations: Any) -> None:
-        hinted.append(set(locations))
+        events.append(("hint", None, set(locations)))
         prefetch_first(self, locations)
 
     monkeypatch.setattr(RestoreService, "_stage_parts", recording_stage)
     monkeypatch.setattr(ChunkFetcher, "prefetch_first", recording_prefetch)
     restored_copy(engine, dbname, cli)  # the copy equals the source
 
-    assert max(len(batches) for batches in staged.values()) > 1
-    assert hinted == [batches[i] for batches in staged.values() for i in range(1, len(batches))]
+    tables: dict[Path | None, list[set[bytes]]] = {}
+    for kind, detached, chunks in events:
+        if kind == "stage":
+            tables.setdefault(detached, []).append(chunks)
+    assert max(len(batches) for batches in tables.values()) > 1
+    expected = []
+    for batches in tables.values():  # tables are restored one after the other
+        for number, chunks in enumerate(batches):
+            if number + 1 < len(batches):
+                expected.append(("hint", batches[number + 1]))
+            expected.append(("stage", chunks))
+    assert [(kind, chunks) for kind, _, chunks in events] == expected
 
 
 def test_restore_as_maps_databases_and_rewrites_views(
