@@ -494,12 +494,12 @@ class RestoreService:
         clock = time.monotonic()
         try:
             batches = list(staging_batches(parts))
-            located: Mapping[bytes, ChunkLocation] | None = None  # this batch's, if looked up
+            located = self._locate(batches[0]) if batches else {}
             for batch, upcoming in zip(batches, [*batches[1:], []], strict=True):
-                ahead: Mapping[bytes, ChunkLocation] | None = None
-                # The next batch's first reads start on the disk while this one is fetched.
-                if upcoming and fetcher.reads_ahead:
-                    ahead = self.catalog.index.locate(self._chunks_of(upcoming))
+                # Each batch's chunks are looked up once, a batch ahead, so that
+                # the next batch's first reads start on the disk while this one is fetched.
+                ahead = self._locate(upcoming)
+                if upcoming:
                     fetcher.prefetch_first(ahead)
                 staged += self._stage_parts(
                     batch, detached, owner.st_uid, owner.st_gid, fetcher, located
@@ -538,6 +538,9 @@ class RestoreService:
     def _chunks_of(self, parts: list[mf.Part]) -> set[bytes]:
         return {cid for part in parts for f in part.files for cid in self.files[f.file_id].chunks}
 
+    def _locate(self, parts: list[mf.Part]) -> Mapping[bytes, ChunkLocation]:
+        return self.catalog.index.locate(self._chunks_of(parts)) if parts else {}
+
     def _stage_parts(
         self,
         parts: list[mf.Part],
@@ -545,7 +548,7 @@ class RestoreService:
         uid: int,
         gid: int,
         fetcher: ChunkFetcher,
-        located: Mapping[bytes, ChunkLocation] | None = None,
+        located: Mapping[bytes, ChunkLocation],
     ) -> list[tuple[mf.Part, Path]]:
         """Write several parts' files, verified, each into a temporary directory under detached/.
 
@@ -563,9 +566,8 @@ class RestoreService:
                 targets += [
                     FileTarget(temp / f.path, self.files[f.file_id], f.mode) for f in part.files
                 ]
-            # Where the batch's chunks were looked up for read-ahead, not again.
-            locate = self.catalog.index.locate if located is None else (lambda _: located)
-            written = write_files(fetcher, locate, targets)
+            # ``located`` holds exactly these files' chunks (_locate of the same parts).
+            written = write_files(fetcher, lambda _: located, targets)
             self.progress.advance(written)
             for _, temp in staged:
                 _chown_tree(temp, uid, gid)

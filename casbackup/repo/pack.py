@@ -131,9 +131,6 @@ class SealedPack:
     def size(self) -> int:
         return sum(len(piece) for piece in self.pieces)
 
-    def data(self) -> bytes:
-        return b"".join(self.pieces)
-
 
 def encode_trailer(entries: list[PackEntry]) -> bytes:
     out = bytearray(_COUNT.pack(len(entries)))

@@ -29,7 +29,7 @@ def build(
         kind, blob = compressor.compress(data)
         builder.add(chunk_id(data), blob, len(data), kind)
     sealed = builder.finish(avoid)
-    data = sealed.data()
+    data = b"".join(sealed.pieces)
     assert sealed.size == len(data)
     return sealed.pack_id, data, sealed.entries
 
