@@ -22,7 +22,7 @@ from casbackup.repo import keys
 from casbackup.repo.chunker import chunk_id as digest_of
 from casbackup.repo.compression import decompress
 from casbackup.repo.manifest import FileContent
-from casbackup.store.base import MapsRanges, ObjectStore, Prefetches
+from casbackup.store.base import ObjectStore, Prefetches
 
 MiB = 1024 * 1024
 DEFAULT_MAX_GAP = 1 * MiB
@@ -144,17 +144,10 @@ class ChunkFetcher:
         if isinstance(self.store, Prefetches):
             self.store.prefetch(keys.pack_key(read.pack_id), read.start, read.end - read.start)
 
-    def _read(self, read: RangeRead) -> bytes | memoryview:
-        """A range's bytes; from a local repository a view of the page cache, not a copy."""
-        key = keys.pack_key(read.pack_id)
-        if isinstance(self.store, MapsRanges):
-            return self.store.view(key, read.start, read.end - read.start)
-        return self.store.get(key, read.start, read.end - read.start)
-
     def _serve(self, read: RangeRead) -> Iterator[tuple[bytes, Raw]]:
         pack = read.pack_id.hex()
         try:
-            data = self._read(read)
+            data = self.store.get(keys.pack_key(read.pack_id), read.start, read.end - read.start)
         except ObjectNotFound:
             raise PackMissing(pack=pack) from None
         if len(data) != read.end - read.start:

@@ -79,19 +79,6 @@ class Prefetches(Protocol):
 
 
 @runtime_checkable
-class MapsRanges(Protocol):
-    """A store that can return a range without copying it out of the page cache.
-
-    A local repository's restore otherwise copies every pack range into a
-    fresh buffer before checking and writing it (``store.mapped`` has the
-    figures). ``view`` returns what ``get`` would, as a read-only buffer
-    that may be a view of the page cache; S3 has no page cache to map.
-    """
-
-    def view(self, key: str, offset: int, length: int) -> bytes | memoryview: ...
-
-
-@runtime_checkable
 class LeavesTemporaries(Protocol):
     """A store where a killed write leaves debris invisible to ``list``.
 

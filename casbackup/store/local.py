@@ -36,7 +36,6 @@ from casbackup.store.direct_io import (
     write_all,
     write_new_file_direct,
 )
-from casbackup.store.mapped import map_populated
 
 TEMP_PREFIX = ".tmp-"
 
@@ -111,26 +110,6 @@ class LocalStore:
             raise ObjectNotFound(key=key) from None
         except OSError as exc:
             raise self._translate(exc, key) from exc
-
-    def view(self, key: str, offset: int, length: int) -> bytes | memoryview:
-        """``get`` of a range, as a view of the page cache where that is safe (``store.mapped``).
-
-        Same result as ``get(key, offset, length)``, including a shorter one
-        at the end of the object; ranges that cannot be mapped safely are
-        read with ``get``, which also reports any error.
-        """
-        validate_range(offset, length)
-        path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return self.get(key, offset, length)
-        try:
-            size = os.fstat(fd).st_size
-            view = map_populated(fd, offset, min(length, size - offset)) if offset < size else None
-        finally:
-            os.close(fd)
-        return self.get(key, offset, length) if view is None else view
 
     def prefetch(self, key: str, offset: int, length: int) -> None:
         """Start reading a range into the page cache (``POSIX_FADV_WILLNEED``), without waiting.
