@@ -68,7 +68,7 @@ print(json.dumps(steps))
 """
 
 CHDB_PROBE = """
-import time, sys, tempfile
+import tempfile, time
 from casbackup.clickhouse.embedded import _import_chdb_session
 start = time.perf_counter()
 session = _import_chdb_session()
