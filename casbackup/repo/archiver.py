@@ -62,15 +62,19 @@ class FileArchiver:
         chunker = self._chunker()
         chunks: list[bytes] = []
         size = new = 0
-        # Unbuffered: pyfastcdc reads into its own buffer, and a Python-side
-        # buffer would be allocated per file (costly for thousands of tiny ones).
+        # Unbuffered: the chunker reads at offsets into its own window, and a
+        # Python-side buffer would be allocated per file.
         with open(path, "rb", buffering=0) as handle:
-            for data in chunker.split(handle):
-                cid = chunk_id(data)
-                chunks.append(cid)
-                size += len(data)
-                if self._store_chunk(cid, data):
-                    new += 1
+            try:
+                for data in chunker.split_file(handle.fileno()):
+                    cid = chunk_id(data)
+                    chunks.append(cid)
+                    size += len(data)
+                    if self._store_chunk(cid, data):
+                        new += 1
+            except OSError as exc:
+                exc.filename = exc.filename or str(path)  # reads by descriptor name no file
+                raise
         with self._seen_lock:
             self.read_bytes += size
         return StoredFile(file_id(chunks), size, chunks, size, new)

@@ -1,32 +1,90 @@
-"""Chunking: exact reassembly, size bounds, locality of edits, bounded memory."""
+"""Chunking: exact reassembly, size bounds, the same cuts however a file is read, locality of
+edits, bounded memory."""
 
 from __future__ import annotations
 
-import io
 import itertools
+import os
 import random
+import tempfile
 import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casbackup.repo.chunker import Chunker, ChunkerParams, chunk_id, file_id
+from casbackup.repo.chunker import WINDOW_SIZE, Chunker, ChunkerParams, chunk_id, file_id
 
 SMALL = ChunkerParams(min_size=64, avg_size=256, max_size=1024)
 MEDIUM = ChunkerParams(min_size=2048, avg_size=4096, max_size=16384)
 
 
+def split_file(chunker: Chunker, data: bytes) -> list[bytes]:
+    """Cut ``data`` as the archiver does: written to a real file, read by descriptor."""
+    with tempfile.TemporaryFile() as handle:
+        handle.write(data)
+        handle.flush()
+        return list(chunker.split_file(handle.fileno()))
+
+
 @given(st.binary(max_size=20_000))
 def test_reassembly_is_exact(data: bytes) -> None:
     chunker = Chunker(SMALL)
-    pieces = list(chunker.split(io.BytesIO(data)))
+    pieces = split_file(chunker, data)
     assert b"".join(pieces) == data
     assert pieces == list(chunker.split_bytes(data))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=30_000),
+        st.builds(
+            lambda seed, n: random.Random(seed).randbytes(n),
+            st.integers(0, 2**32),
+            st.integers(0, 60_000),
+        ),
+        # runs of one byte never hit a cut: every chunk is max_size, the windows' worst case
+        st.builds(lambda n, b: bytes([b]) * n, st.integers(0, 20_000), st.integers(0, 255)),
+    ),
+    window=st.integers(2 * SMALL.max_size, 6 * SMALL.max_size),
+)
+def test_reading_through_a_window_cuts_where_the_whole_file_does(data: bytes, window: int) -> None:
+    """The window moves on mid-file many times here; no cut may depend on where it stood."""
+    chunker = Chunker(SMALL, window_size=window)
+    assert split_file(chunker, data) == list(Chunker(SMALL).split_bytes(data))
+
+
+def test_production_sizes_cut_alike_read_whole_or_through_the_window() -> None:
+    params = ChunkerParams()
+    data = random.Random(5).randbytes(40 * 1024 * 1024 + 12_345)
+    pieces = split_file(Chunker(params), data)
+    assert pieces == list(Chunker(params).split_bytes(data))
+    assert len(pieces) > 20
+
+
+def test_a_window_too_small_for_two_chunks_is_refused() -> None:
+    with pytest.raises(ValueError, match="two maximal chunks"):
+        Chunker(SMALL, window_size=2 * SMALL.max_size - 1)
+
+
+def test_a_file_that_shrinks_while_read_is_an_error_not_a_short_chunk(tmp_path: Path) -> None:
+    data = random.Random(2).randbytes(20_000)
+    path = tmp_path / "column.bin"
+    path.write_bytes(data)
+    with open(path, "rb", buffering=0) as handle:
+        pieces: Iterator[bytes] = Chunker(SMALL, window_size=4096).split_file(handle.fileno())
+        first = next(pieces)
+        os.truncate(path, len(first) + 10)  # inside the window already read
+        with pytest.raises(OSError, match="shorter while it was being read"):
+            next(pieces)
+
+
 @given(st.binary(min_size=1, max_size=20_000))
 def test_chunk_sizes_within_bounds(data: bytes) -> None:
-    pieces = list(Chunker(SMALL).split(io.BytesIO(data)))
+    pieces = split_file(Chunker(SMALL), data)
     assert all(len(p) <= SMALL.max_size for p in pieces)
     assert all(len(p) >= SMALL.min_size for p in pieces[:-1])
     assert all(p for p in pieces)
@@ -35,11 +93,11 @@ def test_chunk_sizes_within_bounds(data: bytes) -> None:
 def test_small_file_is_one_chunk() -> None:
     params = ChunkerParams()
     data = random.Random(1).randbytes(params.min_size - 1)
-    assert list(Chunker(params).split(io.BytesIO(data))) == [data]
+    assert split_file(Chunker(params), data) == [data]
 
 
 def test_empty_file_has_no_chunks_and_a_stable_id() -> None:
-    assert list(Chunker(SMALL).split(io.BytesIO(b""))) == []
+    assert split_file(Chunker(SMALL), b"") == []
     assert file_id([]) == file_id([])
 
 
@@ -87,31 +145,18 @@ def test_file_id_depends_on_order_and_content(chunks: list[bytes]) -> None:
     assert file_id(chunks) != file_id([*chunks, b"\x00" * 32])
 
 
-class _Generated(io.RawIOBase):
-    """An endless-looking stream that never exists in memory at once."""
-
-    def __init__(self, size: int) -> None:
-        self.remaining = size
-        self.rng = random.Random(7)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        count = min(len(buffer), self.remaining, 1 << 20)
-        buffer[:count] = self.rng.randbytes(count)
-        self.remaining -= count
-        return count
-
-
-def test_streaming_memory_is_bounded_by_chunk_size_not_file_size() -> None:
-    params = ChunkerParams()  # production sizes: max chunk 4 MiB
+def test_memory_is_bounded_by_the_window_not_the_file_size(tmp_path: Path) -> None:
+    params = ChunkerParams()  # production sizes: max chunk 4 MiB, window 16 MiB
     size = 96 * 1024 * 1024
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as handle:
+        handle.truncate(size)  # sparse: no 96 MiB written to the test machine's disk
     tracemalloc.start()
     try:
-        total = sum(len(piece) for piece in Chunker(params).split(_Generated(size)))  # type: ignore[arg-type]
+        with open(path, "rb", buffering=0) as handle:
+            total = sum(len(piece) for piece in Chunker(params).split_file(handle.fileno()))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert total == size
-    assert peak < 6 * params.max_size, peak  # a few buffers, never the 96 MiB stream
+    assert peak < WINDOW_SIZE + 3 * params.max_size, peak  # the window and a chunk or two
