@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     CATALOG = 17
     LOCKED = 18
     VERIFY_FAILED = 19
+    SOURCE_FILES = 20
     INTERNAL = 70
     INTERRUPTED = 130
 
@@ -186,6 +187,12 @@ class ClickHouseAuthFailed(ClickHouseError):
 
 class UnsupportedTable(ClickHouseError):
     """cannot back up {table}: {reason}"""
+
+
+class SourceFileUnreadable(ClickHouseError):
+    """cannot read {path}: {reason}"""
+
+    exit_code = ExitCode.SOURCE_FILES
 
 
 # --- backups and restores ----------------------------------------------------

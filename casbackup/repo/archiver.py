@@ -9,6 +9,7 @@ thread pool: reading, cutting (pyfastcdc), hashing (blake3) and compressing
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from casbackup.errors import SourceFileUnreadable
 from casbackup.repo.chunker import Chunker, ChunkerParams, chunk_id, file_id
 from casbackup.repo.writer import ChunkWriter
 
@@ -59,22 +61,14 @@ class FileArchiver:
 
     def store_file(self, path: Path) -> StoredFile:
         """Store one file (callable from any thread)."""
-        chunker = self._chunker()
         chunks: list[bytes] = []
         size = new = 0
-        # Unbuffered: the chunker reads at offsets into its own window, and a
-        # Python-side buffer would be allocated per file.
-        with open(path, "rb", buffering=0) as handle:
-            try:
-                for data in chunker.split_file(handle.fileno()):
-                    cid = chunk_id(data)
-                    chunks.append(cid)
-                    size += len(data)
-                    if self._store_chunk(cid, data):
-                        new += 1
-            except OSError as exc:
-                exc.filename = exc.filename or str(path)  # reads by descriptor name no file
-                raise
+        for data in self._chunks_of(path):
+            cid = chunk_id(data)
+            chunks.append(cid)
+            size += len(data)
+            if self._store_chunk(cid, data):
+                new += 1
         with self._seen_lock:
             self.read_bytes += size
         return StoredFile(file_id(chunks), size, chunks, size, new)
@@ -88,9 +82,9 @@ class FileArchiver:
         """
         contents: list[bytes | None] = []
         for path in paths:
-            with open(path, "rb", buffering=0) as handle:
+            with _reading(path), open(path, "rb", buffering=0) as handle:
                 data = handle.read(self.params.min_size)
-                contents.append(data if len(data) < self.params.min_size else None)
+            contents.append(data if len(data) < self.params.min_size else None)
         ids = [chunk_id(data) if data else None for data in contents]
         with self._seen_lock:
             unseen = {cid for cid in ids if cid is not None and cid not in self._seen}
@@ -148,7 +142,7 @@ class FileArchiver:
     def _tasks(self, paths: Iterable[Path]) -> Iterator[list[Path]]:
         small: list[Path] = []
         for path in paths:
-            if os.stat(path).st_size < self.params.min_size:
+            if _size_of(path) < self.params.min_size:
                 small.append(path)
                 if len(small) >= SMALL_FILE_BATCH:
                     yield small
@@ -159,7 +153,7 @@ class FileArchiver:
             yield small
 
     def _run_task(self, task: list[Path]) -> list[StoredFile]:
-        if len(task) == 1 and os.stat(task[0]).st_size >= self.params.min_size:
+        if len(task) == 1 and _size_of(task[0]) >= self.params.min_size:
             return [self.store_file(task[0])]
         return self.store_small_files(task)
 
@@ -177,11 +171,35 @@ class FileArchiver:
             self._seen.add(cid)
         return added
 
+    def _chunks_of(self, path: Path) -> Iterator[bytes]:
+        # Unbuffered: the chunker reads at offsets into its own window, and a
+        # Python-side buffer would be allocated per file.
+        with _reading(path), open(path, "rb", buffering=0) as handle:
+            yield from self._chunker().split_file(handle.fileno())
+
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)
         if chunker is None:
             chunker = self._local.chunker = Chunker(self.params)
         return chunker
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Name the file in a read error: the chunker reads by descriptor, which names none.
+
+    Only the reads are inside: errors of the store or the index, raised while
+    a chunk is handed on, are not errors of the file being read.
+    """
+    try:
+        yield
+    except OSError as exc:
+        raise SourceFileUnreadable(path=str(path), reason=exc.strerror or str(exc)) from None
+
+
+def _size_of(path: Path) -> int:
+    with _reading(path):
+        return os.stat(path).st_size
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:

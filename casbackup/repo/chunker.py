@@ -17,6 +17,7 @@ still be correct but would stop deduplicating against each other.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -143,8 +144,11 @@ class Chunker:
             offset += consumed
 
     def _window_buffer(self) -> memoryview:
+        # An anonymous mapping, not a bytearray: a bytearray is zeroed by
+        # Python with the GIL held (16 MiB, each page faulted in); a mapping's
+        # pages are faulted in by the first preadv, in the kernel, without it.
         if self._window is None:
-            self._window = memoryview(bytearray(self._window_size))
+            self._window = memoryview(mmap.mmap(-1, self._window_size))
         return self._window
 
     def split_bytes(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casbackup.repo.chunker import WINDOW_SIZE, Chunker, ChunkerParams, chunk_id, file_id
+from casbackup.repo.chunker import Chunker, ChunkerParams, chunk_id, file_id
 
 SMALL = ChunkerParams(min_size=64, avg_size=256, max_size=1024)
 MEDIUM = ChunkerParams(min_size=2048, avg_size=4096, max_size=16384)
@@ -159,4 +159,5 @@ def test_memory_is_bounded_by_the_window_not_the_file_size(tmp_path: Path) -> No
     finally:
         tracemalloc.stop()
     assert total == size
-    assert peak < WINDOW_SIZE + 3 * params.max_size, peak  # the window and a chunk or two
+    # A chunk or two in flight; the 16 MiB window is a mapping, outside Python's heap.
+    assert peak < 3 * params.max_size, peak

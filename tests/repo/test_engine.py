@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 
 from casbackup.catalog import Catalog
-from casbackup.errors import ChunkCorrupt, IntegrityError, PackCorrupt, PackMissing
+from casbackup.errors import (
+    ChunkCorrupt,
+    ExitCode,
+    IntegrityError,
+    PackCorrupt,
+    PackMissing,
+    SourceFileUnreadable,
+)
 from casbackup.repo import keys
 from casbackup.repo.repository import Repository
+from casbackup.snapshot import SnapshotWriter
 from tests.helpers import restore_manifest, snapshot_directory, tree_contents, write_tree
 
 
@@ -147,3 +155,23 @@ def test_unindexed_chunk_is_integrity_error(
         raw.execute("DELETE FROM chunks")
     with pytest.raises(IntegrityError, match="not in the index"):
         restore_manifest(repo, catalog, manifest, tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["vanished", "a directory"])
+def test_unreadable_file_is_named_and_nothing_is_committed(
+    repo: Repository, catalog: Catalog, tmp_path: Path, kind: str
+) -> None:
+    """A read error is the file's (exit code 20), not an internal error, and commits nothing."""
+    make_tree(tmp_path / "src")
+    paths = sorted(p for p in (tmp_path / "src").rglob("*") if p.is_file())
+    bad = tmp_path / "src" / "202400_1_1_0" / "gone.bin"
+    if kind == "a directory":
+        bad.mkdir()
+    with (
+        SnapshotWriter(repo, catalog, "b1") as snap,
+        pytest.raises(SourceFileUnreadable) as raised,
+    ):
+        list(snap.archiver.store_files([*paths, bad]))
+    assert raised.value.exit_code == ExitCode.SOURCE_FILES
+    assert raised.value.message.startswith(f"cannot read {bad}: ")
+    assert not repo.has_manifest("b1")
