@@ -91,7 +91,7 @@ def file_id(chunk_ids: Iterable[bytes]) -> bytes:
 
 
 class Chunker:
-    """Cuts byte streams into chunks. One instance per thread: pyfastcdc is not reentrant."""
+    """Cuts files and buffers into chunks. One instance per thread: pyfastcdc is not reentrant."""
 
     def __init__(self, params: ChunkerParams, *, window_size: int | None = None) -> None:
         window_size = window_size or max(WINDOW_SIZE, 4 * params.max_size)
