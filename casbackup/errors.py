@@ -189,13 +189,16 @@ class UnsupportedTable(ClickHouseError):
     """cannot back up {table}: {reason}"""
 
 
-class SourceFileUnreadable(ClickHouseError):
+# --- backups and restores ----------------------------------------------------
+
+
+class SourceFileUnreadable(CasbackupError):
     """cannot read {path}: {reason}"""
 
+    # Not a ClickHouseError: a backup skips a table that was dropped while it
+    # ran, but frozen files stay readable after a DROP, so a read error is the
+    # disk's and must fail the run.
     exit_code = ExitCode.SOURCE_FILES
-
-
-# --- backups and restores ----------------------------------------------------
 
 
 class BackupNotFound(CasbackupError):

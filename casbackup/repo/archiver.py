@@ -172,10 +172,11 @@ class FileArchiver:
         return added
 
     def _chunks_of(self, path: Path) -> Iterator[bytes]:
+        chunker = self._chunker()
         # Unbuffered: the chunker reads at offsets into its own window, and a
         # Python-side buffer would be allocated per file.
         with _reading(path), open(path, "rb", buffering=0) as handle:
-            yield from self._chunker().split_file(handle.fileno())
+            yield from chunker.split_file(handle.fileno())
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)

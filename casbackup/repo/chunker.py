@@ -94,15 +94,20 @@ class Chunker:
     """Cuts files and buffers into chunks. One instance per thread: pyfastcdc is not reentrant."""
 
     def __init__(self, params: ChunkerParams, *, window_size: int | None = None) -> None:
-        window_size = window_size or max(WINDOW_SIZE, 4 * params.max_size)
+        if window_size is None:
+            window_size = max(WINDOW_SIZE, 4 * params.max_size)
         if window_size < 2 * params.max_size:
             raise ValueError("the cutting window must hold at least two maximal chunks")
         self.params = params
         self._cdc = pyfastcdc.FastCDC(
             params.avg_size, min_size=params.min_size, max_size=params.max_size, seed=params.seed
         )
-        self._window_size = window_size
-        self._window: memoryview | None = None
+        # An anonymous mapping, not a bytearray: a bytearray is zeroed by
+        # Python with the GIL held (16 MiB, each page faulted in); a mapping
+        # costs nothing until the first preadv faults its pages in, in the
+        # kernel, without the GIL. One per instance, so one ``split_file`` at
+        # a time per instance.
+        self._window = memoryview(mmap.mmap(-1, window_size))
 
     def split_file(self, fd: int) -> Iterator[bytes]:
         """Yield the chunks of the regular file open as ``fd``, each as its own bytes.
@@ -125,7 +130,7 @@ class Chunker:
         a file changing while it is read can make a wrong backup of that file
         (as any reader would), never a chunk whose bytes do not match its id.
         """
-        window = self._window_buffer()
+        window = self._window
         max_size = self.params.max_size
         offset = 0  # the file offset of window[0], always a chunk start
         while True:
@@ -142,14 +147,6 @@ class Chunker:
             if at_end:
                 return
             offset += consumed
-
-    def _window_buffer(self) -> memoryview:
-        # An anonymous mapping, not a bytearray: a bytearray is zeroed by
-        # Python with the GIL held (16 MiB, each page faulted in); a mapping's
-        # pages are faulted in by the first preadv, in the kernel, without it.
-        if self._window is None:
-            self._window = memoryview(mmap.mmap(-1, self._window_size))
-        return self._window
 
     def split_bytes(self, data: bytes | bytearray | memoryview) -> Iterator[bytes]:
         """The same cut points as ``split_file`` for data already in memory."""

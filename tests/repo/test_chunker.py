@@ -46,7 +46,7 @@ def test_reassembly_is_exact(data: bytes) -> None:
             st.integers(0, 2**32),
             st.integers(0, 60_000),
         ),
-        # runs of one byte never hit a cut: every chunk is max_size, the windows' worst case
+        # runs of most byte values never hit a cut: every chunk is max_size, the windows' worst case
         st.builds(lambda n, b: bytes([b]) * n, st.integers(0, 20_000), st.integers(0, 255)),
     ),
     window=st.integers(2 * SMALL.max_size, 6 * SMALL.max_size),
@@ -55,6 +55,20 @@ def test_reading_through_a_window_cuts_where_the_whole_file_does(data: bytes, wi
     """The window moves on mid-file many times here; no cut may depend on where it stood."""
     chunker = Chunker(SMALL, window_size=window)
     assert split_file(chunker, data) == list(Chunker(SMALL).split_bytes(data))
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 1023, 1024, 1025, 20_000])
+@pytest.mark.parametrize("window", [2048, 2049, 3070, 3071, 3072, 4095, 4096])
+@pytest.mark.parametrize("data_kind", ["random", "constant"])
+def test_window_edges_near_multiples_of_the_maximal_chunk(
+    size: int, window: int, data_kind: str
+) -> None:
+    """Windows a byte or two short of k x max_size: where an off-by-one in the rule would show."""
+    data = random.Random(size).randbytes(size) if data_kind == "random" else b"\x00" * size
+    for total in (size, window - 1, window, window + 1, 2 * window + 7):
+        sample = (data * (total // max(1, len(data)) + 1))[:total] if data else bytes(total)
+        chunker = Chunker(SMALL, window_size=window)
+        assert split_file(chunker, sample) == list(Chunker(SMALL).split_bytes(sample))
 
 
 def test_production_sizes_cut_alike_read_whole_or_through_the_window() -> None:
