@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,6 +18,18 @@ from casbackup.snapshot import SnapshotWriter
 
 # What RestoreService._stage_parts returns: each part and its temporary directory.
 StagedParts = list[tuple[Part, Path]]
+
+Step = TypeVar("Step")
+
+
+def hinted_one_ahead(steps: Sequence[Step], done: str) -> list[tuple[str, Step]]:
+    """The order of events when each step's successor is hinted just before the step is done."""
+    events: list[tuple[str, Step]] = []
+    for index, step in enumerate(steps):
+        if index + 1 < len(steps):
+            events.append(("hint", steps[index + 1]))
+        events.append((done, step))
+    return events
 
 
 def after_staging(monkeypatch: pytest.MonkeyPatch, change: Callable[[StagedParts], None]) -> None:

@@ -20,7 +20,7 @@ from tests.clickhouse.schema import (
     server_for,
 )
 from tests.engines import Engine
-from tests.helpers import after_staging, flip_byte
+from tests.helpers import after_staging, flip_byte, hinted_one_ahead
 
 
 def drop_databases(engine: Engine, *names: str) -> None:
@@ -125,12 +125,10 @@ def test_restore_hints_each_next_batch_before_it_stages_the_current_one(
         if kind == "stage":
             tables.setdefault(detached, []).append(chunks)
     assert max(len(batches) for batches in tables.values()) > 1
-    expected = []
-    for batches in tables.values():  # tables are restored one after the other
-        for number, chunks in enumerate(batches):
-            if number + 1 < len(batches):
-                expected.append(("hint", batches[number + 1]))
-            expected.append(("stage", chunks))
+    # Tables are restored one after the other.
+    expected = [
+        event for batches in tables.values() for event in hinted_one_ahead(batches, "stage")
+    ]
     assert [(kind, chunks) for kind, _, chunks in events] == expected
 
 

@@ -14,6 +14,7 @@ from casbackup.repo import keys
 from casbackup.repo.chunker import chunk_id
 from casbackup.repo.reader import ChunkFetcher, ChunkLocation, plan_reads
 from casbackup.store.local import LocalStore
+from tests.helpers import hinted_one_ahead
 
 P1, P2 = b"\x01" * 32, b"\x02" * 32
 
@@ -70,20 +71,24 @@ class RecordingStore(LocalStore):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.hinted: list[tuple[str, int, int]] = []
-        self.read: list[tuple[str, int, int]] = []
-        self.events: list[tuple[str, tuple[str, int, int]]] = []  # both, in order
+        self.events: list[tuple[str, tuple[str, int, int]]] = []  # hints and reads, in order
         self._lock = threading.Lock()
+
+    @property
+    def hinted(self) -> list[tuple[str, int, int]]:
+        return [span for kind, span in self.events if kind == "hint"]
+
+    @property
+    def read(self) -> list[tuple[str, int, int]]:
+        return [span for kind, span in self.events if kind == "read"]
 
     def prefetch(self, key: str, offset: int, length: int) -> None:
         with self._lock:
-            self.hinted.append((key, offset, length))
             self.events.append(("hint", (key, offset, length)))
         super().prefetch(key, offset, length)
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         with self._lock:
-            self.read.append((key, offset, -1 if length is None else length))
             self.events.append(("read", (key, offset, -1 if length is None else length)))
         return super().get(key, offset, length)
 
@@ -113,12 +118,7 @@ def test_every_read_after_the_first_wave_is_hinted_once(tmp_path: Path, threads:
     assert sorted(store.read) == sorted(planned)
     assert sorted(store.hinted) == sorted(planned[threads:])
     if threads == 1:  # one worker: the order is fixed, each read hinted one read before it
-        expected = []
-        for index, read in enumerate(planned):
-            if index + 1 < len(planned):
-                expected.append(("hint", planned[index + 1]))
-            expected.append(("read", read))
-        assert store.events == expected
+        assert store.events == hinted_one_ahead(planned, "read")
 
 
 def test_prefetch_first_hints_the_first_wave_only(tmp_path: Path) -> None:
