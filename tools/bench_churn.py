@@ -3,7 +3,7 @@
 
     .venv/bin/python tools/bench_churn.py [--engine server|chdb|both] [--rows N]
         [--workdir DIR] [--keep] [--json-out PATH] [--quiet-seconds S]
-        [--other-fingerprints]
+        [--other-fingerprints] [--step-times FILE]
 
 Method. One run, one data set per engine; every tool backs up the same data
 on the same night, one after the other, nothing running in between:
@@ -106,6 +106,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CHDB_SQL = ROOT / "tools" / "chdb_sql.py"
 RESTIC = shutil.which("restic") or "/usr/bin/restic"
+STEP_TIMES = ROOT / "tools" / "step_times.py"
 GNU_TIME = "/usr/bin/time"
 MARKER = ".bench-churn-workdir"
 MB = 1_000_000
@@ -523,12 +524,18 @@ class Bench:
     """One engine's week: setup, day-0 load, nights, restores."""
 
     def __init__(
-        self, engine: Engine, rows: int, quiet_s: float, other_fingerprints: bool = False
+        self,
+        engine: Engine,
+        rows: int,
+        quiet_s: float,
+        other_fingerprints: bool = False,
+        step_times: Path | None = None,
     ) -> None:
         self.engine = engine
         self.rows = rows
         self.quiet_s = quiet_s
         self.other_fingerprints = other_fingerprints
+        self.step_times = step_times  # if set: casbackup runs through tools/step_times.py
         self.root = engine.root
         self.repo = self.root / "casbackup-repo"
         self.other_repo = self.root / "casbackup-repo-other"
@@ -545,8 +552,18 @@ class Bench:
             (self.other_repo, self.other_config) if other else (self.repo, self.cas_config)
         )
         env = {**os.environ, "CASBACKUP_CONFIG": str(config)}
-        cmd = [PYTHON, "-m", "casbackup", "--repo", str(repo), "--clickhouse", self.engine.url]
-        return run_measured([*cmd, *args], env=env, ok=ok)
+        start = [PYTHON, str(STEP_TIMES)] if self.step_times else [PYTHON, "-m", "casbackup"]
+        cmd = [*start, "--repo", str(repo), "--clickhouse", self.engine.url]
+        run = run_measured([*cmd, *args], env=env, ok=ok)
+        if self.step_times:
+            with open(self.step_times, "a") as log:
+                log.write(
+                    f"== {self.engine.name}: casbackup {shlex.join(args)} ({run.wall_s:.3f} s)\n"
+                )
+                log.writelines(
+                    f"{line}\n" for line in run.stderr.splitlines() if line.startswith("step ")
+                )
+        return run
 
     def restic(self, *args: str) -> Run:
         env = {**os.environ, "RESTIC_PASSWORD": "bench-churn", "RESTIC_PROGRESS_FPS": "0.1"}
@@ -1051,7 +1068,9 @@ def run_engine(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     engine.root.mkdir(parents=True)
     engine.start()
     try:
-        return Bench(engine, args.rows, args.quiet_seconds, args.other_fingerprints).run()
+        return Bench(
+            engine, args.rows, args.quiet_seconds, args.other_fingerprints, args.step_times
+        ).run()
     finally:
         engine.stop()
 
@@ -1103,6 +1122,12 @@ def main() -> None:
         action="store_true",
         help="also back up every night into a second repository with [backup] fingerprints = "
         "true (the default is off), to show what the row-fingerprint scan costs (not a goal column)",
+    )
+    parser.add_argument(
+        "--step-times",
+        type=Path,
+        help="run every casbackup process through tools/step_times.py and append the time of "
+        "each of its steps to this file (summary: tools/step_times.py --summarize FILE)",
     )
     parser.add_argument("--child-settle", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
