@@ -81,6 +81,9 @@ def main(
         format="casbackup: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    # clickhouse-driver logs each failed connection attempt as a warning with
+    # its traceback; casbackup reports the failure itself, in one line.
+    logging.getLogger("clickhouse_driver").setLevel(logging.DEBUG if verbose > 1 else logging.ERROR)
     context = AppContext(
         config_path=config, repo_override=repo, clickhouse_override=clickhouse, quiet=quiet
     )

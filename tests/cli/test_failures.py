@@ -269,6 +269,25 @@ def test_unreachable_server(cli: Any, tmp_path: Path) -> None:
     assert f"cannot reach ClickHouse at clickhouse://default@127.0.0.1:{port}" in result.stderr
 
 
+def test_unreachable_server_is_one_line_from_a_real_process(tmp_path: Path) -> None:
+    """In a process of its own, where no test harness has taken over logging first.
+
+    clickhouse-driver logs every failed connection attempt with a traceback;
+    in-process, pytest's log capture swallowed it, so only a real process shows it.
+    """
+    repo = tmp_path / "repo"
+    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
+    url = f"clickhouse://default@127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [*CASBACKUP, "--repo", str(repo), "--clickhouse", url, "create"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == ExitCode.CLICKHOUSE_CONNECT
+    one_line_error(result.stderr)
+    assert f"cannot reach ClickHouse at {url}" in result.stderr
+
+
 def test_wrong_password_is_refused_and_never_printed(server_engine: ServerEngine, cli: Any) -> None:
     cli(None, "init")
     url = f"clickhouse://{PROTECTED_USER}:wrong-{PROTECTED_PASSWORD}@127.0.0.1:{server_engine.tcp_port}"
