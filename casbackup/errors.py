@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
     LOCKED = 18
     VERIFY_FAILED = 19
     SOURCE_FILES = 20
+    TARGET_FILES = 21
     INTERNAL = 70
     INTERRUPTED = 130
 
@@ -199,6 +200,14 @@ class SourceFileUnreadable(CasbackupError):
     # ran, but frozen files stay readable after a DROP, so a read error is the
     # disk's and must fail the run.
     exit_code = ExitCode.SOURCE_FILES
+
+
+class TargetUnwritable(CasbackupError):
+    """cannot write {path}: {reason}"""
+
+    # A restore's own files (staged parts, configs) on the ClickHouse host's
+    # disk: full, read-only or refused is the operator's to fix, not a bug.
+    exit_code = ExitCode.TARGET_FILES
 
 
 class BackupNotFound(CasbackupError):

@@ -50,7 +50,7 @@ from casbackup.errors import (
 from casbackup.ordering import is_inner_table
 from casbackup.process import ProcessTag
 from casbackup.repo import manifest as mf
-from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write_files
+from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write_files, writing
 from casbackup.repo.repository import Repository
 from casbackup.selection import partition_selected, select
 from casbackup.server_state import (
@@ -480,8 +480,9 @@ class RestoreService:
         detached = data_path / "detached"
         owner = os.stat(data_path)
         if not detached.exists():
-            detached.mkdir()
-            _chown(detached, owner.st_uid, owner.st_gid)
+            with writing(detached):
+                detached.mkdir()
+                _chown(detached, owner.st_uid, owner.st_gid)
         parts = sorted(self._parts(item.entry), key=lambda p: (p.min_block, p.max_block, p.name))
         for part in parts:
             if (detached / part.name).exists():
@@ -561,7 +562,8 @@ class RestoreService:
             targets = []
             for part in parts:
                 temp = detached / temp_part_name(part.name)
-                temp.mkdir(mode=0o750)
+                with writing(temp):
+                    temp.mkdir(mode=0o750)
                 staged.append((part, temp))
                 targets += [
                     FileTarget(temp / f.path, self.files[f.file_id], f.mode) for f in part.files
@@ -570,7 +572,8 @@ class RestoreService:
             written = write_files(fetcher, lambda _: located, targets)
             self.progress.advance(written)
             for _, temp in staged:
-                _chown_tree(temp, uid, gid)
+                with writing(temp):
+                    _chown_tree(temp, uid, gid)
         except BaseException:
             for _, temp in staged:
                 shutil.rmtree(temp, ignore_errors=True)
@@ -605,7 +608,8 @@ class RestoreService:
         return unchecked
 
     def _attach(self, item: _Item, part: mf.Part, temp: Path, final: Path) -> None:
-        os.rename(temp, final)
+        with writing(final):
+            os.rename(temp, final)
         try:
             self.server.attach_part(item.database, item.name, part.name)
         except ClickHouseError as exc:

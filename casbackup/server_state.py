@@ -35,7 +35,7 @@ from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import Kind, quote_identifier, rename_databases, tokenize
 from casbackup.errors import ClickHouseError, RestoreConflict, UsageError
 from casbackup.repo import manifest as mf
-from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
+from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files, writing
 from casbackup.repo.repository import Repository
 from casbackup.snapshot import SnapshotWriter
 
@@ -373,7 +373,8 @@ def restore_directory(
     """Write a stored directory's files under ``target``; existing files only with ``overwrite``."""
     destinations = [(target / f.path, f) for f in fileset.files]
     for path in replaced_files(fileset, target, overwrite=overwrite):
-        path.unlink()
+        with writing(path):
+            path.unlink()
     write_files(
         ChunkFetcher(repo.store, threads=2),
         catalog.index.locate,

@@ -410,3 +410,29 @@ def test_restore_into_server_with_corrupted_pack_is_an_integrity_error(
         assert found.rows == 0 or found == before[table], table
     for detached in engine.data_root.rglob("detached"):
         assert not list(detached.glob("casbackup_tmp_*"))
+
+
+def test_restore_onto_a_full_disk_is_a_clear_error_and_stages_nothing(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while writing a staged part names the file, exits 21, and leaves no staged part."""
+    create_realistic(engine, dbname, rows=3000)
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    real_pwrite = os.pwrite
+    writes = {"n": 0}
+
+    def filling(fd: int, data: Any, offset: int) -> int:
+        writes["n"] += 1
+        if writes["n"] > 3:  # the disk fills up a few writes in
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", filling)
+    result = cli(engine, "restore", "b", "--as", f"{dbname}:{dbname}_copy")
+    assert result.code == ExitCode.TARGET_FILES == 21
+    one_line_error(result.stderr)
+    assert "cannot write " in result.stderr and "No space left on device" in result.stderr
+    assert "/detached/casbackup_tmp_" in result.stderr
+    for detached in engine.data_root.rglob("detached"):
+        assert not list(detached.glob("casbackup_tmp_*"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from casbackup.errors import (
     PackCorrupt,
     PackMissing,
     SourceFileUnreadable,
+    TargetUnwritable,
 )
 from casbackup.repo import keys
 from casbackup.repo.repository import Repository
@@ -139,9 +142,76 @@ def test_restore_never_overwrites_existing_files(
     victim = tmp_path / "out" / "202400_1_1_0" / "count.txt"
     victim.parent.mkdir(parents=True)
     victim.write_bytes(b"precious")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(TargetUnwritable, match=f"cannot write {victim}: File exists"):
         restore_manifest(repo, catalog, manifest, tmp_path / "out")
     assert victim.read_bytes() == b"precious"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (tmpfs), where a restore runs out of space for real."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_named_and_found_before_any_data_is_copied(
+    repo: Repository,
+    catalog: Catalog,
+    tmp_path: Path,
+    small_disk: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every file's blocks are allocated before the fetch: the disk runs out there, not mid-copy."""
+    expected = make_tree(tmp_path / "src")
+    assert sum(map(len, expected.values())) > 2 * 1024 * 1024
+    manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    copies: list[int] = []
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(
+        os, "pwrite", lambda fd, data, at: copies.append(fd) or real_pwrite(fd, data, at)
+    )
+    with pytest.raises(TargetUnwritable) as raised:
+        restore_manifest(repo, catalog, manifest, small_disk / "out")
+    assert copies == []
+    assert raised.value.exit_code == ExitCode.TARGET_FILES
+    assert raised.value.message.startswith(f"cannot write {small_disk}/out/")
+    assert raised.value.message.endswith(": No space left on device")
+
+
+def test_an_unwritable_directory_is_named(
+    repo: Repository, catalog: Catalog, tmp_path: Path
+) -> None:
+    """Root ignores mode bits, so as root the directory is made immutable instead."""
+    make_tree(tmp_path / "src")
+    manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    as_root = os.geteuid() == 0
+    if as_root:
+        if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available on this filesystem")
+    else:
+        out.chmod(0o500)
+    try:
+        with pytest.raises(TargetUnwritable, match=f"cannot write {out}/"):
+            restore_manifest(repo, catalog, manifest, out)
+    finally:
+        if as_root:
+            subprocess.run(["chattr", "-i", str(out)], check=True)
+        else:
+            out.chmod(0o700)
+    assert list(out.iterdir()) == []
 
 
 def test_unindexed_chunk_is_integrity_error(

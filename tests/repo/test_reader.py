@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import threading
 from pathlib import Path
@@ -10,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from casbackup.repo import keys
+from casbackup.repo import keys, reader
 from casbackup.repo.chunker import chunk_id
-from casbackup.repo.reader import ChunkFetcher, ChunkLocation, plan_reads
+from casbackup.repo.reader import ChunkFetcher, ChunkLocation, plan_reads, preallocate
 from casbackup.store.local import LocalStore
 from tests.helpers import hinted_one_ahead
 
@@ -139,3 +141,57 @@ def test_a_hint_for_what_is_not_there_is_ignored(tmp_path: Path) -> None:
     store.prefetch("packs/ab/missing", 0, 10)
     store.prefetch("packs/ab/cd", 50, 10_000)  # past the end
     assert store.get("packs/ab/cd", 50, 10) == b"x" * 10
+
+
+def test_files_are_preallocated_where_the_filesystem_can(tmp_path: Path) -> None:
+    size = 5 * 1024 * 1024 + 3
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        preallocate(fd, size)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if reader._libc_fallocate() is None:
+        pytest.skip("no fallocate(2) here")
+    assert st.st_size == size and st.st_blocks * 512 >= size
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.ENOSYS])
+def test_without_fallocate_files_are_extended_sparsely(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """Older NFS and some FUSE filesystems refuse fallocate: a sparse file, no error."""
+
+    def refusing(fd: int, mode: int, offset: int, length: int) -> int:
+        ctypes.set_errno(code)
+        return -1
+
+    monkeypatch.setattr(reader, "_libc_fallocate", lambda: refusing)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        preallocate(fd, 1_000_000)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    assert st.st_size == 1_000_000 and st.st_blocks == 0
+
+
+def test_an_interrupted_fallocate_is_retried_and_other_errors_raise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = [errno.EINTR, errno.EINTR, 0, errno.ENOSPC]
+
+    def flaky(fd: int, mode: int, offset: int, length: int) -> int:
+        code = results.pop(0)
+        ctypes.set_errno(code)
+        return -1 if code else 0
+
+    monkeypatch.setattr(reader, "_libc_fallocate", lambda: flaky)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        preallocate(fd, 10)
+        assert results == [errno.ENOSPC]
+        with pytest.raises(OSError, match="No space left on device"):
+            preallocate(fd, 10)
+    finally:
+        os.close(fd)
