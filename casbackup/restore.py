@@ -478,14 +478,14 @@ class RestoreService:
             raise RestoreFailed(table=item.target, detail="table has no data path after creation")
         data_path = Path(info.data_paths[0])
         detached = data_path / "detached"
-        owner = os.stat(data_path)
-        if not detached.exists():
-            with writing(detached):
+        with writing(detached):  # run as a user who may not write there: EACCES already here
+            owner = os.stat(data_path)
+            if not detached.exists():
                 detached.mkdir()
                 _chown(detached, owner.st_uid, owner.st_gid)
         parts = sorted(self._parts(item.entry), key=lambda p: (p.min_block, p.max_block, p.name))
         for part in parts:
-            if (detached / part.name).exists():
+            if _exists(detached / part.name):
                 raise RestoreFailed(
                     table=item.target,
                     detail=f"{detached / part.name} already exists (left by an earlier run?); "
@@ -657,6 +657,11 @@ def staging_batches(parts: list[mf.Part]) -> Iterator[list[mf.Part]]:
         files += len(part.files)
     if batch:
         yield batch
+
+
+def _exists(path: Path) -> bool:
+    with writing(path):
+        return path.exists()
 
 
 def _chown(path: Path, uid: int, gid: int) -> None:

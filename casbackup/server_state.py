@@ -375,21 +375,29 @@ def restore_directory(
     for path in replaced_files(fileset, target, overwrite=overwrite):
         with writing(path):
             path.unlink()
-    write_files(
-        ChunkFetcher(repo.store, threads=2),
-        catalog.index.locate,
-        [FileTarget(path, files[f.file_id], f.mode) for path, f in destinations],
-    )
+    try:
+        write_files(
+            ChunkFetcher(repo.store, threads=2),
+            catalog.index.locate,
+            [FileTarget(path, files[f.file_id], f.mode) for path, f in destinations],
+        )
+    except BaseException:
+        # Half-written files would make the next attempt need --overwrite.
+        for path, _ in destinations:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
     return [p for p, _ in destinations]
 
 
 def replaced_files(fileset: mf.FileSet, target: Path, *, overwrite: bool) -> list[Path]:
     """Files a restore of ``fileset`` under ``target`` would replace; refused unless ``overwrite``."""
-    clashes = [
-        target / f.path
-        for f in fileset.files
-        if (target / f.path).exists() or (target / f.path).is_symlink()
-    ]
+    with writing(target):
+        clashes = [
+            target / f.path
+            for f in fileset.files
+            if (target / f.path).exists() or (target / f.path).is_symlink()
+        ]
     if clashes and not overwrite:
         raise RestoreConflict(
             detail=f"{len(clashes)} files exist under {target}, e.g. {clashes[0]} "

@@ -46,6 +46,7 @@ from casbackup.errors import (
     ClickHouseError,
     ObjectNotFound,
     PartDamaged,
+    TargetUnwritable,
     UsageError,
 )
 from casbackup.process import ProcessTag
@@ -343,6 +344,8 @@ class Verifier:
             RestoreService(
                 self.server, self.repo, self.catalog, manifest, replace(base, schema_only=True)
             ).run()
+        except TargetUnwritable:
+            raise
         except CasbackupError as exc:
             self._problem(RESTORE, f"backup {name}", f"schema: {exc.message}")
             return
@@ -375,6 +378,8 @@ class Verifier:
                 )
                 self._record_checksums(check, table, checked)
                 self._check_table(check, table, target[0], target[1])
+            except TargetUnwritable:
+                raise  # the scratch disk's fault, not the backup's: every table would fail alike
             except CasbackupError as exc:
                 check.ok = False
                 if isinstance(exc, PartDamaged):

@@ -222,10 +222,12 @@ def write_files(
             )
     fds: list[int] = []
     written = 0
+    completed = False  # a close's error is raised only if nothing else was
     try:
         for target in targets:
-            with writing(target.path):
+            with writing(target.path.parent):
                 target.path.parent.mkdir(parents=True, exist_ok=True)
+            with writing(target.path):
                 fd = os.open(
                     target.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
                 )
@@ -252,9 +254,17 @@ def write_files(
                 if fsync:
                     os.fsync(fd)
                 os.fchmod(fd, target.mode)
+        completed = True
     finally:
-        for fd in fds:
-            os.close(fd)
+        closing = None
+        for fd, target in zip(fds, targets, strict=False):
+            try:
+                os.close(fd)
+            except OSError as exc:  # NFS may report a full disk only here
+                closing = closing or (target.path, exc)
+        if closing is not None and completed:
+            with writing(closing[0]):
+                raise closing[1]
     return written
 
 
@@ -268,7 +278,13 @@ def writing(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise TargetUnwritable(path=str(path), reason=exc.strerror or str(exc)) from None
+        if exc.errno in _NOT_THE_FILES:
+            raise
+        raise TargetUnwritable(path=str(path), reason=exc.strerror or str(exc)) from exc
+
+
+# The process's limits, not the target's: left as they are (an internal error).
+_NOT_THE_FILES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def preallocate(fd: int, size: int) -> None:
@@ -303,8 +319,12 @@ def _libc_fallocate() -> Callable[[int, int, int, int], int] | None:
     import ctypes  # see preallocate
 
     try:
-        function = ctypes.CDLL(None, use_errno=True).fallocate
-    except (OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    # fallocate64 takes a 64-bit off_t whatever the build (32-bit glibc's fallocate does not).
+    function = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if function is None:
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     function.restype = ctypes.c_int

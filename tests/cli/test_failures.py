@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from casbackup.clickhouse.server import SCRATCH_PREFIX
 from casbackup.errors import ExitCode, StoreFull
 from casbackup.store.local import LocalStore
 from tests.clickhouse.schema import create_realistic, fingerprints, q
@@ -420,12 +423,11 @@ def test_restore_onto_a_full_disk_is_a_clear_error_and_stages_nothing(
     cli(engine, "init")
     assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
     real_pwrite = os.pwrite
-    writes = {"n": 0}
+    writes = itertools.count(1)
 
     def filling(fd: int, data: Any, offset: int) -> int:
-        writes["n"] += 1
-        if writes["n"] > 3:  # the disk fills up a few writes in
-            raise OSError(28, "No space left on device")
+        if next(writes) > 3:  # the disk fills up a few writes in
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_pwrite(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", filling)
@@ -436,3 +438,35 @@ def test_restore_onto_a_full_disk_is_a_clear_error_and_stages_nothing(
     assert "/detached/casbackup_tmp_" in result.stderr
     for detached in engine.data_root.rglob("detached"):
         assert not list(detached.glob("casbackup_tmp_*"))
+
+
+@pytest.mark.parametrize("command", ["restore", "verify"])
+def test_a_refused_rename_into_detached_is_exit_21(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """The last write of a restore; verify --restore stops on it too (the scratch disk, not the backup)."""
+    create_realistic(engine, dbname, rows=3000)
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    real_rename = os.rename
+
+    def refusing(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        if "/detached/" in str(target) and "casbackup_tmp_" in str(source):
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", refusing)
+    if command == "restore":
+        result = cli(engine, "restore", "b", "--as", f"{dbname}:{dbname}_copy")
+    else:
+        result = cli(engine, "verify", "b", "--restore")
+    assert result.code == ExitCode.TARGET_FILES
+    if command == "restore":
+        one_line_error(result.stderr)
+    else:  # verify notes each table it checks on stderr first
+        assert "Traceback" not in result.stderr
+        one_line_error(result.stderr.splitlines(keepends=True)[-1])
+    assert "/detached/" in result.stderr and result.stderr.endswith(": Read-only file system\n")
+    for detached in engine.data_root.rglob("detached"):
+        assert not list(detached.glob("casbackup_tmp_*"))
+    assert not [db for (db,) in engine.sql("SHOW DATABASES") if db.startswith(SCRATCH_PREFIX)]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ from casbackup.errors import (
     SourceFileUnreadable,
     TargetUnwritable,
 )
-from casbackup.repo import keys
+from casbackup.repo import keys, reader
 from casbackup.repo.repository import Repository
 from casbackup.snapshot import SnapshotWriter
 from tests.helpers import restore_manifest, snapshot_directory, tree_contents, write_tree
@@ -150,6 +153,8 @@ def test_restore_never_overwrites_existing_files(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB filesystem (tmpfs), where a restore runs out of space for real."""
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here")
     mount = tmp_path / "small"
     mount.mkdir()
     made = subprocess.run(
@@ -189,6 +194,58 @@ def test_a_full_disk_is_named_and_found_before_any_data_is_copied(
     assert raised.value.message.endswith(": No space left on device")
 
 
+def test_a_refused_preallocation_stops_before_any_copy(
+    repo: Repository, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same as on the small disk, wherever this runs: fallocate says ENOSPC."""
+    make_tree(tmp_path / "src")
+    manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+
+    def no_space(fd: int, mode: int, offset: int, length: int) -> int:
+        ctypes.set_errno(errno.ENOSPC)
+        return -1
+
+    monkeypatch.setattr(reader, "_libc_fallocate", lambda: no_space)
+    copies: list[int] = []
+    real_pwrite = os.pwrite
+    monkeypatch.setattr(
+        os, "pwrite", lambda fd, data, at: copies.append(fd) or real_pwrite(fd, data, at)
+    )
+    with pytest.raises(TargetUnwritable, match="No space left on device") as raised:
+        restore_manifest(repo, catalog, manifest, tmp_path / "out")
+    assert copies == [] and raised.value.exit_code == ExitCode.TARGET_FILES
+
+
+def test_a_failing_close_is_the_files_error_and_every_file_is_closed(
+    repo: Repository, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS can report a full disk only when the file is closed."""
+    make_tree(tmp_path / "src")
+    manifest = snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    out = tmp_path / "out"
+    real_close = os.close
+    refused: list[str] = []
+
+    def closing(fd: int) -> None:
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            path = ""
+        real_close(fd)
+        if path.startswith(str(out)) and path.endswith("value.bin"):
+            refused.append(path)
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+
+    open_before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "close", closing)
+    with pytest.raises(TargetUnwritable, match="Disk quota exceeded") as raised:
+        restore_manifest(repo, catalog, manifest, out)
+    monkeypatch.undo()
+    assert len(refused) == 3, "every file was closed, also after the first refusal"
+    assert raised.value.message == f"cannot write {refused[0]}: Disk quota exceeded"
+    assert len(os.listdir("/proc/self/fd")) == open_before
+
+
 def test_an_unwritable_directory_is_named(
     repo: Repository, catalog: Catalog, tmp_path: Path
 ) -> None:
@@ -199,8 +256,9 @@ def test_an_unwritable_directory_is_named(
     out.mkdir()
     as_root = os.geteuid() == 0
     if as_root:
-        if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i is not available on this filesystem")
+        chattr = shutil.which("chattr")
+        if chattr is None or subprocess.run([chattr, "+i", str(out)]).returncode != 0:
+            pytest.skip("chattr +i is not available here")
     else:
         out.chmod(0o500)
     try:
@@ -208,7 +266,7 @@ def test_an_unwritable_directory_is_named(
             restore_manifest(repo, catalog, manifest, out)
     finally:
         if as_root:
-            subprocess.run(["chattr", "-i", str(out)], check=True)
+            subprocess.run(["chattr", "-i", str(out)], check=False)
         else:
             out.chmod(0o700)
     assert list(out.iterdir()) == []
