@@ -9,6 +9,7 @@ directory of *.sql files is round-tripped as files on both.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -408,3 +409,40 @@ def test_named_collection_with_hidden_values_is_a_warning(
     finally:
         chdb_engine.sql("DROP NAMED COLLECTION cas_hidden")
         chdb_engine.sql(f"DROP DATABASE {db}")
+
+
+def test_a_failed_config_restore_leaves_no_half_written_files(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 21, and the next attempt needs no --overwrite: the files it had begun are gone."""
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    engine.sql(f"CREATE TABLE {q(dbname)}.t (x UInt8) ENGINE = MergeTree ORDER BY x")
+    configs = tmp_path / "etc-clickhouse"
+    expected = config_tree(configs)
+    cli(engine, "init")
+    created = cli(
+        engine,
+        "create",
+        "b",
+        "--tables",
+        f"{dbname}.*",
+        "--configs",
+        "--configs-path",
+        str(configs),
+    )
+    assert created.code == 0, created.stderr
+    staging = tmp_path / "staging"
+    real_pwrite = os.pwrite
+
+    def full(fd: int, data: Any, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    failed = cli(engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables")
+    assert failed.code == ExitCode.TARGET_FILES, failed.stderr
+    assert failed.stderr.strip().endswith(": No space left on device")
+    assert tree(staging) == {}
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    again = cli(engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables")
+    assert again.code == 0, again.stderr
+    assert tree(staging / "configs") == expected
