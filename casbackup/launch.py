@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 
-def main() -> NoReturn:
+def load_cli() -> Callable[[list[str] | None], int]:
+    """Import the command line with the collector paused, and freeze what it built."""
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -27,4 +29,8 @@ def main() -> NoReturn:
         gc.freeze()
         if collecting:
             gc.enable()
-    sys.exit(run())
+    return run
+
+
+def main() -> NoReturn:
+    sys.exit(load_cli()(None))

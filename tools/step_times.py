@@ -21,7 +21,6 @@ times per process, never per chunk.
 from __future__ import annotations
 
 import functools
-import gc
 import importlib
 import re
 import statistics
@@ -98,14 +97,9 @@ def wrap_steps() -> None:
 
 
 def run(argv: list[str]) -> int:
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        from casbackup.cli.main import run as casbackup
-    finally:
-        gc.freeze()
-        if collecting:
-            gc.enable()
+    from casbackup.launch import load_cli
+
+    casbackup = load_cli()
     log("imports", time.perf_counter() - STARTED)
     wrap_steps()
     status = casbackup(argv)

@@ -51,9 +51,10 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_config_files_round_trip_to_a_staging_directory(
+def backed_up_with_configs(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
-) -> None:
+) -> dict[str, bytes]:
+    """Backup "b" of a small table with a config tree beside it; returns the tree's files."""
     engine.sql(f"CREATE DATABASE {q(dbname)}")
     engine.sql(f"CREATE TABLE {q(dbname)}.t (x UInt8) ENGINE = MergeTree ORDER BY x")
     configs = tmp_path / "etc-clickhouse"
@@ -70,6 +71,13 @@ def test_config_files_round_trip_to_a_staging_directory(
         str(configs),
     )
     assert created.code == 0, created.stderr
+    return expected
+
+
+def test_config_files_round_trip_to_a_staging_directory(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    expected = backed_up_with_configs(engine, dbname, cli, tmp_path)
     missing = cli(engine, "create", "c", "--configs", "--configs-path", str(tmp_path / "nowhere"))
     assert missing.code == ExitCode.USAGE
     assert missing.stderr.strip().endswith(
@@ -415,22 +423,7 @@ def test_a_failed_config_restore_leaves_no_half_written_files(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Exit 21, and the next attempt needs no --overwrite: the files it had begun are gone."""
-    engine.sql(f"CREATE DATABASE {q(dbname)}")
-    engine.sql(f"CREATE TABLE {q(dbname)}.t (x UInt8) ENGINE = MergeTree ORDER BY x")
-    configs = tmp_path / "etc-clickhouse"
-    expected = config_tree(configs)
-    cli(engine, "init")
-    created = cli(
-        engine,
-        "create",
-        "b",
-        "--tables",
-        f"{dbname}.*",
-        "--configs",
-        "--configs-path",
-        str(configs),
-    )
-    assert created.code == 0, created.stderr
+    expected = backed_up_with_configs(engine, dbname, cli, tmp_path)
     staging = tmp_path / "staging"
     real_pwrite = os.pwrite
 
