@@ -26,6 +26,15 @@ def store_bytes(repo: Path) -> int:
     return sum(p.stat().st_size for p in (repo / "packs").rglob("*") if p.is_file())
 
 
+def committed_pack_bytes(repo: Path) -> int:
+    """Bytes of packs whose put completed: temporary files of puts in flight not counted."""
+    return sum(
+        p.stat().st_size
+        for p in (repo / "packs").rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+
+
 def dead_lock(repo: Path, kind: str, exclusive: bool) -> Path:
     """A lock object whose holder (a pid that cannot exist) is gone."""
     key = f"exclusive-{kind}" if exclusive else f"{kind}-deadbeef"
@@ -242,16 +251,15 @@ def test_clean_broken_removes_what_a_killed_backup_left(
         [*base, "create", "doomed", "--tables", f"{db}.*"], stderr=subprocess.PIPE
     )
     deadline = time.monotonic() + 60
-    while store_bytes(repo) < 3 << 20 if (repo / "packs").exists() else True:
+    # Wait for committed packs, not just bytes: two puts in flight can hold
+    # 3 MiB of temporary files (a pack holds at least one chunk, up to the
+    # maximal chunk size) before any pack is committed.
+    while committed_pack_bytes(repo) < 3 << 20 if (repo / "packs").exists() else True:
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    orphaned = sum(
-        p.stat().st_size
-        for p in (repo / "packs").rglob("*")
-        if p.is_file() and not p.name.startswith(".")
-    )
+    orphaned = committed_pack_bytes(repo)
     assert orphaned > 0
     subprocess.run([*base, "clean"], check=True, capture_output=True)  # the shadow
 
