@@ -47,10 +47,11 @@ from casbackup.errors import (
     RestoreFailed,
     UsageError,
 )
+from casbackup.file_errors import writing
 from casbackup.ordering import is_inner_table
 from casbackup.process import ProcessTag
 from casbackup.repo import manifest as mf
-from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write_files, writing
+from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write_files
 from casbackup.repo.repository import Repository
 from casbackup.selection import partition_selected, select
 from casbackup.server_state import (

@@ -34,8 +34,9 @@ from casbackup.catalog import Catalog
 from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import Kind, quote_identifier, rename_databases, tokenize
 from casbackup.errors import ClickHouseError, RestoreConflict, UsageError
+from casbackup.file_errors import writing
 from casbackup.repo import manifest as mf
-from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files, writing
+from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
 from casbackup.snapshot import SnapshotWriter
 

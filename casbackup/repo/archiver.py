@@ -9,7 +9,6 @@ thread pool: reading, cutting (pyfastcdc), hashing (blake3) and compressing
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from casbackup.errors import SourceFileUnreadable
+from casbackup.file_errors import reading
 from casbackup.repo.chunker import Chunker, ChunkerParams, chunk_id, file_id
 from casbackup.repo.writer import ChunkWriter
 
@@ -82,7 +81,7 @@ class FileArchiver:
         """
         contents: list[bytes | None] = []
         for path in paths:
-            with _reading(path), open(path, "rb", buffering=0) as handle:
+            with reading(path), open(path, "rb", buffering=0) as handle:
                 data = handle.read(self.params.min_size)
             contents.append(data if len(data) < self.params.min_size else None)
         ids = [chunk_id(data) if data else None for data in contents]
@@ -175,7 +174,7 @@ class FileArchiver:
         chunker = self._chunker()
         # Unbuffered: the chunker reads at offsets into its own window, and a
         # Python-side buffer would be allocated per file.
-        with _reading(path), open(path, "rb", buffering=0) as handle:
+        with reading(path), open(path, "rb", buffering=0) as handle:
             yield from chunker.split_file(handle.fileno())
 
     def _chunker(self) -> Chunker:
@@ -185,21 +184,8 @@ class FileArchiver:
         return chunker
 
 
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """Name the file in a read error: the chunker reads by descriptor, which names none.
-
-    Only the reads are inside: errors of the store or the index, raised while
-    a chunk is handed on, are not errors of the file being read.
-    """
-    try:
-        yield
-    except OSError as exc:
-        raise SourceFileUnreadable(path=str(path), reason=exc.strerror or str(exc)) from None
-
-
 def _size_of(path: Path) -> int:
-    with _reading(path):
+    with reading(path):
         return os.stat(path).st_size
 
 

@@ -9,7 +9,6 @@ checked against its BLAKE3 id before a single byte of it reaches a file.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
@@ -27,8 +26,8 @@ from casbackup.errors import (
     ObjectNotFound,
     PackCorrupt,
     PackMissing,
-    TargetUnwritable,
 )
+from casbackup.file_errors import writing
 from casbackup.repo import keys
 from casbackup.repo.chunker import chunk_id as digest_of
 from casbackup.repo.compression import decompress
@@ -266,25 +265,6 @@ def write_files(
             with writing(closing[0]):
                 raise closing[1]
     return written
-
-
-@contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Name the file in a write error: a full or read-only disk is the operator's, not a bug.
-
-    Only the writes go inside: an error of the repository or a corrupt chunk,
-    raised while fetching, is not an error of the file being written.
-    """
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in _NOT_THE_FILES:
-            raise
-        raise TargetUnwritable(path=str(path), reason=exc.strerror or str(exc)) from exc
-
-
-# The process's limits, not the target's: left as they are (an internal error).
-_NOT_THE_FILES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def preallocate(fd: int, size: int) -> None:
