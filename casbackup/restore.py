@@ -637,8 +637,9 @@ class RestoreService:
                     self.server.execute(f"SYSTEM START MERGES {name}")
 
 
-# A batch of parts is staged with one fetch; write_files holds every file of
-# the batch open, so the file count is bounded well below the usual 1024 fds.
+# A batch of parts is staged with one fetch (write_files holds at most
+# MAX_OPEN_FILES of its files open at once, so a bigger part needs no other
+# bound); the file count keeps a batch of many small parts to one such group.
 STAGE_BATCH_BYTES = 256 * 1024 * 1024
 STAGE_BATCH_FILES = 400
 

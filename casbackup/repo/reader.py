@@ -186,39 +186,60 @@ class FileTarget:
     mode: int = 0o644
 
 
+# Files held open at once by ``write_files``: well below the 1024 descriptors
+# of the usual soft limit (systemd's default too), whatever one part holds (a
+# wide part of a 600-column table has some 2,400 files).
+MAX_OPEN_FILES = 400
+
+
 def write_files(
     fetcher: ChunkFetcher, locate: Locator, targets: list[FileTarget], *, fsync: bool = False
 ) -> int:
     """Create every target file from its chunks; returns bytes written.
 
     Targets must not exist yet (they go into a fresh temporary directory). Each
-    chunk is fetched once even if several files (or one file twice) use it, and
-    written with pwrite at every offset that needs it; sizes are checked
-    against the index before anything is fetched.
+    chunk is fetched once per group of files (``MAX_OPEN_FILES``) even if
+    several files (or one file twice) use it, and written with pwrite at every
+    offset that needs it; sizes are checked against the index before anything
+    is fetched.
 
     Each file's blocks are allocated before it is written (``preallocate``).
     No fsync by default, like ClickHouse itself (``fsync_after_insert`` and
     ``fsync_part_directory`` are off by default): one per file made restores of
     parts with many small files several times slower.
     """
-    needs: dict[bytes, list[tuple[int, int]]] = {
-        cid: [] for target in targets for cid in target.content.chunks
-    }
-    locations = locate(needs.keys())
-    missing = [cid for cid in needs if cid not in locations]
+    locations = locate({cid for target in targets for cid in target.content.chunks})
+    missing = [cid for target in targets for cid in target.content.chunks if cid not in locations]
     if missing:
         raise IntegrityError(
-            detail=f"{len(missing)} chunks are not in the index, e.g. {missing[0].hex()}"
+            detail=f"{len(set(missing))} chunks are not in the index, e.g. {missing[0].hex()}"
         )
+    for target in targets:
+        size = sum(locations[cid].raw_size for cid in target.content.chunks)
+        if size != target.content.size:
+            raise IntegrityError(
+                detail=f"{target.path.name}: chunks add up to {size} bytes, file has {target.content.size}"
+            )
+    return sum(
+        _write_group(fetcher, locations, targets[start : start + MAX_OPEN_FILES], fsync=fsync)
+        for start in range(0, len(targets), MAX_OPEN_FILES)
+    )
+
+
+def _write_group(
+    fetcher: ChunkFetcher,
+    locations: Mapping[bytes, ChunkLocation],
+    targets: list[FileTarget],
+    *,
+    fsync: bool,
+) -> int:
+    """Write files whose chunks are known to be indexed and to add up; every descriptor is closed."""
+    needs: dict[bytes, list[tuple[int, int]]] = {}
     for index, target in enumerate(targets):
         offset = 0
         for cid in target.content.chunks:
-            needs[cid].append((index, offset))
+            needs.setdefault(cid, []).append((index, offset))
             offset += locations[cid].raw_size
-        if offset != target.content.size:
-            raise IntegrityError(
-                detail=f"{target.path.name}: chunks add up to {offset} bytes, file has {target.content.size}"
-            )
     fds: list[int] = []
     written = 0
     completed = False  # a close's error is raised only if nothing else was

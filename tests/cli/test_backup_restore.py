@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,39 @@ def test_modern_parts_are_wide_compact_and_have_projections(chdb_engine: Engine,
     assert any(list(Path(p).glob("skp_idx*")) for (p,) in paths)
     assert chdb_engine.value(f"SELECT count() FROM {db}.events_wide WHERE s = '17'") == 1
     drop_databases(chdb_engine, db, odd_database(db))
+
+
+def test_a_part_of_more_files_than_the_descriptor_limit_restores(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """A wide part of a 700-column table has some 1,400 files or more: more than the
+    descriptors a restore may hold (1024 under systemd's default soft limit)."""
+    columns = ", ".join(f"c{i} UInt8" for i in range(700))
+    settings = " SETTINGS min_bytes_for_wide_part = 0" if engine.modern else ""
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    engine.sql(
+        f"CREATE TABLE {q(dbname)}.wide (id UInt64, {columns}) "
+        f"ENGINE = MergeTree ORDER BY id{settings}"
+    )
+    values = ", ".join(f"(number + {i}) % 251" for i in range(700))
+    engine.sql(f"INSERT INTO {q(dbname)}.wide SELECT number, {values} FROM numbers(100)")
+    before = fingerprints(engine, [dbname])
+    assert cli(engine, "init").code == 0
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    shown = cli(engine, "show", "b", "--json").json()
+    assert max(p["files"] for t in shown["tables"] for p in t["parts"]) > 1400
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 600, hard))
+    try:
+        restored = cli(engine, "restore", "b", "--as", f"{dbname}:{dbname}_copy")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert restored.code == 0, restored.stderr
+    copy = fingerprints(engine, [f"{dbname}_copy"])
+    assert {k.replace(f"{dbname}_copy", dbname, 1): v for k, v in copy.items()} == before
+    drop_databases(engine, dbname, f"{dbname}_copy")
 
 
 def restored_copy(engine: Engine, dbname: str, cli: Any, *options: str) -> tuple[str, Any]:

@@ -56,6 +56,41 @@ def test_roundtrip_is_exact(repo: Repository, catalog: Catalog, tmp_path: Path) 
     assert manifest.stats.new_bytes == sum(i.size for i in repo.store.list("packs/"))
 
 
+def test_more_files_than_may_be_open_at_once(
+    repo: Repository, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files go out in groups of MAX_OPEN_FILES; a chunk shared across groups reaches every file."""
+    monkeypatch.setattr(reader, "MAX_OPEN_FILES", 7)
+    rng = random.Random(5)
+    shared = rng.randbytes(300_000)
+    expected = {
+        f"all_1_1_0/c{i}.bin": shared if i % 3 else rng.randbytes(i * 10) for i in range(30)
+    }
+    write_tree(tmp_path / "src", expected)
+    snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    out = tmp_path / "out"
+    live: set[int] = set()
+    most = 0
+    real_open, real_close = os.open, os.close
+
+    def tracking_open(path: str | Path, flags: int, mode: int = 0o777) -> int:
+        nonlocal most
+        fd = real_open(path, flags, mode)
+        if Path(path).is_relative_to(out):
+            live.add(fd)
+            most = max(most, len(live))
+        return fd
+
+    def tracking_close(fd: int) -> None:
+        live.discard(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(os, "close", tracking_close)
+    assert restore_manifest(repo, catalog, repo.read_manifest("b1"), out) == expected
+    assert most == 7 and not live
+
+
 def test_second_snapshot_stores_nothing_new(
     repo: Repository, catalog: Catalog, tmp_path: Path
 ) -> None:
