@@ -128,6 +128,10 @@ class IntegrityError(RepositoryError):
     """integrity check failed: {detail}"""
 
 
+class GcBlocked(IntegrityError):
+    """gc frees nothing while {detail}"""
+
+
 class ChunkCorrupt(IntegrityError):
     """chunk {chunk} in pack {pack} is corrupt: {detail}"""
 

@@ -53,13 +53,14 @@ from casbackup.catalog.packs import (
     PackUsage,
     delete_orphan_files,
     forget_packs,
+    index_gaps,
     live_entries,
     pack_usage,
     record_repacked,
     set_states,
 )
 from casbackup.catalog.rebuild import sync
-from casbackup.errors import PackCorrupt
+from casbackup.errors import GcBlocked, PackCorrupt, RepositoryError
 from casbackup.repo import keys
 from casbackup.repo.chunker import chunk_id as digest_of
 from casbackup.repo.compression import decompress
@@ -134,6 +135,12 @@ def alive_backup_leases(records: list[LockRecord], now: float, ttl: float) -> se
 def plan_gc(
     repo: Repository, catalog: Catalog, settings: GcSettings, clock: Clock = time.time
 ) -> GcPlan:
+    gaps = index_gaps(catalog.db)
+    if gaps:
+        raise GcBlocked(
+            detail=f"the catalog's index is incomplete ({'; '.join(gaps)}); "
+            "run `casbackup catalog rebuild`"
+        )
     now = clock()
     marks = read_marks(repo.store)
     alive = alive_backup_leases(read_locks(repo.store), now, settings.lease_ttl)
@@ -331,7 +338,13 @@ def collect_garbage(
     progress: Callable[[str], None] | None = None,
 ) -> GcReport:
     """One gc run (the caller holds the exclusive gc lock)."""
-    sync(repo, catalog)
+    try:
+        sync(repo, catalog, strict=True)
+    except RepositoryError as exc:
+        raise GcBlocked(
+            detail=f"a backup in the store cannot be indexed ({exc.message}); "
+            "`casbackup delete` removes a backup that is lost"
+        ) from None
     plan = plan_gc(repo, catalog, settings, clock)
     if dry_run:
         return GcReport(plan=plan)

@@ -72,6 +72,43 @@ def pack_usage(db: CatalogDatabase) -> list[PackUsage]:
     ]
 
 
+_UNINDEXED_CHUNKS = f"""
+SELECT count(DISTINCT fc.chunk_digest), min(fc.chunk_digest)
+FROM file_chunks fc
+LEFT JOIN chunks c ON c.digest = fc.chunk_digest
+WHERE fc.file_digest IN ({REFERENCED_FILES_SQL}) AND c.digest IS NULL
+"""
+
+_INCOMPLETE_FILES = f"""
+WITH referenced AS ({REFERENCED_FILES_SQL}),
+listed AS (SELECT file_digest, count(*) AS n FROM file_chunks GROUP BY file_digest)
+SELECT count(*), min(r.file_digest)
+FROM referenced r
+LEFT JOIN files f ON f.digest = r.file_digest
+LEFT JOIN listed l ON l.file_digest = r.file_digest
+WHERE f.digest IS NULL OR f.chunk_count != coalesce(l.n, 0)
+"""
+
+
+def index_gaps(db: CatalogDatabase) -> list[str]:
+    """What backups reference that the catalog cannot follow to a pack; empty when whole.
+
+    gc counts a pack's live chunks through these rows, so a lost row would
+    make a needed pack look free. The writers never leave such a gap (the
+    index is written before the contents that use it); a damaged or
+    hand-edited catalog can.
+    """
+    gaps = []
+    with db.read() as conn:
+        files, file_example = conn.execute(text(_INCOMPLETE_FILES)).one()
+        chunks, chunk_example = conn.execute(text(_UNINDEXED_CHUNKS)).one()
+    if files:
+        gaps.append(f"{files} referenced files have no complete chunk list, e.g. {file_example}")
+    if chunks:
+        gaps.append(f"{chunks} referenced chunks are in no indexed pack, e.g. {chunk_example}")
+    return gaps
+
+
 def set_states(db: CatalogDatabase, condemned: AbstractSet[bytes], now: datetime) -> None:
     """Make the catalog's pack states exactly what the store's marks say."""
     with db.write() as conn:

@@ -6,11 +6,20 @@ a manifest whose commit the catalog never heard of because the process died)
 and forgets committed backups whose manifest is gone. ``rebuild`` is ``sync``
 into an empty catalog, written next to the old file and renamed over it, so a
 failed rebuild leaves the old catalog in place.
+
+A damaged object (a pack whose trailer does not parse, a manifest that does
+not decode, belongs to another repository or needs chunks no pack holds) is
+left out and reported, not fatal: one bad backup must not stop new backups,
+restores of the others, ``delete`` or a rebuild on a new host. Only gc needs
+the strict form (a backup that cannot be indexed raises): it must never free
+what such a backup may reference. A pack left out is never gc's to delete,
+as gc deletes only indexed packs, so packs are reported in both forms.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import sqlite3
@@ -29,12 +38,20 @@ from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.index import batched, record_pack
 from casbackup.catalog.models import COMMITTED, REFERENCED_FILES_SQL, Backup, Base, Chunk, Pack
 from casbackup.catalog.packs import forget_packs
-from casbackup.errors import CatalogError, IntegrityError
+from casbackup.errors import (
+    CatalogError,
+    IntegrityError,
+    ManifestCorrupt,
+    ObjectNotFound,
+    RepositoryError,
+)
 from casbackup.repo import keys
 from casbackup.repo import manifest as manifest_codec
 from casbackup.repo.repository import Repository
 
 Progress = Callable[[str], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,7 +64,7 @@ class SyncReport:
 
 
 def sync(
-    repo: Repository, catalog: Catalog, progress: Progress | None = None, *, strict: bool = True
+    repo: Repository, catalog: Catalog, progress: Progress | None = None, *, strict: bool = False
 ) -> SyncReport:
     """Make the catalog agree with the store. Order matters for foreign keys and safety:
 
@@ -85,8 +102,16 @@ def sync(
         forget_packs(db, unneeded)
         report.packs_forgotten = len(unneeded)
 
+    def left_out(what: str, error: RepositoryError) -> None:
+        report.warnings.append(f"{what} not indexed: {error.message}")
+        log.warning("%s", report.warnings[-1])
+
     for pack_id in sorted(set(store_packs) - catalog_packs):
-        entries = repo.read_trailer(pack_id, store_packs[pack_id])
+        try:
+            entries = repo.read_trailer(pack_id, store_packs[pack_id])
+        except RepositoryError as exc:  # PackMissing too: deleted since the listing
+            left_out(f"pack {pack_id.hex()}", exc)
+            continue
         with db.write() as conn:
             record_pack(conn, pack_id, store_packs[pack_id], entries, datetime.now(UTC))
         report.packs_indexed += 1
@@ -94,17 +119,26 @@ def sync(
             note(f"indexed {report.packs_indexed} packs")
 
     for name in sorted(store_names - committed):
-        data = repo.store.get(keys.manifest_key(name))
-        manifest = manifest_codec.decode(data, name)
-        missing = _unindexed_chunks(db, manifest.chunk_ids())
-        if missing:
-            error = IntegrityError(
-                detail=f"backup {name} references {len(missing)} chunks no pack holds, "
-                f"e.g. {min(missing).hex()}; run `casbackup verify` for details"
-            )
+        try:
+            data = repo.store.get(keys.manifest_key(name))
+        except ObjectNotFound:
+            continue  # deleted since the listing
+        try:
+            manifest = manifest_codec.decode(data, name)
+            if manifest.repository_id != repo.id:
+                raise ManifestCorrupt(
+                    backup=name, detail=f"it belongs to repository {manifest.repository_id}"
+                )
+            missing = _unindexed_chunks(db, manifest.chunk_ids())
+            if missing:
+                raise IntegrityError(
+                    detail=f"backup {name} references {len(missing)} chunks no pack holds, "
+                    f"e.g. {min(missing).hex()}; run `casbackup verify` for details"
+                )
+        except RepositoryError as exc:
             if strict:
-                raise error
-            report.warnings.append(error.message)  # a damaged old backup must not stop new ones
+                raise
+            left_out(f"backup {name}", exc)
             continue
         with db.write() as conn:
             records.import_manifest(conn, manifest, blake3.blake3(data).digest(), len(data))

@@ -145,21 +145,34 @@ catalog_app = typer.Typer(
 
 
 @catalog_app.command("rebuild")
-def catalog_rebuild(ctx: typer.Context, json_output: JsonOption = False) -> None:
-    """Rebuild the catalog from the store alone (packs and manifests)."""
+def catalog_rebuild(ctx: typer.Context, json_output: JsonOption = False) -> int:
+    """Rebuild the catalog from the store alone (packs and manifests).
+
+    Damaged packs and backups are left out and named (exit 1); the rest is indexed.
+    """
     app: AppContext = ctx.obj
     repo = app.repository
     url = app.settings.catalog_url(repo.id)
     report = rebuild(repo, url, progress=None if app.quiet else note)
     if json_output:
-        emit_json({"packs": report.packs_indexed, "backups": report.backups_imported})
+        emit_json(
+            {
+                "packs": report.packs_indexed,
+                "backups": report.backups_imported,
+                "warnings": report.warnings,
+            }
+        )
     else:
         print(f"rebuilt catalog: {report.packs_indexed} packs, {report.backups_imported} backups")
+    return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 
 @catalog_app.command("sync")
-def catalog_sync(ctx: typer.Context, json_output: JsonOption = False) -> None:
-    """Index packs and backups the catalog lacks; forget backups deleted elsewhere."""
+def catalog_sync(ctx: typer.Context, json_output: JsonOption = False) -> int:
+    """Index packs and backups the catalog lacks; forget backups deleted elsewhere.
+
+    Damaged packs and backups are left out and named (exit 1).
+    """
     app: AppContext = ctx.obj
     report = sync(app.repository, app.catalog)
     if json_output:
@@ -169,6 +182,7 @@ def catalog_sync(ctx: typer.Context, json_output: JsonOption = False) -> None:
             f"indexed {report.packs_indexed} packs, imported {report.backups_imported} backups, "
             f"forgot {report.backups_forgotten} backups"
         )
+    return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 
 def default_config() -> None:

@@ -8,6 +8,7 @@ what is here (and rebuilt from it, see ``casbackup.catalog.rebuild``).
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 from casbackup.errors import (
     BackupExists,
     BackupNotFound,
+    IntegrityError,
     ObjectNotFound,
     PackCorrupt,
     PackMissing,
@@ -31,6 +33,8 @@ from casbackup.repo.chunker import ChunkerParams
 from casbackup.repo.manifest import Manifest
 from casbackup.repo.pack import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
 from casbackup.store.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
 
 REPOSITORY_FORMAT = "casbackup-repository"
 REPOSITORY_VERSION = 1
@@ -89,6 +93,7 @@ class Repository:
     def __init__(self, store: ObjectStore, config: RepositoryConfig) -> None:
         self.store = store
         self.config = config
+        self._strays: set[str] = set()  # objects that are no pack or manifest, reported once
 
     @property
     def id(self) -> str:
@@ -121,9 +126,14 @@ class Repository:
     # --- packs ---------------------------------------------------------------
 
     def list_packs(self) -> Iterator[tuple[bytes, int]]:
-        """Every pack in the store as (pack id, size); foreign objects are an error."""
+        """Every pack in the store as (pack id, size); other objects there are reported, not fatal."""
         for info in self.store.list(keys.PACKS_PREFIX):
-            yield keys.pack_id_from_key(info.key), info.size
+            try:
+                pack_id = keys.pack_id_from_key(info.key)
+            except IntegrityError:
+                self._stray(info.key, "pack")
+                continue
+            yield pack_id, info.size
 
     def pack_size(self, pack_id: bytes) -> int:
         try:
@@ -162,9 +172,24 @@ class Repository:
     # --- manifests -----------------------------------------------------------
 
     def list_backup_names(self) -> list[str]:
-        return [
-            keys.backup_name_from_key(info.key) for info in self.store.list(keys.MANIFESTS_PREFIX)
-        ]
+        """Committed backups: the manifests. Other objects there are reported, not fatal.
+
+        casbackup never writes such an object (backup names are checked before
+        a manifest is), so it references nothing and no command should stop
+        for it.
+        """
+        names = []
+        for info in self.store.list(keys.MANIFESTS_PREFIX):
+            try:
+                names.append(keys.backup_name_from_key(info.key))
+            except IntegrityError:
+                self._stray(info.key, "manifest")
+        return names
+
+    def _stray(self, key: str, kind: str) -> None:
+        if key not in self._strays:
+            self._strays.add(key)
+            log.warning("ignored %r: not a name casbackup gives a %s", key, kind)
 
     def manifest_info(self, name: str) -> ObjectInfo:
         try:

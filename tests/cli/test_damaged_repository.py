@@ -1,0 +1,121 @@
+"""One damaged object in the repository costs its own backup, never the others.
+
+A manifest that does not decode, a pack whose trailer does not parse or a
+stray object must not stop new backups, restores of the other backups,
+`delete` or a catalog rebuild; gc, which must never free what a backup it
+cannot read may reference, stops instead, with advice. The damage is made by
+hand, as a failing disk or a careless operator would make it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.errors import ExitCode
+from tests.cli.test_failures import one_line_error
+from tests.cli.test_incremental import create_table, fill
+from tests.clickhouse.schema import fingerprints, q
+from tests.engines import Engine
+
+
+def two_backups(engine: Engine, dbname: str, cli: Any) -> dict[str, Any]:
+    """Backups b1 and b2 of the same table; returns its fingerprints."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=20_000)
+    assert cli(engine, "init").code == 0
+    assert cli(engine, "create", "b1", "--tables", f"{dbname}.*").code == 0
+    assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
+    return fingerprints(engine, [dbname])
+
+
+def restores_as_copy(engine: Engine, dbname: str, cli: Any, name: str, before: Any) -> None:
+    copy = f"{dbname}_{name}"
+    result = cli(engine, "restore", name, "--as", f"{dbname}:{copy}")
+    assert result.code == 0, result.stderr
+    after = fingerprints(engine, [copy])
+    assert {k.replace(copy, dbname, 1): v for k, v in after.items()} == before
+    engine.sql(f"DROP DATABASE {q(copy)}")
+
+
+def test_a_corrupt_manifest_costs_only_its_own_backup(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo = tmp_path / "repo"
+    before = two_backups(engine, dbname, cli)
+    (repo / "manifests" / "b3").write_bytes(b"garbage, not a manifest")
+    (repo / "manifests" / "bad=name").write_bytes(b"stray")
+
+    listed = cli(engine, "list", "--json")
+    assert listed.code == 0, listed.stderr
+    assert [b["name"] for b in listed.json()] == ["b1", "b2"]
+    # Warnings on stderr (pytest's log capture takes them from the in-process CLI).
+    assert "backup b3 not indexed: manifest of backup b3 is corrupt" in caplog.text
+    assert caplog.text.count("ignored 'manifests/bad=name': not a name casbackup gives") == 1
+
+    assert cli(engine, "create", "b4", "--tables", f"{dbname}.*").code == 0
+    restores_as_copy(engine, dbname, cli, "b1", before)
+
+    gc = cli(engine, "gc", "--min-age", "0s")
+    assert gc.code == ExitCode.INTEGRITY
+    one_line_error(gc.stderr.splitlines()[-1] + "\n")
+    assert "gc frees nothing while a backup in the store cannot be indexed" in gc.stderr
+    assert "`casbackup delete` removes a backup that is lost" in gc.stderr
+
+    assert cli(engine, "delete", "b3").code == 0
+    assert cli(engine, "gc", "--min-age", "0s").code == 0
+    assert cli(engine, "verify", "--read-data").code == 0
+    restores_as_copy(engine, dbname, cli, "b4", before)
+
+
+def test_a_rebuild_indexes_everything_but_the_damage(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    before = two_backups(engine, dbname, cli)
+    (repo / "manifests" / "b3").write_bytes(b"garbage, not a manifest")
+    stray = repo / "packs" / "ab" / ("ab" * 32)
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"not a pack" * 100)
+    (repo / "catalog.sqlite").unlink()
+
+    rebuilt = cli(engine, "catalog", "rebuild", "--json")
+    assert rebuilt.code == ExitCode.WARNING, rebuilt.stderr
+    report = rebuilt.json()
+    assert report["backups"] == 2
+    assert [w.split(":")[0] for w in report["warnings"]] == [
+        f"pack {'ab' * 32} not indexed",
+        "backup b3 not indexed",
+    ]
+    restores_as_copy(engine, dbname, cli, "b2", before)
+    assert stray.exists()  # not casbackup's to delete: it may be someone's
+
+
+def test_gc_stops_when_the_catalog_lost_index_rows(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """Index rows lost (a damaged catalog): gc would see needed packs as free."""
+    repo = tmp_path / "repo"
+    before = two_backups(engine, dbname, cli)
+    with sqlite3.connect(repo / "catalog.sqlite") as conn:
+        conn.execute(
+            "DELETE FROM chunks WHERE pack_id = (SELECT id FROM packs ORDER BY size DESC LIMIT 1)"
+        )
+    packs = sorted((repo / "packs").rglob("*"))
+
+    for _ in range(2):  # condemn, then delete: neither may happen
+        gc = cli(engine, "gc", "--min-age", "0s")
+        assert gc.code == ExitCode.INTEGRITY
+        assert "gc frees nothing while the catalog's index is incomplete" in gc.stderr
+        assert "referenced chunks are in no indexed pack" in gc.stderr
+        assert "run `casbackup catalog rebuild`" in gc.stderr
+    assert sorted((repo / "packs").rglob("*")) == packs
+    assert not (repo / "condemned").exists() or not list((repo / "condemned").iterdir())
+
+    assert cli(engine, "catalog", "rebuild").code == 0
+    assert cli(engine, "gc", "--min-age", "0s").code == 0
+    assert cli(engine, "gc", "--min-age", "0s").code == 0
+    restores_as_copy(engine, dbname, cli, "b1", before)
