@@ -32,6 +32,7 @@ from casbackup.catalog import Catalog
 from casbackup.clickhouse.part_check import check_part
 from casbackup.clickhouse.server import ClickHouseServer, TableInfo
 from casbackup.clickhouse.sql import (
+    create_target,
     qualified,
     quote_identifier,
     rename_databases,
@@ -41,6 +42,7 @@ from casbackup.clickhouse.sql import (
 )
 from casbackup.errors import (
     ClickHouseError,
+    ManifestCorrupt,
     NothingSelected,
     PartDamaged,
     RestoreConflict,
@@ -197,8 +199,35 @@ class RestoreService:
                     t.name,
                 )
             items.append(_Item(t, database, t.name, owner_view=owner))
+        self._check_statements(items)
         self._check_targets(items)
         return items
+
+    def _check_statements(self, items: list[_Item]) -> None:
+        """Every recorded CREATE this restore may run parses, checked before anything changes.
+
+        The statements come from the manifest, which is untrusted: one that is
+        not a CREATE of the right kind is damage to the backup (exit 15), found
+        before a database is created for it.
+        """
+        databases = {d.name: d for d in self.manifest.databases}
+        statements = []
+        for item in items:
+            entry = item.entry
+            statements.append((f"{entry.database}.{entry.name}", entry.create_sql, False))
+            if entry.database in databases:
+                database = databases[entry.database]
+                statements.append((f"database {database.name}", database.create_sql, True))
+        for what, sql, is_database in statements:
+            try:
+                kind = statement_kind(sql)
+                create_target(sql)
+            except ValueError as exc:
+                raise ManifestCorrupt(backup=self.manifest.name, detail=f"{what}: {exc}") from None
+            if (kind == "DATABASE") != is_database:
+                raise ManifestCorrupt(
+                    backup=self.manifest.name, detail=f"{what}: recorded as CREATE {kind}"
+                )
 
     def _check_server_state(self) -> None:
         if self.options.on_existing == "fail":

@@ -201,6 +201,8 @@ def _name_span(sql: str) -> tuple[int, int, list[Token], list[int]]:
     head = Token(Kind.SPACE, sql[: m.end()])
     tokens = [head, *tokenize(sql[m.end() :])]
     idx = _significant(tokens)
+    if not idx:
+        raise ValueError("CREATE statement without a name")
     first = idx[0]
     last = first
     if len(idx) >= 3 and tokens[idx[1]].text == ".":

@@ -67,6 +67,25 @@ def safe_part_name(name: str) -> str:
     return name
 
 
+def one_tree(paths: list[str]) -> None:
+    """Paths that can all be written under one directory: none twice, none both a file and a directory.
+
+    Each path is safe on its own (``safe_relative_path``); together they
+    must be too, or a restore would meet its own file as "File exists" and
+    blame the disk for damage in the backup.
+    """
+    files = set(paths)
+    if len(files) != len(paths):
+        twice = next(p for p in paths if paths.count(p) > 1)
+        raise ValueError(f"path {twice!r} listed twice")
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            directory = "/".join(parts[:depth])
+            if directory in files:
+                raise ValueError(f"{directory!r} is a file and the directory of {path!r}")
+
+
 def _digest(value: bytes) -> bytes:
     if len(value) != DIGEST_SIZE:
         raise ValueError(f"digest must be {DIGEST_SIZE} bytes, got {len(value)}")
@@ -147,6 +166,11 @@ class Part(_Model):
     files: list[PartFile]
     fingerprint: PartFingerprint | None = None
 
+    @model_validator(mode="after")
+    def _files_form_a_tree(self) -> Part:
+        one_tree([f.path for f in self.files])
+        return self
+
 
 def part_content_id(part: Part) -> bytes:
     """What a part holds, independent of its name.
@@ -183,6 +207,13 @@ class Table(_Model):
     depends_on: list[tuple[str, str]] = Field(default_factory=list)
     parts: list[Part] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _parts_named_once(self) -> Table:
+        names = [p.name for p in self.parts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.database}.{self.name}: a part name appears twice")
+        return self
+
     @property
     def qualified(self) -> str:
         return f"{self.database}.{self.name}"
@@ -211,6 +242,11 @@ class FileSet(_Model):
 
     source: str = Field(max_length=4096)
     files: list[ServerFile] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _files_form_a_tree(self) -> FileSet:
+        one_tree([f.path for f in self.files])
+        return self
 
 
 class Stats(_Model):
@@ -250,6 +286,10 @@ class Manifest(_Model):
         sizes = {f.id: f.size for f in self.files}
         if len(sizes) != len(self.files):
             raise ValueError("file table lists a file twice")
+        if len({d.name for d in self.databases}) != len(self.databases):
+            raise ValueError("a database is listed twice")
+        if len({(t.database, t.name) for t in self.tables}) != len(self.tables):
+            raise ValueError("a table is listed twice")
         for fileset in (self.access_files, self.configs):
             if fileset is None:
                 continue

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from casbackup.errors import ExitCode
+from casbackup.repo import manifest as codec
 from tests.cli.test_failures import one_line_error
 from tests.cli.test_incremental import create_table, fill
 from tests.clickhouse.schema import fingerprints, q
@@ -119,3 +120,23 @@ def test_gc_stops_when_the_catalog_lost_index_rows(
     assert cli(engine, "gc", "--min-age", "0s").code == 0
     assert cli(engine, "gc", "--min-age", "0s").code == 0
     restores_as_copy(engine, dbname, cli, "b1", before)
+
+
+@pytest.mark.parametrize("statement", ["DROP DATABASE {db}", "CREATE TABLE", "CREATE DATABASE x"])
+def test_a_recorded_statement_that_is_no_create_is_damage_found_before_any_change(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, statement: str
+) -> None:
+    """Statements in a manifest are untrusted: exit 15, and no database made for the restore."""
+    repo = tmp_path / "repo"
+    two_backups(engine, dbname, cli)
+    manifest = codec.decode((repo / "manifests" / "b1").read_bytes(), "b1")
+    table = manifest.tables[0].model_copy(update={"create_sql": statement.format(db=q(dbname))})
+    forged = manifest.model_copy(update={"name": "b9", "tables": [table]})
+    (repo / "manifests" / "b9").write_bytes(codec.encode(forged))
+
+    restored = cli(engine, "restore", "b9", "--as", f"{dbname}:{dbname}_copy")
+    assert restored.code == ExitCode.INTEGRITY
+    one_line_error(restored.stderr)
+    assert f"manifest of backup b9 is corrupt: {dbname}.events" in restored.stderr
+    assert not engine.value(f"SELECT count() FROM system.databases WHERE name = '{dbname}_copy'")
+    assert engine.value(f"SELECT count() FROM {q(dbname)}.events") == 20_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime
 from typing import Any
 
@@ -213,6 +214,11 @@ def test_newer_version_refused_with_advice() -> None:
         codec.decode(_encode_doc(doc), "b-1")
 
 
+def _files(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    files: list[dict[str, Any]] = doc["tables"][0]["parts"][0]["files"]
+    return files
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -233,6 +239,17 @@ def test_newer_version_refused_with_advice() -> None:
             ),
             "expression_id",
         ),
+        # Each path safe alone, but together a restore would meet its own file.
+        (lambda d: _files(d).append(dict(_files(d)[0])), "path 'data.bin' listed twice"),
+        (
+            lambda d: _files(d).append({**_files(d)[0], "path": "data.bin/x"}),
+            "'data.bin' is a file and the directory of 'data.bin/x'",
+        ),
+        (
+            lambda d: d["tables"][0]["parts"].append(copy.deepcopy(d["tables"][0]["parts"][0])),
+            "a part name appears twice",
+        ),
+        (lambda d: d["tables"].append(copy.deepcopy(d["tables"][0])), "a table is listed twice"),
     ],
 )
 def test_inconsistent_documents_refused(mutate: Any, message: str) -> None:
