@@ -173,6 +173,15 @@ class RestoreService:
 
     def plan(self) -> list[_Item]:
         """What to restore, with every conflict found before anything is changed."""
+        recorded = {t.database for t in self.manifest.tables} | {
+            d.name for d in self.manifest.databases
+        }
+        unknown = sorted(set(self.options.database_map) - recorded)
+        if unknown:  # a typo would restore in place, and with --drop-existing over live tables
+            raise UsageError(
+                detail=f"--as names {', '.join(map(repr, unknown))}, which backup "
+                f"{self.manifest.name} holds no database of (it has: {', '.join(sorted(recorded))})"
+            )
         self._check_server_state()
         if not self.options.restore_tables:
             return []

@@ -298,6 +298,26 @@ def test_refuses_to_overwrite_and_changes_nothing(engine: Engine, dbname: str, c
     assert fingerprints(engine, [dbname]) == backed_up
 
 
+def test_a_mistyped_as_source_is_refused_before_any_change(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """`--as shp:copy` for `shop`: once ignored, so the restore went in place, over live tables."""
+    create_realistic(engine, dbname, rows=2000)
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    engine.sql(f"INSERT INTO {q(dbname)}.agg SELECT * FROM {q(dbname)}.agg LIMIT 5")
+    before = fingerprints(engine, [dbname])
+    typo = dbname[:-1]
+    result = cli(engine, "restore", "b", "--as", f"{typo}:{dbname}_copy", "--drop-existing")
+    assert result.code == ExitCode.USAGE
+    assert result.stderr == (
+        f"casbackup: error: --as names {typo!r}, which backup b holds no database of "
+        f"(it has: {dbname})\n"
+    )
+    assert fingerprints(engine, [dbname]) == before
+    assert not engine.value(f"SELECT count() FROM system.databases WHERE name = '{dbname}_copy'")
+
+
 def test_unchanged_second_backup_stores_almost_nothing(
     engine: Engine, dbname: str, cli: Any
 ) -> None:
