@@ -50,7 +50,7 @@ from casbackup.repo import manifest as mf
 from casbackup.repo.archiver import StoredFile
 from casbackup.repo.chunker import Chunker, chunk_id, file_id
 from casbackup.repo.repository import Repository
-from casbackup.selection import partition_selected, select
+from casbackup.selection import partition_selected, select, spec_selects
 from casbackup.server_state import (
     access_directory,
     capture_access,
@@ -164,6 +164,7 @@ class BackupService:
         self.options = options
         self.progress = progress or BackupProgress()
         self.notes: list[str] = []
+        self._specs_used: set[str] = set()  # --partitions specs that chose some partition
 
     def run(self) -> BackupReport:
         # Directories asked for are checked before anything is frozen or stored.
@@ -215,6 +216,11 @@ class BackupService:
                     self.progress.table_done(report)
             finally:
                 remove_run_shadow(self.server, freeze_name)
+            warnings += [
+                f"--partitions {spec!r} chose no partition of the tables backed up"
+                for spec in self.options.partitions
+                if spec not in self._specs_used
+            ]
             extras, notes = self._server_state(snapshot)
             warnings += notes
             manifest = snapshot.commit(
@@ -490,6 +496,11 @@ class BackupService:
                     table.database, table.name, partition_id, value, self.options.partitions
                 ):
                     selected.append((disk.name, part_dir))
+                self._specs_used.update(
+                    spec
+                    for spec in self.options.partitions
+                    if spec_selects(spec, table.database, table.name, partition_id, value)
+                )
         return selected
 
     @staticmethod

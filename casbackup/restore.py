@@ -55,7 +55,7 @@ from casbackup.process import ProcessTag
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write_files
 from casbackup.repo.repository import Repository
-from casbackup.selection import partition_selected, select
+from casbackup.selection import partition_selected, select, spec_selects
 from casbackup.server_state import (
     check_no_clashes,
     replaced_files,
@@ -168,6 +168,7 @@ class RestoreService:
         # checksums.txt; here rather than in the report, so that a failure
         # after the check (verify) does not hide it.
         self.checked: dict[str, int] = {}
+        self.unused_specs: list[str] = []  # --partitions specs that chose nothing (plan)
 
     # --- 1. plan -----------------------------------------------------------------
 
@@ -210,6 +211,15 @@ class RestoreService:
             items.append(_Item(t, database, t.name, owner_view=owner))
         self._check_statements(items)
         self._check_targets(items)
+        self.unused_specs = [
+            spec
+            for spec in self.options.partitions
+            if not any(
+                spec_selects(spec, i.entry.database, i.entry.name, p.partition_id, p.partition)
+                for i in items
+                for p in i.entry.parts
+            )
+        ]
         return items
 
     def _check_statements(self, items: list[_Item]) -> None:
@@ -338,6 +348,10 @@ class RestoreService:
     def run(self) -> RestoreReport:
         items = self.plan()
         report = RestoreReport(backup=self.manifest.name)
+        report.warnings += [
+            f"--partitions {spec!r} chose no partition of the tables restored"
+            for spec in self.unused_specs
+        ]
         outcomes = {
             id(i): TableOutcome(f"{i.entry.database}.{i.entry.name}", i.target, i.entry.engine)
             for i in items

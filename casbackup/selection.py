@@ -38,22 +38,36 @@ def partition_selected(
 
     A spec is ``P`` (any table) or ``db.table:P`` (glob on the table); ``P``
     is a partition id (``202401``) or a partition value as ClickHouse prints
-    it, with or without its quotes (``'eu'``, ``eu``, ``('eu', 3)``).
+    it, with or without its quotes (``'eu'``, ``eu``, ``('eu', 3)``). A
+    table no spec applies to (only scoped specs, none matching it) is whole:
+    ``--partitions shop.events:202401`` limits that table, not the others.
     """
-    if not specs:
-        return True
-    for spec in specs:
-        # The first colon ends a table scope: partition values may hold colons (times).
-        scope, sep, wanted = spec.partition(":")
-        if not sep or "." not in scope or scope.startswith(("'", "(")):
-            scope, sep, wanted = "", "", spec
-        if sep and not fnmatchcase(f"{database}.{table}", scope):
-            continue
-        if wanted in (partition_id, value) or (
-            value.startswith("'") and value.strip("'") == wanted
-        ):
-            return True
-    return False
+    return any(
+        spec_selects(spec, database, table, partition_id, value) for spec in specs
+    ) or not any(spec_applies(spec, database, table) for spec in specs)
+
+
+def spec_applies(spec: str, database: str, table: str) -> bool:
+    """Whether a ``--partitions`` spec limits this table (unscoped specs limit every table)."""
+    scope, _ = _split_scope(spec)
+    return scope is None or fnmatchcase(f"{database}.{table}", scope)
+
+
+def spec_selects(spec: str, database: str, table: str, partition_id: str, value: str) -> bool:
+    """Whether one spec chooses this table's partition."""
+    _, wanted = _split_scope(spec)
+    return spec_applies(spec, database, table) and (
+        wanted in (partition_id, value) or (value.startswith("'") and value.strip("'") == wanted)
+    )
+
+
+def _split_scope(spec: str) -> tuple[str | None, str]:
+    """(table glob or None, partition) of a spec."""
+    # The first colon ends a table scope: partition values may hold colons (times).
+    scope, sep, wanted = spec.partition(":")
+    if not sep or "." not in scope or scope.startswith(("'", "(")):
+        return None, spec
+    return scope, wanted
 
 
 def split_specs(values: Iterable[str]) -> tuple[str, ...]:

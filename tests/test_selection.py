@@ -39,19 +39,31 @@ def test_split_specs_of_plain_ids_is_a_plain_split(ids: list[str]) -> None:
         ("'eu'", "db", "t", "a1b2c3", "'eu'", True),
         ("a1b2c3", "db", "t", "a1b2c3", "'eu'", True),  # by id
         ("db.t:202401", "db", "t", "202401", "202401", True),
-        ("db.t:202401", "db", "other", "202401", "202401", False),
+        ("db.t:202402", "db", "t", "202401", "202401", False),
+        # A table no scoped spec names is whole (operations.md: "other tables whole").
+        ("db.t:202402", "db", "other", "202401", "202401", True),
         ("db.*:202401", "db", "other", "202401", "202401", True),
         ("('eu', 3)", "db", "t", "f00", "('eu', 3)", True),
         # A time value holds colons; without a db.table scope it is the whole spec.
         ("'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-01 00:00:00'", True),
         ("db.t:'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-01 00:00:00'", True),
-        ("db.t:'2024-01-01 00:00:00'", "db", "u", "f00", "'2024-01-01 00:00:00'", False),
+        ("db.t:'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-02 00:00:00'", False),
+        ("db.t:'2024-01-01 00:00:00'", "db", "u", "f00", "'2024-01-02 00:00:00'", True),
     ],
 )
 def test_partition_selected(
     spec: str, database: str, table: str, partition_id: str, value: str, chosen: bool
 ) -> None:
     assert partition_selected(database, table, partition_id, value, [spec]) is chosen
+
+
+def test_unscoped_specs_limit_every_table_and_scoped_ones_their_own() -> None:
+    specs = ["db.t:202401", "202403"]
+    assert partition_selected("db", "t", "202401", "202401", specs)
+    assert partition_selected("db", "t", "202403", "202403", specs)
+    assert not partition_selected("db", "t", "202402", "202402", specs)
+    assert partition_selected("db", "u", "202403", "202403", specs)  # the unscoped spec
+    assert not partition_selected("db", "u", "202401", "202401", specs)
 
 
 def test_no_specs_select_every_partition() -> None:

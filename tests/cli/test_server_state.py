@@ -340,6 +340,52 @@ def test_partition_limited_backup_and_restore(engine: Engine, dbname: str, cli: 
     assert engine.value(f"SELECT sum(x) FROM {q(dbname)}.t") == sum(range(9000))
 
 
+def test_scoped_partitions_leave_other_tables_whole_and_a_spec_choosing_nothing_warns(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """operations.md: `create --partitions` backs up other tables whole, unless scoped."""
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    for table in ("a", "c"):
+        engine.sql(
+            f"CREATE TABLE {q(dbname)}.{table} (d Date, id UInt64) "
+            "ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+        )
+        engine.sql(
+            f"INSERT INTO {q(dbname)}.{table} SELECT toDate('2024-01-01') + number % 60, number "
+            "FROM numbers(6000)"
+        )
+    cli(engine, "init")
+    created = cli(
+        engine,
+        "create",
+        "b",
+        "--tables",
+        f"{dbname}.*",
+        "--partitions",
+        f"{dbname}.c:202402",
+        "--json",
+    )
+    assert created.code == 0, created.stderr
+    rows = {t["table"]: t["rows"] for t in created.json()["tables"]}
+    assert rows == {f"{dbname}.a": 6000, f"{dbname}.c": 6000 * 29 // 60}
+
+    typo = cli(engine, "create", "b2", "--tables", f"{dbname}.*", "--partitions", "20240")
+    assert typo.code == ExitCode.WARNING
+    assert "--partitions '20240' chose no partition of the tables backed up" in typo.stderr
+
+    copy = f"{dbname}_copy"
+    restored = cli(
+        engine, "restore", "b", "--as", f"{dbname}:{copy}", "--partitions", f"{dbname}.a:202401"
+    )
+    assert restored.code == 0, restored.stderr
+    assert engine.value(f"SELECT count() FROM {q(copy)}.a") == 6000 * 31 // 60
+    assert engine.value(f"SELECT count() FROM {q(copy)}.c") == 6000 * 29 // 60
+    engine.sql(f"DROP DATABASE {q(copy)}")
+    nothing = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}", "--partitions", "202403")
+    assert nothing.code == ExitCode.WARNING
+    assert "--partitions '202403' chose no partition of the tables restored" in nothing.stderr
+
+
 def test_ignore_dependencies_restores_what_it_can(engine: Engine, dbname: str, cli: Any) -> None:
     engine.sql(f"CREATE DATABASE {q(dbname)}")
     engine.sql(f"CREATE TABLE {q(dbname)}.base (x UInt8) ENGINE = MergeTree ORDER BY x")
