@@ -213,6 +213,11 @@ class BackupService:
                     reports.append(report)
                     if entry is not None:
                         recorded.append(entry)
+                    if table.data_left_out:
+                        warnings.append(
+                            f"schema only: {table.qualified} ({table.engine} engine: casbackup "
+                            "backs up the rows of MergeTree-family tables only)"
+                        )
                     self.progress.table_done(report)
             finally:
                 remove_run_shadow(self.server, freeze_name)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from casbackup.catalog import Catalog
 from casbackup.clickhouse.part_check import check_part
-from casbackup.clickhouse.server import ClickHouseServer, TableInfo
+from casbackup.clickhouse.server import ClickHouseServer, TableInfo, holds_rows_not_backed_up
 from casbackup.clickhouse.sql import (
     create_target,
     qualified,
@@ -351,6 +351,13 @@ class RestoreService:
         report.warnings += [
             f"--partitions {spec!r} chose no partition of the tables restored"
             for spec in self.unused_specs
+        ]
+        report.warnings += [
+            f"{item.target} restored empty: the backup holds its schema only "
+            f"({item.entry.engine} engine rows are not backed up)"
+            for item in items
+            if holds_rows_not_backed_up(item.entry.engine)
+            and (item.existing is None or self.options.drop_existing)
         ]
         outcomes = {
             id(i): TableOutcome(f"{i.entry.database}.{i.entry.name}", i.target, i.entry.engine)

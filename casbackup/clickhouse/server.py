@@ -117,8 +117,24 @@ class TableInfo:
         return self.engine.endswith("MergeTree")
 
     @property
+    def data_left_out(self) -> bool:
+        """Rows on this host that a backup does not hold: only the schema is backed up."""
+        return holds_rows_not_backed_up(self.engine)
+
+    @property
     def is_inner_table(self) -> bool:
         return self.name.startswith((".inner.", ".inner_id."))
+
+
+# Engines that keep rows on the ClickHouse host but have no parts to FREEZE
+# (views, dictionaries and proxies like Distributed hold none of their own).
+_ROWS_NOT_BACKED_UP = frozenset(
+    {"Log", "TinyLog", "StripeLog", "Memory", "Set", "Join", "Buffer", "File", "EmbeddedRocksDB"}
+)
+
+
+def holds_rows_not_backed_up(engine: str) -> bool:
+    return engine in _ROWS_NOT_BACKED_UP
 
 
 @dataclass(frozen=True)

@@ -318,6 +318,37 @@ def test_a_mistyped_as_source_is_refused_before_any_change(
     assert not engine.value(f"SELECT count() FROM system.databases WHERE name = '{dbname}_copy'")
 
 
+def test_tables_whose_rows_are_not_backed_up_are_said_so(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """Log and Memory tables: schema only, a warning on backup and on a restore that empties one."""
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    engine.sql(f"CREATE TABLE {q(dbname)}.logt (x UInt32) ENGINE = Log")
+    engine.sql(f"CREATE TABLE {q(dbname)}.mem (x UInt32) ENGINE = Memory")
+    engine.sql(f"CREATE TABLE {q(dbname)}.mt (x UInt32) ENGINE = MergeTree ORDER BY x")
+    for table in ("logt", "mem", "mt"):
+        engine.sql(f"INSERT INTO {q(dbname)}.{table} SELECT number FROM numbers(77)")
+    cli(engine, "init")
+    created = cli(engine, "create", "b", "--tables", f"{dbname}.*")
+    assert created.code == ExitCode.WARNING
+    said = " ".join(created.stderr.split())  # rich wraps long lines
+    for table, kind in (("logt", "Log"), ("mem", "Memory")):
+        assert (
+            f"schema only: {dbname}.{table} ({kind} engine: casbackup backs up the rows of "
+            "MergeTree-family tables only)" in said
+        )
+    assert f"{dbname}.mt" not in said
+
+    replaced = cli(engine, "restore", "b", "--drop-existing")
+    assert replaced.code == ExitCode.WARNING
+    assert (
+        f"{dbname}.logt restored empty: the backup holds its schema only "
+        "(Log engine rows are not backed up)" in " ".join(replaced.stderr.split())
+    )
+    assert engine.value(f"SELECT count() FROM {q(dbname)}.mt") == 77
+    assert engine.value(f"SELECT count() FROM {q(dbname)}.logt") == 0
+
+
 def test_unchanged_second_backup_stores_almost_nothing(
     engine: Engine, dbname: str, cli: Any
 ) -> None:
