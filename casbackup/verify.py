@@ -42,8 +42,10 @@ from casbackup.clickhouse.fingerprint import Fingerprint, fingerprint, row_hash
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.clickhouse.sql import qualified
 from casbackup.errors import (
+    BackupNotFound,
     CasbackupError,
     ClickHouseError,
+    NothingSelected,
     ObjectNotFound,
     PartDamaged,
     TargetUnwritable,
@@ -154,6 +156,9 @@ class Verifier:
         with self.catalog.db.read() as conn:
             in_catalog = set(conn.scalars(select(Backup.name).where(Backup.state == COMMITTED)))
         names = list(self.options.names) or sorted(in_store | in_catalog)
+        for name in names:
+            if name not in in_store and name not in in_catalog:
+                raise BackupNotFound(name=name)  # a typo, not a failed verification
         for name in names:
             if name not in in_store:
                 if name in in_catalog:
@@ -316,8 +321,15 @@ class Verifier:
         if self.server is None:
             raise UsageError(detail="--restore needs a ClickHouse server (--clickhouse)")
         prefix = f"{SCRATCH_PREFIX}{ProcessTag.current()}_"
+        chosen = {
+            name: select_tables(manifest.tables, self.options.tables)
+            for name, manifest in self.manifests.items()
+        }
+        if self.options.tables != ("*.*",) and self.manifests and not any(chosen.values()):
+            # A drill that restored nothing must not pass.
+            raise NothingSelected(patterns=", ".join(self.options.tables))
         for name, manifest in sorted(self.manifests.items()):
-            selected = select_tables(manifest.tables, self.options.tables)
+            selected = chosen[name]
             if not selected:
                 continue
             mapping = {db: f"{prefix}{db}" for db in sorted({t.database for t in selected})}

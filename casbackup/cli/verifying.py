@@ -9,7 +9,7 @@ import typer
 from casbackup.cli.backups import JsonOption, TablesOption, patterns
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import emit_json, human_bytes, note, print_table
-from casbackup.errors import VerifyFailed
+from casbackup.errors import UsageError, VerifyFailed
 from casbackup.verify import Verifier, VerifyOptions, VerifyReport
 
 
@@ -64,6 +64,8 @@ def verify(
 ) -> None:
     """Check that backups restore: structure, optionally data, optionally a real test restore."""
     app: AppContext = ctx.obj
+    if tables and not restore:
+        raise UsageError(detail="--tables chooses what --restore restores; it needs --restore")
     if subset and not read_data:
         read_data = True
     options = VerifyOptions(

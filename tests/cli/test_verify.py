@@ -311,8 +311,14 @@ def test_verify_one_backup_and_tables(engine: Engine, dbname: str, cli: Any) -> 
         and report["backups"] == ["b2"]
         and [t["table"] for t in report["tables"]] == [f"{dbname}.events"]
     )
-    code, report = verify(cli, engine, "nope")
-    assert code == ExitCode.VERIFY_FAILED and report["problems"][0]["detail"] == "no such backup"
+    # Typos are the operator's, not failed verifications (exit 19 is for damage).
+    unknown = cli(engine, "verify", "nope")
+    assert unknown.code == ExitCode.NOT_FOUND and "no backup named 'nope'" in unknown.stderr
+    nothing = cli(engine, "verify", "b2", "--restore", "--tables", "zzz.*")
+    assert nothing.code == ExitCode.NOT_FOUND and "zzz.*" in nothing.stderr
+    without_restore = cli(engine, "verify", "b2", "--tables", f"{dbname}.events")
+    assert without_restore.code == ExitCode.USAGE
+    assert "--tables chooses what --restore restores" in without_restore.stderr
 
 
 def scans(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
