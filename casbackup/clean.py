@@ -2,20 +2,22 @@
 
 Only debris whose maker is provably gone is touched: shadow directories and
 temporary part directories carry the pid and start time of the process that
-made them (``casbackup.process``), and store temporaries must be older than an
-hour. A concurrent backup or restore in progress is never disturbed.
+made them (``casbackup.process``), as do this host's locks and leases, and
+store temporaries must be older than an hour. A concurrent backup or restore in progress is never disturbed.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from casbackup.clickhouse.freeze import shadow_root, stale_shadows
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.process import ProcessTag
-from casbackup.restore import TEMP_PREFIX, temp_part_owner
+from casbackup.repo.locks import machine_id, read_locks
+from casbackup.restore import ATTACHING_PREFIX, TEMP_PREFIX, attaching_part, temp_part_owner
 from casbackup.store.base import LeavesTemporaries, ObjectStore
 
 STORE_TEMP_MIN_AGE_S = 3600
@@ -27,6 +29,7 @@ class CleanReport:
     temp_parts: list[str] = field(default_factory=list)
     scratch_databases: list[str] = field(default_factory=list)
     store_temporaries: int = 0
+    stale_locks: list[str] = field(default_factory=list)
     skipped_live: list[str] = field(default_factory=list)
 
 
@@ -66,6 +69,17 @@ def clean_clickhouse(
                 report.temp_parts.append(str(entry))
                 if not dry_run:
                     shutil.rmtree(entry, ignore_errors=True)
+            for marker in sorted(detached.glob(f"{ATTACHING_PREFIX}*")):
+                owner = temp_part_owner(marker.name, ATTACHING_PREFIX)
+                if owner is None or owner.alive():
+                    report.skipped_live.append(str(marker))
+                    continue
+                # Killed between the rename and ATTACH: the part under its final name is that run's.
+                part = detached / attaching_part(marker.name)
+                report.temp_parts += [str(p) for p in (part, marker) if p.exists()]
+                if not dry_run:
+                    shutil.rmtree(part, ignore_errors=True)
+                    shutil.rmtree(marker, ignore_errors=True)
 
 
 def clean_store(
@@ -78,3 +92,12 @@ def clean_store(
     """Partial uploads of killed runs (an in-progress upload of a live run is younger than min_age)."""
     if isinstance(store, LeavesTemporaries) and not dry_run:
         report.store_temporaries = store.remove_stale_temporaries(min_age)
+    # Leases and locks of this host's processes that are gone (pid and start
+    # time, no clocks): a backup or run killed with SIGKILL cannot remove its own.
+    # Other hosts' are theirs to judge (`unlock` uses the lease TTL for them).
+    here = machine_id()
+    for record in read_locks(store):
+        if record.machine == here and record.stale(time.time()):
+            report.stale_locks.append(record.key)
+            if not dry_run:
+                store.delete(record.key)

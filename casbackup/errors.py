@@ -244,6 +244,14 @@ class RestoreConflict(CasbackupError):
     exit_code = ExitCode.CONFLICT
 
 
+class DetachedPartExists(CasbackupError):
+    """{path} already exists: `casbackup clean` removes what a killed restore left there; otherwise remove it"""
+
+    # Found before the table's parts are staged, not before the restore began
+    # (tables may have been created): so not RestoreConflict's "nothing changed".
+    exit_code = ExitCode.CONFLICT
+
+
 class RestoreFailed(CasbackupError):
     """restore of {table} failed: {detail}"""
 

@@ -42,6 +42,7 @@ from casbackup.clickhouse.sql import (
 )
 from casbackup.errors import (
     ClickHouseError,
+    DetachedPartExists,
     ManifestCorrupt,
     NothingSelected,
     PartDamaged,
@@ -135,16 +136,28 @@ class _Item:
         return f"{self.database}.{self.name}"
 
 
-def temp_part_name(part: str) -> str:
+def temp_part_name(part: str, prefix: str = TEMP_PREFIX) -> str:
     """``casbackup_tmp_<pid>_<start>_<rand>_<part>``: `clean` removes those whose process is gone."""
-    return f"{TEMP_PREFIX}{ProcessTag.current()}_{secrets.token_hex(4)}_{part}"
+    return f"{prefix}{ProcessTag.current()}_{secrets.token_hex(4)}_{part}"
 
 
-def temp_part_owner(name: str) -> ProcessTag | None:
-    fields = name.removeprefix(TEMP_PREFIX).split("_")
-    if not name.startswith(TEMP_PREFIX) or len(fields) < 4:
+def temp_part_owner(name: str, prefix: str = TEMP_PREFIX) -> ProcessTag | None:
+    fields = name.removeprefix(prefix).split("_")
+    if not name.startswith(prefix) or len(fields) < 4:
         return None
     return ProcessTag.parse(f"{fields[0]}_{fields[1]}")
+
+
+# An empty directory beside detached/<part> while a part goes from its staging
+# name to ATTACH: a restore killed in between leaves detached/<part> under the
+# name ATTACH expects, where nothing else says whose it is. The marker says it
+# (``casbackup_attaching_<pid>_<start>_<rand>_<part>``), so `clean` can remove both.
+ATTACHING_PREFIX = "casbackup_attaching_"
+
+
+def attaching_part(marker: str) -> str:
+    """The part name an attaching marker stands for."""
+    return marker.removeprefix(ATTACHING_PREFIX).split("_", 3)[3]
 
 
 class RestoreService:
@@ -546,11 +559,7 @@ class RestoreService:
         parts = sorted(self._parts(item.entry), key=lambda p: (p.min_block, p.max_block, p.name))
         for part in parts:
             if _exists(detached / part.name):
-                raise RestoreFailed(
-                    table=item.target,
-                    detail=f"{detached / part.name} already exists (left by an earlier run?); "
-                    "remove it or use --drop-existing",
-                )
+                raise DetachedPartExists(path=str(detached / part.name))
         staged: list[tuple[mf.Part, Path]] = []
         clock = time.monotonic()
         try:
@@ -668,15 +677,22 @@ class RestoreService:
         return unchecked
 
     def _attach(self, item: _Item, part: mf.Part, temp: Path, final: Path) -> None:
-        with writing(final):
-            os.rename(temp, final)
+        marker = final.parent / temp_part_name(part.name, ATTACHING_PREFIX)
+        with writing(marker):
+            marker.mkdir()
         try:
-            self.server.attach_part(item.database, item.name, part.name)
-        except ClickHouseError as exc:
-            shutil.rmtree(final, ignore_errors=True)
-            raise RestoreFailed(
-                table=item.target, detail=f"ATTACH PART {part.name}: {exc.message}"
-            ) from None
+            with writing(final):
+                os.rename(temp, final)
+            try:
+                self.server.attach_part(item.database, item.name, part.name)
+            except ClickHouseError as exc:
+                shutil.rmtree(final, ignore_errors=True)
+                raise RestoreFailed(
+                    table=item.target, detail=f"ATTACH PART {part.name}: {exc.message}"
+                ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                marker.rmdir()
 
     @contextlib.contextmanager
     def _merges_paused(self, item: _Item) -> Iterator[None]:

@@ -83,6 +83,7 @@ def clean(
                 "temp_parts": report.temp_parts,
                 "scratch_databases": report.scratch_databases,
                 "store_temporaries": report.store_temporaries,
+                "stale_locks": report.stale_locks,
                 "in_use": report.skipped_live,
                 "broken": broken_document,
             }
@@ -97,10 +98,16 @@ def clean(
         print(f"{verb} scratch database {database}")
     if report.store_temporaries:
         print(f"{verb} {report.store_temporaries} temporary files in the store")
+    for key in report.stale_locks:
+        print(f"{verb} lock {key} (its process is gone)")
     for path in report.skipped_live:
         note(f"left alone (its run is still going): {path}")
     if not (
-        report.shadows or report.temp_parts or report.scratch_databases or report.store_temporaries
+        report.shadows
+        or report.temp_parts
+        or report.scratch_databases
+        or report.store_temporaries
+        or report.stale_locks
     ):
         print("nothing to clean")
     return status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -168,8 +169,12 @@ def test_kill_9_then_clean_removes_the_shadow(server_engine: ServerEngine, tmp_p
         text=True,
     )
     assert cleaned.returncode == 0, cleaned.stderr
-    assert len(__import__("json").loads(cleaned.stdout)["shadows"]) == 1
+    report = json.loads(cleaned.stdout)
+    assert len(report["shadows"]) == 1
     assert server_engine.shadow_dirs() == []  # ...and clean removes
+    # The killed backup's lease too: its process is gone, on this host.
+    assert [key.split("-")[0] for key in report["stale_locks"]] == ["locks/backup"]
+    assert not list((repo / "locks").iterdir())
     again = subprocess.run(
         [
             *CASBACKUP,
@@ -187,6 +192,69 @@ def test_kill_9_then_clean_removes_the_shadow(server_engine: ServerEngine, tmp_p
     )
     assert again.returncode == 0, again.stderr
     server_engine.sql(f"DROP DATABASE {db}")
+
+
+# A restore that dies by SIGKILL the moment it would run ATTACH PART: the part
+# is already renamed to the name ATTACH expects under detached/.
+_DIE_AT_ATTACH = (
+    "import os, signal\n"
+    "from casbackup.clickhouse.server import ClickHouseServer\n"
+    "ClickHouseServer.attach_part = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "from casbackup.launch import main\n"
+    "main()\n"
+)
+
+
+def test_restore_killed_before_attach_leaves_what_clean_removes(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    db, copy = "t_kill_attach", "t_kill_attach_copy"
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
+    server_engine.sql(f"CREATE DATABASE {db}")
+    server_engine.sql(
+        f"CREATE TABLE {db}.t (d Date, x UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY x"
+    )
+    server_engine.sql(
+        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 40, number FROM numbers(4000)"
+    )
+    repo = tmp_path / "repo"
+    base = ["--repo", str(repo), "--clickhouse", server_engine.url]
+    for args in (["init"], ["create", "b", "--tables", f"{db}.*"]):
+        subprocess.run([*CASBACKUP, *base, *args], check=True, capture_output=True)
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_AT_ATTACH, *base, "restore", "b", "--as", f"{db}:{copy}"],
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    detached = (
+        Path(server_engine.value(f"SELECT data_path FROM system.tables WHERE database = '{copy}'"))
+        / "detached"
+    )
+    left = sorted(p.name for p in detached.iterdir())
+    # The part renamed for ATTACH, the marker saying whose it is, the next part still staged.
+    assert left[0] == "202401_1_1_0"
+    assert [n.split("_")[1] for n in left[1:]] == ["attaching", "tmp"]
+
+    refused = subprocess.run(
+        [*CASBACKUP, *base, "restore", "b", "--as", f"{db}:{copy}"], capture_output=True, text=True
+    )
+    assert refused.returncode == ExitCode.CONFLICT
+    assert "`casbackup clean` removes what a killed restore left there" in refused.stderr
+
+    cleaned = subprocess.run(
+        [*CASBACKUP, *base, "clean", "--json"], capture_output=True, text=True, check=True
+    )
+    assert sorted(Path(p).name for p in json.loads(cleaned.stdout)["temp_parts"]) == left
+    assert list(detached.iterdir()) == []
+    again = subprocess.run(
+        [*CASBACKUP, *base, "restore", "b", "--as", f"{db}:{copy}"], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert server_engine.value(f"SELECT sum(x) FROM {copy}.t") == sum(range(4000))
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
 
 
 def test_clean_leaves_a_running_backups_shadow_alone(
