@@ -511,7 +511,9 @@ class RestoreService:
         entry = item.entry
         mapping = {k: v for k, v in self.options.database_map.items() if k != v}
         in_place = item.database == entry.database and not mapping
-        sql = rename_dictionary_source(rename_databases(entry.create_sql, mapping), mapping)
+        known = {(t.database, t.name) for t in self.manifest.tables}
+        renamed = rename_databases(entry.create_sql, mapping, known)
+        sql = rename_dictionary_source(renamed, mapping)
         uuid = entry.uuid if in_place and self.server.info.has_uuids else None
         statement = set_create_target(sql, item.database, item.name, uuid=uuid)
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
 
@@ -162,18 +163,40 @@ def bare_identifiers(sql: str) -> set[str]:
     return found
 
 
-def rename_databases(sql: str, mapping: Mapping[str, str]) -> str:
-    """Replace the database part of every ``db.name`` reference per ``mapping``."""
+# Keywords after which ``x.y`` names a table (or the object a statement creates).
+_TABLE_POSITION = frozenset(
+    {"FROM", "JOIN", "TO", "INTO", "TABLE", "IN", "VIEW", "DICTIONARY", "EXISTS"}
+)
+
+
+def rename_databases(
+    sql: str, mapping: Mapping[str, str], known: AbstractSet[tuple[str, str]] | None = None
+) -> str:
+    """Replace the database part of ``db.name`` references per ``mapping``.
+
+    ``x.y`` is also how a column is qualified by its table (``SELECT logs.id
+    FROM logs.logs``): with ``known`` (the objects the caller knows to exist),
+    a pair is renamed only where it can be a table: a known object, after a
+    keyword that takes one (FROM, JOIN, TO ...), or the head of ``db.t.col``.
+    Without it, every pair is (statements that hold no columns).
+    """
     if not mapping:
         return sql
     tokens = list(tokenize(sql))
     idx = _significant(tokens)
-    for pos, i in enumerate(idx[:-1]):
+    for pos, i in enumerate(idx[:-2]):
         name = tokens[i].identifier
-        if name is not None and name in mapping and tokens[idx[pos + 1]].text == ".":
-            before = tokens[idx[pos - 1]].text if pos > 0 else ""
-            if before != ".":  # `a.b.c` column paths: only the head can be a database
-                tokens[i] = Token(Kind.QUOTED, quote_identifier(mapping[name]))
+        if name is None or name not in mapping or tokens[idx[pos + 1]].text != ".":
+            continue
+        before = tokens[idx[pos - 1]].text if pos > 0 else ""
+        if before == ".":  # `a.b.c` column paths: only the head can be a database
+            continue
+        if known is not None:
+            second = tokens[idx[pos + 2]].identifier
+            after = tokens[idx[pos + 3]].text if pos + 3 < len(idx) else ""
+            if not ((name, second) in known or before.upper() in _TABLE_POSITION or after == "."):
+                continue  # table.column
+        tokens[i] = Token(Kind.QUOTED, quote_identifier(mapping[name]))
     return "".join(t.text for t in tokens)
 
 

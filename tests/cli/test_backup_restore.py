@@ -176,6 +176,25 @@ def test_restore_as_maps_databases_and_rewrites_views(
     assert engine.value(f"SELECT count() FROM {q(copy)}.v") == 100
 
 
+def test_restore_as_keeps_columns_qualified_by_a_table_named_like_its_database(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """`SELECT logs.id FROM logs.logs`: `logs.id` is a column, and must not become `copy.id`."""
+    db = q(dbname)
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(f"CREATE TABLE {db}.{db} (id UInt64, v String) ENGINE = MergeTree ORDER BY id")
+    engine.sql(f"INSERT INTO {db}.{db} SELECT number, toString(number) FROM numbers(100)")
+    engine.sql(f"CREATE VIEW {db}.v AS SELECT {db}.id AS id, v FROM {db}.{db} WHERE {db}.id < 5")
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    copy = f"{dbname}_r"
+    restored = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}")
+    assert restored.code == 0, restored.stderr
+    engine.sql(f"TRUNCATE TABLE {db}.{db}")  # the copy's view reads the copy
+    assert engine.value(f"SELECT count() FROM {q(copy)}.v") == 5
+    drop_databases(engine, dbname, copy)
+
+
 def test_restore_check_refuses_a_damaged_part_and_attaches_nothing(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

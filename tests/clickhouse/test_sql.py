@@ -88,6 +88,19 @@ def test_rename_databases_only_touches_qualified_references() -> None:
     )
 
 
+def test_rename_databases_leaves_columns_qualified_by_a_table_named_like_the_database() -> None:
+    """`logs.id` is column id of table logs (in database logs): not a database reference."""
+    sql = (
+        "CREATE VIEW logs.v AS SELECT logs.id AS id, v, logs.logs.v AS w "
+        "FROM logs.logs, logs.other AS o JOIN logs.x USING id WHERE logs.id IN logs.ids"
+    )
+    known = {("logs", "logs"), ("logs", "other"), ("logs", "v")}
+    assert rename_databases(sql, {"logs": "r"}, known) == (
+        "CREATE VIEW `r`.v AS SELECT logs.id AS id, v, `r`.logs.v AS w "
+        "FROM `r`.logs, `r`.other AS o JOIN `r`.x USING id WHERE logs.id IN `r`.ids"
+    )
+
+
 def test_references() -> None:
     sql = "CREATE VIEW d.v AS SELECT a FROM `d`.`t 1` JOIN other.u USING a JOIN local ON 1"
     assert qualified_references(sql) == {("d", "v"), ("d", "t 1"), ("other", "u")}
