@@ -120,6 +120,13 @@ class RepositoryExists(RepositoryError):
     exit_code = ExitCode.CONFLICT
 
 
+class ConfigMissing(RepositoryError):
+    """{location} has objects under {remains} but no `config` object; {advice}"""
+
+    # Not RepositoryNotFound: its advice, `casbackup init`, would give the
+    # repository a new id and cut every existing backup off from it.
+
+
 class UnsupportedFormat(RepositoryError):
     """{what} has format version {found}, this casbackup reads version {supported}; {advice}"""
 

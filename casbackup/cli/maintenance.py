@@ -26,20 +26,30 @@ from casbackup.repo.repository import Repository
 log = logging.getLogger(__name__)
 
 
-def init(ctx: typer.Context, json_output: JsonOption = False) -> None:
+def init(
+    ctx: typer.Context,
+    recover: Annotated[
+        bool,
+        typer.Option(
+            "--recover",
+            help="Write back a lost config object, with the repository id its manifests record.",
+        ),
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
     """Create a repository (and its catalog) at the configured location."""
     app: AppContext = ctx.obj
-    repo = Repository.init(app.store)
-    url = app.settings.catalog_url(repo.id)
-    Catalog.open(url, repo.id).close()
+    new_config = Repository.recovered_config if recover else Repository.new_config
+    config = new_config(app.store)
+    # The catalog first: one that indexes another repository is refused
+    # before the store holds a config, so a failed init leaves nothing behind.
+    url = app.settings.catalog_url(config.id)
+    Catalog.open(url, config.id).close()
+    repo = Repository.create(app.store, config)
     if json_output:
-        emit_json(
-            {
-                "repository": app.store.describe(),
-                "id": repo.id,
-                "catalog": app.settings.catalog_url(repo.id),
-            }
-        )
+        emit_json({"repository": app.store.describe(), "id": repo.id, "catalog": url})
+    elif recover:
+        print(f"recovered the config of repository {repo.id} at {app.store.describe()}")
     else:
         print(f"created repository {repo.id} at {app.store.describe()}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from typing import Any
 from casbackup.errors import (
     BackupExists,
     BackupNotFound,
+    ConfigMissing,
     IntegrityError,
+    ObjectExists,
     ObjectNotFound,
     PackCorrupt,
     PackMissing,
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 REPOSITORY_FORMAT = "casbackup-repository"
 REPOSITORY_VERSION = 1
+_REPOSITORY_ID = re.compile(r"^[0-9a-f]{32}$")  # what init writes: uuid4().hex
 # First guess of how much of a pack's tail holds footer + trailer: one ranged
 # read covers ~300 entries; bigger trailers take a second read.
 TRAILER_PROBE = 16 * 1024
@@ -103,16 +107,61 @@ class Repository:
 
     @classmethod
     def init(cls, store: ObjectStore, chunker: ChunkerParams | None = None) -> Repository:
-        try:
-            store.stat(keys.CONFIG_KEY)
-        except ObjectNotFound:
-            pass
-        else:
-            raise RepositoryExists(location=store.describe())
-        config = RepositoryConfig(
+        return cls.create(store, cls.new_config(store, chunker))
+
+    @classmethod
+    def new_config(
+        cls, store: ObjectStore, chunker: ChunkerParams | None = None
+    ) -> RepositoryConfig:
+        """The config of a new repository in ``store``, not written yet.
+
+        Refused where a repository is, and also where only its packs or
+        manifests are: a config with a new id there would cut every backup
+        off (each manifest names the id of its repository).
+        """
+        _refuse_config(store)
+        _refuse_remains(store)
+        return RepositoryConfig(
             id=uuid.uuid4().hex, created=datetime.now(UTC), chunker=chunker or ChunkerParams()
         )
-        store.put(keys.CONFIG_KEY, config.encode())
+
+    @classmethod
+    def recovered_config(cls, store: ObjectStore) -> RepositoryConfig:
+        """A config for a store that lost its own, with the id its manifests record.
+
+        Only the id matters for reading: the chunker parameters are those
+        ``init`` has always written (they decide how new files are cut, so
+        other parameters would only cost deduplication), and ``created`` is
+        the start of the oldest backup.
+        """
+        _refuse_config(store)
+        manifests = _readable_manifests(store)
+        location = store.describe()
+        ids = sorted({m.repository_id for m in manifests})
+        if not ids:
+            raise IntegrityError(
+                detail=f"{location}: no readable manifest records the repository's id, so it "
+                "cannot be recovered; restore `config` from a copy"
+            )
+        if len(ids) > 1:
+            owners = "; ".join(
+                f"{repo_id}: " + ", ".join(m.name for m in manifests if m.repository_id == repo_id)
+                for repo_id in ids
+            )
+            raise IntegrityError(
+                detail=f"{location}: the manifests record {len(ids)} repository ids ({owners}); "
+                "move the manifests of the other repository out of manifests/ and run again"
+            )
+        oldest = min(m.started_at for m in manifests)
+        return RepositoryConfig(id=ids[0], created=oldest, chunker=ChunkerParams())
+
+    @classmethod
+    def create(cls, store: ObjectStore, config: RepositoryConfig) -> Repository:
+        """Write ``config``; of two racing ``init`` runs exactly one wins."""
+        try:
+            store.create(keys.CONFIG_KEY, config.encode())
+        except ObjectExists:
+            raise RepositoryExists(location=store.describe()) from None
         return cls(store, config)
 
     @classmethod
@@ -120,6 +169,7 @@ class Repository:
         try:
             data = store.get(keys.CONFIG_KEY)
         except ObjectNotFound:
+            _refuse_remains(store)
             raise RepositoryNotFound(location=store.describe()) from None
         return cls(store, RepositoryConfig.decode(data, store.describe()))
 
@@ -228,3 +278,66 @@ class Repository:
 
     def delete_manifest(self, name: str) -> None:
         self.store.delete(keys.manifest_key(name))
+
+
+# --- a store that lost its config --------------------------------------------------
+
+
+def _refuse_config(store: ObjectStore) -> None:
+    try:
+        store.stat(keys.CONFIG_KEY)
+    except ObjectNotFound:
+        return
+    raise RepositoryExists(location=store.describe())
+
+
+def _describe_remains(store: ObjectStore) -> str:
+    """Which of manifests/ and packs/ hold any object ('' if neither): one short LIST each."""
+    held = [
+        prefix
+        for prefix in (keys.MANIFESTS_PREFIX, keys.PACKS_PREFIX)
+        if next(iter(store.list(prefix)), None) is not None
+    ]
+    return " and ".join(held)
+
+
+def _refuse_remains(store: ObjectStore) -> None:
+    """Raise ``ConfigMissing`` if a store without a config still holds packs or manifests."""
+    remains = _describe_remains(store)
+    if not remains:
+        return
+    manifests = _readable_manifests(store, limit=1)
+    if manifests:
+        first = manifests[0]
+        advice = (
+            f"its id, {first.repository_id}, is recorded in manifest {first.name}: "
+            "`casbackup init --recover` writes the config back with it "
+            '(docs/operations.md, "A lost config object"); '
+            "plain `casbackup init` is refused, a new id would cut off every backup"
+        )
+    else:
+        advice = (
+            "no readable manifest records its id, so no backup can be reached through it: "
+            "restore `config` from a copy, or move manifests/ and packs/ away to start anew"
+        )
+    raise ConfigMissing(location=store.describe(), remains=remains, advice=advice)
+
+
+def _readable_manifests(store: ObjectStore, limit: int | None = None) -> list[Manifest]:
+    """Manifests that decode and record an id of the form ``init`` writes, in name order.
+
+    The others are skipped: the id becomes a catalog file name, so a damaged
+    or hostile manifest must not choose it.
+    """
+    found: list[Manifest] = []
+    for info in store.list(keys.MANIFESTS_PREFIX):
+        if limit is not None and len(found) >= limit:
+            break
+        try:
+            name = keys.backup_name_from_key(info.key)
+            manifest = manifest_codec.decode(store.get(info.key), name)
+        except (ObjectNotFound, RepositoryError):
+            continue
+        if _REPOSITORY_ID.match(manifest.repository_id):
+            found.append(manifest)
+    return found

@@ -1,0 +1,130 @@
+"""A repository that lost its `config` object must not be re-initialised over its backups.
+
+Every manifest records the id of its repository, and a new config gets a new
+id: `init` over the remains would cut every backup off. So `list` explains
+what is missing instead of advising `init`, `init` refuses and writes
+nothing, and `init --recover` writes the config back with the id the
+manifests record. The damage is made by hand, as an operator's `rm` would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.catalog import Catalog
+from casbackup.errors import ExitCode
+from casbackup.repo import manifest as codec
+from casbackup.repo.repository import Repository
+from casbackup.store.local import LocalStore
+from tests.cli.test_failures import one_line_error
+from tests.helpers import snapshot_directory, write_tree
+
+
+@pytest.fixture
+def two_backups(cli: Any, tmp_path: Path) -> str:
+    """A repository at tmp_path/repo holding backups b1 and b2; returns its id."""
+    assert cli(None, "init").code == 0
+    root = tmp_path / "repo"
+    repo = Repository.open(LocalStore(root))
+    with Catalog.open(f"sqlite:///{root / 'catalog.sqlite'}", repo.id) as catalog:
+        for name in ("b1", "b2"):
+            write_tree(tmp_path / name / "all_1_1_0", {"data.bin": name.encode() * 1000})
+            snapshot_directory(repo, catalog, name, tmp_path / name)
+    return repo.id
+
+
+def backup_names(cli: Any) -> list[str]:
+    listed = cli(None, "list", "--json")
+    assert listed.code == 0, listed.stderr
+    return [b["name"] for b in listed.json()]
+
+
+def test_list_explains_a_lost_config_instead_of_advising_init(
+    cli: Any, tmp_path: Path, two_backups: str
+) -> None:
+    (tmp_path / "repo" / "config").unlink()
+
+    listed = cli(None, "list")
+    assert listed.code == ExitCode.INTEGRITY
+    one_line_error(listed.stderr)
+    assert "no `config` object" in listed.stderr
+    assert f"its id, {two_backups}, is recorded in manifest b1" in listed.stderr
+    assert "`casbackup init --recover`" in listed.stderr
+    assert "create one with `casbackup init`" not in listed.stderr
+
+
+def test_init_over_the_remains_is_refused_and_writes_nothing(
+    cli: Any, tmp_path: Path, two_backups: str
+) -> None:
+    root = tmp_path / "repo"
+    (root / "config").unlink()
+
+    refused = cli(None, "init")
+    assert refused.code == ExitCode.INTEGRITY
+    one_line_error(refused.stderr)
+    assert "`casbackup init --recover`" in refused.stderr
+    assert not (root / "config").exists()
+
+    # Packs alone (every manifest deleted): there is no id to recover.
+    shutil.rmtree(root / "manifests")
+    refused = cli(None, "init")
+    assert refused.code == ExitCode.INTEGRITY
+    assert "has objects under packs/ but no `config` object" in refused.stderr
+    assert "no readable manifest records its id" in refused.stderr
+    assert cli(None, "init", "--recover").code == ExitCode.INTEGRITY
+    assert not (root / "config").exists()
+
+
+def test_init_recover_restores_access_to_every_backup(
+    cli: Any, tmp_path: Path, two_backups: str
+) -> None:
+    root = tmp_path / "repo"
+    original = json.loads((root / "config").read_text())
+    (root / "config").unlink()
+
+    recovered = cli(None, "init", "--recover", "--json")
+    assert recovered.code == 0, recovered.stderr
+    assert recovered.json()["id"] == two_backups
+    config = json.loads((root / "config").read_text())
+    assert {k: v for k, v in config.items() if k != "created"} == {
+        k: v for k, v in original.items() if k != "created"
+    }
+    assert backup_names(cli) == ["b1", "b2"]
+    shown = cli(None, "show", "b2")
+    assert shown.code == 0, shown.stderr
+    assert cli(None, "verify", "--read-data").code == 0
+
+    again = cli(None, "init", "--recover")
+    assert again.code == ExitCode.CONFLICT  # a config exists: nothing to recover
+
+
+def test_init_recover_refuses_manifests_of_two_repositories(
+    cli: Any, tmp_path: Path, two_backups: str
+) -> None:
+    root = tmp_path / "repo"
+    b1 = codec.decode((root / "manifests" / "b1").read_bytes(), "b1")
+    stranger = b1.model_copy(update={"name": "b3", "repository_id": "f" * 32})
+    (root / "manifests" / "b3").write_bytes(codec.encode(stranger))
+    (root / "config").unlink()
+
+    refused = cli(None, "init", "--recover")
+    assert refused.code == ExitCode.INTEGRITY
+    one_line_error(refused.stderr)
+    assert f"{two_backups}: b1, b2" in refused.stderr and f"{'f' * 32}: b3" in refused.stderr
+    assert not (root / "config").exists()
+
+
+def test_init_refused_by_the_catalog_leaves_no_config(cli: Any, tmp_path: Path) -> None:
+    """A catalog of another repository is found before the config is written, not after."""
+    assert cli(None, "init", repo=tmp_path / "first").code == 0
+    (tmp_path / "second").mkdir()
+    shutil.copy(tmp_path / "first" / "catalog.sqlite", tmp_path / "second" / "catalog.sqlite")
+
+    refused = cli(None, "init", repo=tmp_path / "second")
+    assert refused.code == ExitCode.CATALOG
+    assert not (tmp_path / "second" / "config").exists()
