@@ -53,6 +53,8 @@ class ChunkerParams:
             raise ValueError("chunker avg_size must be within [256 B, 4 MiB]")
         if not (max(1024, self.min_size) <= self.max_size <= MAX_CHUNK_SIZE):
             raise ValueError("chunker max_size must be within [max(1 KiB, min_size), 16 MiB]")
+        if not (0 <= self.seed < 2**64):  # pyfastcdc takes a uint64 (OverflowError otherwise)
+            raise ValueError("chunker seed must be within [0, 2^64)")
 
     def to_dict(self) -> dict[str, int | str]:
         return {
@@ -66,7 +68,7 @@ class ChunkerParams:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ChunkerParams:
         if data.get("algorithm") != "fastcdc2020":
-            raise ValueError(f"unknown chunking algorithm {data.get('algorithm')!r}")
+            raise ValueError(f"unknown chunking algorithm {repr(data.get('algorithm'))[:60]}")
         values = {name: data.get(name) for name in ("min_size", "avg_size", "max_size", "seed")}
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
             raise ValueError("chunker sizes must be integers")

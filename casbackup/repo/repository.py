@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from casbackup.errors import (
     BackupExists,
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 REPOSITORY_FORMAT = "casbackup-repository"
 REPOSITORY_VERSION = 1
+T = TypeVar("T")
+
 _REPOSITORY_ID = re.compile(r"^[0-9a-f]{32}$")  # what init writes: uuid4().hex
 # First guess of how much of a pack's tail holds footer + trailer: one ranged
 # read covers ~300 entries; bigger trailers take a second read.
@@ -68,29 +70,63 @@ class RepositoryConfig:
 
     @classmethod
     def decode(cls, data: bytes, location: str) -> RepositoryConfig:
+        """Parse a config read from the store: every field's type is checked, not assumed.
+
+        The object is untrusted input like any other; a field of the wrong
+        JSON type must be an integrity error naming the config, not an
+        AttributeError deep inside whatever uses it.
+        """
         try:
             doc: Any = json.loads(data)
             if not isinstance(doc, dict) or doc.get("format") != REPOSITORY_FORMAT:
                 raise ValueError("not a casbackup repository config")
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError too
             raise RepositoryError(
                 detail=f"{location}: unreadable repository config ({exc})"
             ) from None
-        if doc.get("version") != REPOSITORY_VERSION:
+        except RecursionError:  # json's parser recurses once per nested [ or {
+            raise RepositoryError(
+                detail=f"{location}: unreadable repository config (nested too deeply)"
+            ) from None
+        version = doc.get("version")
+        if type(version) is not int or version != REPOSITORY_VERSION:  # not True, not 1.0
             raise UnsupportedFormat(
                 what=f"repository {location}",
-                found=doc.get("version"),
+                found=version,
                 supported=REPOSITORY_VERSION,
                 advice="use a casbackup release that supports it",
             )
         try:
-            repo_id = doc["id"]
-            uuid.UUID(hex=repo_id)
-            created = datetime.fromisoformat(doc["created"])
-            chunker = ChunkerParams.from_dict(doc["chunker"])
-        except (KeyError, TypeError, ValueError) as exc:
+            repo_id = _field(doc, "id", str)
+            if not _REPOSITORY_ID.match(repo_id):
+                raise ValueError(f"id {repo_id[:40]!r} is not 32 lower-case hex digits")
+            created = datetime.fromisoformat(_field(doc, "created", str))
+            chunker = ChunkerParams.from_dict(_field(doc, "chunker", dict))
+        except ValueError as exc:
             raise RepositoryError(detail=f"{location}: invalid repository config ({exc})") from None
         return cls(id=repo_id, created=created, chunker=chunker)
+
+
+_JSON_TYPES: dict[type, str] = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _field(doc: dict[str, Any], name: str, kind: type[T]) -> T:
+    """``doc[name]``, which must be a JSON value of type ``kind``."""
+    if name not in doc:
+        raise ValueError(f"no {name!r}")
+    value = doc[name]
+    if not isinstance(value, kind):
+        found = _JSON_TYPES.get(type(value), type(value).__name__)
+        raise ValueError(f"{name!r} is a JSON {found}, expected a JSON {_JSON_TYPES[kind]}")
+    return value
 
 
 class Repository:
