@@ -155,6 +155,10 @@ class ManifestCorrupt(IntegrityError):
     """manifest of backup {backup} is corrupt: {detail}"""
 
 
+class ObjectTooLarge(IntegrityError):
+    """{key} holds more than {limit} bytes, more than any {what} casbackup writes (damaged, or not casbackup's)"""
+
+
 class UnsafePath(IntegrityError):
     """refusing unsafe path {path!r} in backup data: {reason}"""
 

@@ -102,6 +102,22 @@ def snapshot_directory(
         return snap.commit([database], [table], clickhouse_version="test")
 
 
+def small_backups(root: Path, work: Path, names: Sequence[str]) -> str:
+    """One small backup per name in the repository at ``root`` (catalog where the CLI keeps it).
+
+    For tests of the repository layer through the CLI that need committed
+    backups but no ClickHouse. Returns the repository id.
+    """
+    from casbackup.store.local import LocalStore
+
+    repo = Repository.open(LocalStore(root))
+    with Catalog.open(f"sqlite:///{root / 'catalog.sqlite'}", repo.id) as catalog:
+        for name in names:
+            write_tree(work / name / "all_1_1_0", {"data.bin": name.encode() * 1000})
+            snapshot_directory(repo, catalog, name, work / name)
+    return repo.id
+
+
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         path = root / rel

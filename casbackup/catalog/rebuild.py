@@ -39,13 +39,12 @@ from casbackup.catalog.index import batched, record_pack
 from casbackup.catalog.models import COMMITTED, REFERENCED_FILES_SQL, Backup, Base, Chunk, Pack
 from casbackup.catalog.packs import forget_packs
 from casbackup.errors import (
+    BackupNotFound,
     CatalogError,
     IntegrityError,
     ManifestCorrupt,
-    ObjectNotFound,
     RepositoryError,
 )
-from casbackup.repo import keys
 from casbackup.repo import manifest as manifest_codec
 from casbackup.repo.repository import Repository
 
@@ -120,10 +119,7 @@ def sync(
 
     for name in sorted(store_names - committed):
         try:
-            data = repo.store.get(keys.manifest_key(name))
-        except ObjectNotFound:
-            continue  # deleted since the listing
-        try:
+            data = repo.manifest_object(name)
             manifest = manifest_codec.decode(data, name)
             if manifest.repository_id != repo.id:
                 raise ManifestCorrupt(
@@ -135,6 +131,8 @@ def sync(
                     detail=f"backup {name} references {len(missing)} chunks no pack holds, "
                     f"e.g. {min(missing).hex()}; run `casbackup verify` for details"
                 )
+        except BackupNotFound:
+            continue  # deleted since the listing
         except RepositoryError as exc:
             if strict:
                 raise

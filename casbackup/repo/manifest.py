@@ -31,14 +31,37 @@ from pydantic import (
     model_validator,
 )
 
-from casbackup.errors import ManifestCorrupt, UnsafePath, UnsupportedFormat
+from casbackup.errors import ManifestCorrupt, RepositoryError, UnsafePath, UnsupportedFormat
 from casbackup.repo.chunker import DIGEST_SIZE, MAX_CHUNK_SIZE, file_id
 
 FORMAT_VERSION = 1
 MAGIC = b"CASMANI1"
-# A decompressed manifest larger than this is refused (about 100 TB of data at
-# 1 MiB chunks); it bounds what a hostile object can make us allocate.
-MAX_MANIFEST_BYTES = 4 * 1024 * 1024 * 1024
+HEADER_SIZE = len(MAGIC) + DIGEST_SIZE
+MiB = 1024 * 1024
+# A manifest whose document (msgpack, before compression) is larger than this
+# is refused by readers and never written. It bounds what a small hostile
+# object can make a reader allocate: decoding costs about ten bytes of memory
+# per document byte (measured: a 100 MiB document peaks near 1 GiB), so a
+# 1 GiB document (about 30 TB of table data at the default chunk size, see
+# docs/design.md) already needs ~10 GB, and the 4 GiB of earlier releases
+# was never readable on an ordinary host.
+MAX_MANIFEST_BYTES = 1024 * MiB
+# The stored object: header plus zstd's worst case for an incompressible
+# document (ZSTD_compressBound: n + n/256 + a little), checked before reading.
+MAX_MANIFEST_OBJECT_BYTES = HEADER_SIZE + MAX_MANIFEST_BYTES + MAX_MANIFEST_BYTES // 256 + MiB
+# msgpack limits: no string of a manifest comes near 16 MiB (ClickHouse parses
+# statements of max_query_size, 256 KiB by default); binaries are digests and
+# checksums; maps are models of at most ~20 fields. The unpacker holds at most
+# its buffer of the document at a time, never the whole of it.
+MAX_STRING_BYTES = 16 * MiB
+# Arrays: the unpacker allocates a list of the announced length before it
+# reads the items. The longest legitimate ones list chunk ids or files, 34
+# bytes of the document or more each, so none has more items than this.
+MAX_ARRAY_ITEMS = MAX_MANIFEST_BYTES // 32
+_MAX_BIN_BYTES = 64
+_MAX_MAP_ENTRIES = 64
+_UNPACK_BUFFER = 2 * MAX_STRING_BYTES
+_READ_SIZE = MiB
 
 # ClickHouse part names: partition id, block numbers, level, mutation, joined by
 # '_' (partition ids may hold '-'). ATTACH PART refuses '/' and the prefixes
@@ -316,33 +339,32 @@ class Manifest(_Model):
 
 
 def encode(manifest: Manifest) -> bytes:
+    """The stored form; refused (never committed) beyond the size readers accept."""
     doc = manifest.model_dump(mode="python")
     doc["started_at"] = manifest.started_at.isoformat()
     doc["finished_at"] = manifest.finished_at.isoformat()
-    body = zstandard.ZstdCompressor(level=3).compress(msgpack.packb(doc, use_bin_type=True))
+    packed = msgpack.packb(doc, use_bin_type=True)
+    if len(packed) > MAX_MANIFEST_BYTES:
+        raise RepositoryError(
+            detail=f"the manifest of backup {manifest.name} would be {len(packed)} bytes, more "
+            f"than the {MAX_MANIFEST_BYTES} readers accept; back up fewer tables at a time"
+        )
+    body = zstandard.ZstdCompressor(level=3).compress(packed)
     return MAGIC + blake3.blake3(body).digest() + body
 
 
-def decode(data: bytes, name: str) -> Manifest:
-    header = len(MAGIC) + DIGEST_SIZE
-    if len(data) < header or not data.startswith(MAGIC):
+def decode(data: bytes | memoryview, name: str) -> Manifest:
+    view = memoryview(data)  # slices of it copy nothing
+    if len(view) < HEADER_SIZE or view[: len(MAGIC)] != MAGIC:
         raise ManifestCorrupt(
             backup=name, detail="not a casbackup manifest (bad magic or truncated)"
         )
-    body = data[header:]
-    if blake3.blake3(body).digest() != data[len(MAGIC) : header]:
+    if len(view) > MAX_MANIFEST_OBJECT_BYTES:
+        raise ManifestCorrupt(backup=name, detail="larger than the size limit")
+    body = view[HEADER_SIZE:]
+    if blake3.blake3(body).digest() != view[len(MAGIC) : HEADER_SIZE]:
         raise ManifestCorrupt(backup=name, detail="digest mismatch (damaged in storage)")
-    try:
-        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-            raw = reader.read(MAX_MANIFEST_BYTES + 1)
-    except zstandard.ZstdError as exc:
-        raise ManifestCorrupt(backup=name, detail=f"zstd: {exc}") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ManifestCorrupt(backup=name, detail="decompresses to more than the size limit")
-    try:
-        doc: Any = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ManifestCorrupt(backup=name, detail=f"msgpack: {exc}") from None
+    doc = _unpack_document(body, name)
     if not isinstance(doc, dict):
         raise ManifestCorrupt(backup=name, detail="top level is not a map")
     version = doc.get("version")
@@ -362,6 +384,65 @@ def decode(data: bytes, name: str) -> Manifest:
             backup=name, detail=f"stored under {name!r} but names itself {manifest.name!r}"
         )
     return manifest
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Bounded:
+    """A decompressing reader that refuses to yield more than ``limit`` bytes in all."""
+
+    def __init__(self, reader: zstandard.ZstdDecompressionReader, limit: int) -> None:
+        self.reader = reader
+        self.limit = limit
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        want = _READ_SIZE if size < 0 else min(size, _READ_SIZE)
+        data = self.reader.read(want)
+        self.count += len(data)
+        if self.count > self.limit:
+            raise _TooLarge()
+        return data
+
+
+def _unpack_document(body: memoryview, name: str) -> Any:
+    """The one msgpack object the body decompresses to, streamed rather than decompressed whole.
+
+    A hostile body can be a small valid document followed by gigabytes of
+    zeros (75 KB of zstd): the unpacker sees the document, then at most one
+    read beyond it, which must be empty.
+    """
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+            stream = _Bounded(reader, MAX_MANIFEST_BYTES)
+            unpacker = msgpack.Unpacker(
+                stream,
+                raw=False,
+                strict_map_key=True,
+                read_size=_READ_SIZE,
+                max_buffer_size=_UNPACK_BUFFER,
+                max_str_len=MAX_STRING_BYTES,
+                max_bin_len=_MAX_BIN_BYTES,
+                max_map_len=_MAX_MAP_ENTRIES,
+                max_array_len=MAX_ARRAY_ITEMS,
+                max_ext_len=0,
+            )
+            doc = unpacker.unpack()
+            if stream.count > unpacker.tell() or stream.read(1):
+                raise ManifestCorrupt(backup=name, detail="msgpack: extra data after the document")
+            return doc
+    except _TooLarge:
+        raise ManifestCorrupt(
+            backup=name, detail=f"decompresses to more than the {MAX_MANIFEST_BYTES}-byte limit"
+        ) from None
+    except zstandard.ZstdError as exc:
+        raise ManifestCorrupt(backup=name, detail=f"zstd: {exc}") from None
+    except msgpack.OutOfData:
+        raise ManifestCorrupt(backup=name, detail="msgpack: truncated document") from None
+    except (ValueError, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ManifestCorrupt(backup=name, detail=f"msgpack: {exc}") from None
 
 
 def _first_error(exc: ValidationError) -> str:

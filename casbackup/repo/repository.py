@@ -23,6 +23,7 @@ from casbackup.errors import (
     IntegrityError,
     ObjectExists,
     ObjectNotFound,
+    ObjectTooLarge,
     PackCorrupt,
     PackMissing,
     RepositoryError,
@@ -35,7 +36,7 @@ from casbackup.repo import manifest as manifest_codec
 from casbackup.repo.chunker import ChunkerParams
 from casbackup.repo.manifest import Manifest
 from casbackup.repo.pack import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
-from casbackup.store.base import ObjectInfo, ObjectStore
+from casbackup.store.base import ObjectInfo, ObjectStore, get_at_most
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +301,16 @@ class Repository:
         self.store.put(keys.manifest_key(manifest.name), data)
         return data
 
+    def manifest_object(self, name: str) -> bytes:
+        """A manifest's stored bytes; one larger than any manifest can be is refused unread.
+
+        The size comes first (a stat, or a HEAD on S3): a 3 GB sparse file
+        under manifests/ must not be read into memory to find out.
+        """
+        return manifest_object(self.store, name)
+
     def read_manifest(self, name: str) -> Manifest:
-        try:
-            data = self.store.get(keys.manifest_key(name))
-        except ObjectNotFound:
-            raise BackupNotFound(name=name) from None
-        manifest = manifest_codec.decode(data, name)
+        manifest = manifest_codec.decode(self.manifest_object(name), name)
         if manifest.repository_id != self.id:
             raise RepositoryError(
                 detail=f"manifest {name} belongs to repository {manifest.repository_id}"
@@ -314,6 +319,18 @@ class Repository:
 
     def delete_manifest(self, name: str) -> None:
         self.store.delete(keys.manifest_key(name))
+
+
+def manifest_object(store: ObjectStore, name: str) -> bytes:
+    """``Repository.manifest_object``, for a store whose config may be missing."""
+    key = keys.manifest_key(name)
+    limit = manifest_codec.MAX_MANIFEST_OBJECT_BYTES
+    try:
+        if store.stat(key).size > limit:
+            raise ObjectTooLarge(key=key, limit=limit, what="manifest")
+        return get_at_most(store, key, limit, "manifest")
+    except ObjectNotFound:
+        raise BackupNotFound(name=name) from None
 
 
 # --- a store that lost its config --------------------------------------------------
@@ -371,8 +388,8 @@ def _readable_manifests(store: ObjectStore, limit: int | None = None) -> list[Ma
             break
         try:
             name = keys.backup_name_from_key(info.key)
-            manifest = manifest_codec.decode(store.get(info.key), name)
-        except (ObjectNotFound, RepositoryError):
+            manifest = manifest_codec.decode(manifest_object(store, name), name)
+        except (BackupNotFound, RepositoryError):
             continue
         if _REPOSITORY_ID.match(manifest.repository_id):
             found.append(manifest)

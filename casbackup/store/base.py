@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from casbackup.errors import InvalidKey
+from casbackup.errors import InvalidKey, ObjectTooLarge
 
 # Keys are plain ASCII paths: what S3 and every POSIX filesystem accept alike.
 _KEY_COMPONENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
@@ -88,6 +88,20 @@ class LeavesTemporaries(Protocol):
     """
 
     def remove_stale_temporaries(self, older_than_seconds: float) -> int: ...
+
+
+def get_at_most(store: ObjectStore, key: str, limit: int, what: str) -> bytes:
+    """The whole object; ``ObjectTooLarge`` if it holds more than ``limit`` bytes.
+
+    Objects read back from a store are untrusted: a sparse file or a hostile
+    upload where a small JSON object belongs must cost ``limit`` bytes of
+    memory at most, not its size. One ranged read of ``limit + 1`` bytes
+    tells the two apart on every store.
+    """
+    data = store.get(key, 0, limit + 1)
+    if len(data) > limit:
+        raise ObjectTooLarge(key=key, limit=limit, what=what)
+    return data
 
 
 def validate_key(key: str) -> str:

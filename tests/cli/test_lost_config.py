@@ -16,26 +16,17 @@ from typing import Any
 
 import pytest
 
-from casbackup.catalog import Catalog
 from casbackup.errors import ExitCode
 from casbackup.repo import manifest as codec
-from casbackup.repo.repository import Repository
-from casbackup.store.local import LocalStore
 from tests.cli.test_failures import one_line_error
-from tests.helpers import snapshot_directory, write_tree
+from tests.helpers import small_backups
 
 
 @pytest.fixture
 def two_backups(cli: Any, tmp_path: Path) -> str:
     """A repository at tmp_path/repo holding backups b1 and b2; returns its id."""
     assert cli(None, "init").code == 0
-    root = tmp_path / "repo"
-    repo = Repository.open(LocalStore(root))
-    with Catalog.open(f"sqlite:///{root / 'catalog.sqlite'}", repo.id) as catalog:
-        for name in ("b1", "b2"):
-            write_tree(tmp_path / name / "all_1_1_0", {"data.bin": name.encode() * 1000})
-            snapshot_directory(repo, catalog, name, tmp_path / name)
-    return repo.id
+    return small_backups(tmp_path / "repo", tmp_path, ["b1", "b2"])
 
 
 def backup_names(cli: Any) -> list[str]:

@@ -265,3 +265,90 @@ def test_non_map_top_level() -> None:
     body = zstandard.ZstdCompressor().compress(msgpack.packb([1, 2, 3]))
     with pytest.raises(ManifestCorrupt, match="not a map"):
         codec.decode(codec.MAGIC + blake3.blake3(body).digest() + body, "b-1")
+
+
+# --- hostile sizes: memory bounded by the document, not by what follows it ----------
+
+
+def _with_body(body: bytes) -> bytes:
+    import blake3
+
+    return codec.MAGIC + blake3.blake3(body).digest() + body
+
+
+def _zstd_of(*pieces: bytes, repeat_last: int = 1) -> bytes:
+    """One zstd frame of the pieces, the last repeated (cheaply: it is compressed in a stream)."""
+    writer = zstandard.ZstdCompressor(level=3).compressobj()
+    body = b"".join(writer.compress(p) for p in pieces[:-1])
+    for _ in range(repeat_last):
+        body += writer.compress(pieces[-1])
+    return body + writer.flush()
+
+
+def _peak_allocation(action: Any) -> int:
+    """Bytes allocated at the peak while ``action`` runs (Python allocators, bytes objects included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_trailing_zeros_are_refused_without_decompressing_them() -> None:
+    """A valid document then 2 GiB of zeros: ~70 KB stored, and 4 GB of memory before the fix."""
+    document = msgpack.packb(_raw_doc(_sample()), use_bin_type=True)
+    data = _with_body(_zstd_of(document, bytes(8 << 20), repeat_last=256))
+    assert len(data) < 200_000
+
+    def decode() -> None:
+        with pytest.raises(ManifestCorrupt, match="extra data after the document"):
+            codec.decode(data, "b-1")
+
+    assert _peak_allocation(decode) < 8 << 20
+
+
+@pytest.mark.parametrize("extra", [b"\x00", b"\xc0" * 3, msgpack.packb({"version": 1})])
+def test_any_trailing_data_is_refused(extra: bytes) -> None:
+    document = msgpack.packb(_raw_doc(_sample()), use_bin_type=True)
+    with pytest.raises(ManifestCorrupt, match="extra data after the document"):
+        codec.decode(_with_body(_zstd_of(document + extra)), "b-1")
+
+
+def test_a_truncated_document_is_refused() -> None:
+    document = msgpack.packb(_raw_doc(_sample()), use_bin_type=True)
+    with pytest.raises(ManifestCorrupt, match="truncated document"):
+        codec.decode(_with_body(_zstd_of(document[:-5])), "b-1")
+
+
+def test_a_document_beyond_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = codec.encode(_sample())
+    monkeypatch.setattr(codec, "MAX_MANIFEST_BYTES", 100)
+    with pytest.raises(ManifestCorrupt, match="decompresses to more than the 100-byte limit"):
+        codec.decode(data, "b-1")
+
+
+def test_a_manifest_readers_would_refuse_is_never_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    from casbackup.errors import RepositoryError
+
+    monkeypatch.setattr(codec, "MAX_MANIFEST_BYTES", 100)
+    with pytest.raises(RepositoryError, match="more than the 100 readers accept"):
+        codec.encode(_sample())
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        # An array header announcing 2^32 - 1 items (the list is allocated up front).
+        (b"\xdd\xff\xff\xff\xff" + b"\xc0" * 10, "exceeds max_array_len"),
+        # A string of 17 MiB of one byte: compresses to almost nothing.
+        (b"\xdb" + (17 << 20).to_bytes(4, "big") + b"a" * (17 << 20), "exceeds max_str_len"),
+        (b"\xc6" + (1 << 20).to_bytes(4, "big") + b"\x00" * (1 << 20), "exceeds max_bin_len"),
+        (b"\xdf\xff\xff\xff\xff", "exceeds max_map_len"),
+    ],
+)
+def test_msgpack_lengths_are_bounded(document: bytes, message: str) -> None:
+    with pytest.raises(ManifestCorrupt, match=message):
+        codec.decode(_with_body(_zstd_of(document)), "b-1")

@@ -1,0 +1,131 @@
+"""Small or sparse hostile objects in the store cost bounded memory, and a one-line error.
+
+Each object is made by hand where a real one belongs: a sparse file that
+stats at gigabytes but costs no disk, or a few kilobytes of zstd that
+decompress to gigabytes. Memory is measured with tracemalloc (every bytes
+object a read or a decompression makes is counted), in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from casbackup.errors import ExitCode, RepositoryError
+from casbackup.repo import manifest as codec
+from casbackup.repo.repository import Repository
+from casbackup.store.base import ObjectStore
+from casbackup.store.local import LocalStore
+from tests.cli.test_failures import one_line_error
+from tests.helpers import small_backups
+
+GiB = 1024**3
+# What a command may allocate here at most: the CLI, the catalog and one
+# small manifest, far below the gigabytes each object would cost unbounded.
+BUDGET = 64 << 20
+
+
+def peak_allocation(action: Callable[[], Any]) -> tuple[Any, int]:
+    tracemalloc.start()
+    try:
+        result = action()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def sparse(path: Path, head: bytes, size: int) -> None:
+    """A file of ``size`` bytes that starts with ``head``; the rest is a hole, no disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(head)
+        handle.truncate(size)
+
+
+@pytest.fixture
+def backups(cli: Any, tmp_path: Path) -> Path:
+    """A repository at tmp_path/repo with backups b1 and b2; returns its directory."""
+    assert cli(None, "init").code == 0
+    small_backups(tmp_path / "repo", tmp_path, ["b1", "b2"])
+    return tmp_path / "repo"
+
+
+def test_a_sparse_3_gb_manifest_is_refused_unread(
+    cli: Any, backups: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sparse(backups / "manifests" / "b3", codec.MAGIC, 3 * GiB)
+
+    listed, peak = peak_allocation(lambda: cli(None, "list", "--json"))
+    assert peak < BUDGET
+    assert listed.code == 0, listed.stderr
+    assert [b["name"] for b in listed.json()] == ["b1", "b2"]
+    assert "backup b3 not indexed: manifests/b3 holds more than" in caplog.text
+
+    shown, peak = peak_allocation(lambda: cli(None, "show", "b3"))
+    assert peak < BUDGET
+    assert shown.code == ExitCode.INTEGRITY
+    one_line_error(shown.stderr)
+    assert "manifests/b3 holds more than" in shown.stderr and "manifest" in shown.stderr
+
+
+def test_a_manifest_of_trailing_zeros_costs_only_its_document(cli: Any, backups: Path) -> None:
+    """A valid document, then 2 GiB of zeros in the same zstd frame: about 70 KB stored."""
+    import blake3
+    import zstandard
+
+    stored = (backups / "manifests" / "b1").read_bytes()
+    document = zstandard.ZstdDecompressor().decompress(stored[len(codec.MAGIC) + 32 :])
+    writer = zstandard.ZstdCompressor(level=3).compressobj()
+    body = writer.compress(document)
+    zeros = bytes(8 << 20)
+    for _ in range(256):
+        body += writer.compress(zeros)
+    body += writer.flush()
+    (backups / "manifests" / "b3").write_bytes(codec.MAGIC + blake3.blake3(body).digest() + body)
+
+    shown, peak = peak_allocation(lambda: cli(None, "show", "b3"))
+    assert peak < BUDGET
+    assert shown.code == ExitCode.INTEGRITY
+    one_line_error(shown.stderr)
+    assert "manifest of backup b3 is corrupt: msgpack: extra data after the document" in (
+        shown.stderr
+    )
+
+
+def oversized_manifest_is_refused(store: ObjectStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On any store: the size is asked first, and the ranged read never goes past the limit."""
+    repo = Repository.init(store)
+    store.put("manifests/big", b"x" * 2000)
+    monkeypatch.setattr(codec, "MAX_MANIFEST_OBJECT_BYTES", 1000, raising=False)
+    with pytest.raises(RepositoryError, match="manifests/big holds more than 1000 bytes"):
+        repo.read_manifest("big")
+
+    # Grown between the size check and the read (a local file is not
+    # immutable to everyone): the read still stops at the limit.
+    stat = store.stat
+    monkeypatch.setattr(store, "stat", lambda key: stat("config"))
+    with pytest.raises(RepositoryError):
+        repo.read_manifest("big")
+
+
+def test_an_oversized_manifest_is_refused_on_a_local_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oversized_manifest_is_refused(LocalStore(tmp_path / "repo"), monkeypatch)
+
+
+def test_an_oversized_manifest_is_refused_on_s3(
+    s3_server: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    oversized_manifest_is_refused(s3_server.store(s3_bucket, "r"), monkeypatch)
+
+
+def test_a_sparse_file_is_cheap_to_make(tmp_path: Path) -> None:
+    """The tests above rely on holes: a 3 GB sparse file must not take 3 GB of disk."""
+    sparse(tmp_path / "f", b"x", 3 * GiB)
+    assert os.stat(tmp_path / "f").st_blocks * 512 < 1 << 20
