@@ -48,6 +48,7 @@ import blake3
 from sqlalchemy import select
 
 from casbackup.catalog import Catalog
+from casbackup.catalog.index import batched
 from casbackup.catalog.models import COMMITTED, Backup
 from casbackup.catalog.packs import (
     PackUsage,
@@ -65,7 +66,7 @@ from casbackup.repo import keys
 from casbackup.repo.chunker import chunk_id as digest_of
 from casbackup.repo.compression import decompress
 from casbackup.repo.locks import DEFAULT_TTL, LockRecord, read_locks
-from casbackup.repo.marks import Mark, new_mark_id, read_marks, write_mark
+from casbackup.repo.marks import MAX_MARK_PACKS, Mark, new_mark_id, read_marks, write_mark
 from casbackup.repo.pack import PackBuilder, parse_pack
 from casbackup.repo.repository import Repository
 from casbackup.repo.writer import DEFAULT_PACK_SIZE
@@ -259,12 +260,14 @@ def execute_gc(
         report.packs_repacked += 1
 
     # 3. New mark: packs first, then the leases alive now.
+    # One mark per MAX_MARK_PACKS packs, each written in two steps as always,
+    # so that no mark grows beyond what readers accept.
     condemned = [a.pack_id for a in plan.condemn] + repacked
-    if condemned:
-        mark = Mark(new_mark_id(clock()), clock(), frozenset(condemned), None)
+    for group in batched(condemned, MAX_MARK_PACKS):
+        mark = Mark(new_mark_id(clock()), clock(), frozenset(group), None)
         write_mark(store, mark)
         _complete_mark(repo, mark, settings, clock)
-        report.packs_condemned = len(condemned)
+    report.packs_condemned = len(condemned)
 
     set_states(catalog.db, {p for m in read_marks(store) for p in m.packs}, now)
     with catalog.db.write() as conn:

@@ -103,6 +103,33 @@ def test_gc_frees_exactly_the_unreferenced_packs(
     ) == tree_contents(tmp_path / "b")
 
 
+def test_gc_splits_a_large_condemnation_into_marks_readers_accept(
+    repo: Repository,
+    catalog: Catalog,
+    tmp_path: Path,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each mark holds at most MAX_MARK_PACKS packs, and all of them are still freed."""
+    import casbackup.gc
+
+    monkeypatch.setattr(casbackup.gc, "MAX_MARK_PACKS", 2, raising=False)
+    random_tree(tmp_path / "a", seed=1)
+    snapshot_directory(repo, catalog, "a", tmp_path / "a", pack_size=SMALL_PACKS)
+    delete_backups(repo, catalog, ["a"])
+    garbage = store_bytes(repo)
+
+    first = gc(repo, catalog, clock)
+    marks = read_marks(repo.store)
+    assert first.packs_condemned > 4
+    assert len(marks) == (first.packs_condemned + 1) // 2
+    assert all(len(m.packs) <= 2 and m.leases is not None for m in marks)
+    clock.advance(1)
+    second = gc(repo, catalog, clock)
+    assert second.bytes_freed == garbage and store_bytes(repo) == 0
+    assert read_marks(repo.store) == []
+
+
 def test_repack_leaves_only_referenced_chunks(
     repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock
 ) -> None:

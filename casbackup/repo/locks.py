@@ -31,11 +31,14 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-from casbackup.errors import LockHeld, LockLost, ObjectExists, ObjectNotFound
+from casbackup.errors import LockHeld, LockLost, ObjectExists, ObjectNotFound, ObjectTooLarge
 from casbackup.process import ProcessTag
 from casbackup.repo.keys import LOCKS_PREFIX
-from casbackup.store.base import ObjectStore
+from casbackup.store.base import ObjectStore, get_at_most
 
+# A lock object is about 300 bytes of JSON (host names, a backup name); a
+# larger one is read no further and counts as unreadable, hence stale.
+MAX_LOCK_BYTES = 64 * 1024
 DEFAULT_TTL = 15 * 60.0
 DEFAULT_REFRESH = 60.0
 
@@ -100,17 +103,29 @@ class LockRecord:
                 heartbeat_at=float(doc["heartbeat_at"]),
                 command=str(doc.get("command", "")),
             )
-        except (ValueError, KeyError, TypeError):
-            return cls(
-                key, "unreadable", "?", False, "?", "?", 0, 0, 0.0, 0.0, "unreadable lock object"
-            )
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return cls.unreadable(key)
+
+    @classmethod
+    def unreadable(cls, key: str) -> LockRecord:
+        return cls(
+            key, "unreadable", "?", False, "?", "?", 0, 0, 0.0, 0.0, "unreadable lock object"
+        )
+
+
+def read_lock(store: ObjectStore, key: str) -> LockRecord:
+    """The lock object at ``key``; one too large to be a lock is unreadable, like garbage."""
+    try:
+        return LockRecord.decode(key, get_at_most(store, key, MAX_LOCK_BYTES, "lock"))
+    except ObjectTooLarge:
+        return LockRecord.unreadable(key)
 
 
 def read_locks(store: ObjectStore) -> list[LockRecord]:
     records = []
     for info in store.list(LOCKS_PREFIX):
         try:
-            records.append(LockRecord.decode(info.key, store.get(info.key)))
+            records.append(read_lock(store, info.key))
         except ObjectNotFound:
             continue  # released while we listed
     return records
@@ -195,7 +210,7 @@ class Lock:
                 detail=f"no heartbeat for more than {self.ttl:.0f} s (process suspended?)",
             )
         try:
-            current = LockRecord.decode(self.key, self.store.get(self.key))
+            current = read_lock(self.store, self.key)
         except ObjectNotFound:
             raise LockLost(
                 what=self.key, detail="the lock object was removed (casbackup unlock?)"
@@ -218,7 +233,7 @@ class Lock:
                 return
             except ObjectExists:
                 try:
-                    holder = LockRecord.decode(self.key, self.store.get(self.key))
+                    holder = read_lock(self.store, self.key)
                 except ObjectNotFound:
                     continue  # released in between: try again
                 if not holder.stale(self.clock(), self.ttl):
@@ -233,7 +248,7 @@ class Lock:
     def _beat(self) -> None:
         while not self._stop.wait(self.refresh):
             try:
-                current = LockRecord.decode(self.key, self.store.get(self.key))
+                current = read_lock(self.store, self.key)
             except ObjectNotFound:
                 self._lost = "the lock object was removed (casbackup unlock?)"
                 return

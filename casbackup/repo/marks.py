@@ -20,9 +20,16 @@ from dataclasses import dataclass
 
 from casbackup.errors import ObjectNotFound
 from casbackup.repo.keys import CONDEMNED_PREFIX
-from casbackup.store.base import ObjectStore
+from casbackup.store.base import ObjectStore, get_at_most
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# A mark costs about 70 bytes per pack. gc writes at most MAX_MARK_PACKS per
+# mark (7 MB); readers accept up to MAX_MARK_BYTES (about 950,000 packs, what
+# an earlier release could write for 30 TB condemned in one run) and treat a
+# larger object as damage: ignoring a mark could let a backup rely on packs
+# another gc deletes.
+MAX_MARK_PACKS = 100_000
+MAX_MARK_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class Mark:
             packs = frozenset(bytes.fromhex(p) for p in doc["packs"] if _HEX64.match(p))
             leases = None if doc["leases"] is None else frozenset(str(x) for x in doc["leases"])
             return cls(mark_id, float(doc["created_at"]), packs, leases)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return None
 
 
@@ -66,7 +73,7 @@ def read_marks(store: ObjectStore) -> list[Mark]:
     for info in store.list(CONDEMNED_PREFIX):
         mark_id = info.key[len(CONDEMNED_PREFIX) :]
         try:
-            mark = Mark.decode(mark_id, store.get(info.key))
+            mark = Mark.decode(mark_id, get_at_most(store, info.key, MAX_MARK_BYTES, "mark"))
         except ObjectNotFound:
             continue
         if mark is not None:

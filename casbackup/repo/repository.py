@@ -44,6 +44,9 @@ REPOSITORY_FORMAT = "casbackup-repository"
 REPOSITORY_VERSION = 1
 T = TypeVar("T")
 
+# A config is about 300 bytes of JSON; a larger object is not one (read no further).
+MAX_CONFIG_BYTES = 64 * 1024
+
 _REPOSITORY_ID = re.compile(r"^[0-9a-f]{32}$")  # what init writes: uuid4().hex
 # First guess of how much of a pack's tail holds footer + trailer: one ranged
 # read covers ~300 entries; bigger trailers take a second read.
@@ -204,7 +207,7 @@ class Repository:
     @classmethod
     def open(cls, store: ObjectStore) -> Repository:
         try:
-            data = store.get(keys.CONFIG_KEY)
+            data = get_at_most(store, keys.CONFIG_KEY, MAX_CONFIG_BYTES, "repository config")
         except ObjectNotFound:
             _refuse_remains(store)
             raise RepositoryNotFound(location=store.describe()) from None

@@ -129,3 +129,57 @@ def test_a_sparse_file_is_cheap_to_make(tmp_path: Path) -> None:
     """The tests above rely on holes: a 3 GB sparse file must not take 3 GB of disk."""
     sparse(tmp_path / "f", b"x", 3 * GiB)
     assert os.stat(tmp_path / "f").st_blocks * 512 < 1 << 20
+
+
+# --- small JSON objects: config, locks, marks -------------------------------------------
+
+
+def test_a_2_gb_config_is_an_integrity_error_read_no_further(cli: Any, backups: Path) -> None:
+    config = backups / "config"
+    sparse(config, config.read_bytes(), 2 * GiB)
+
+    listed, peak = peak_allocation(lambda: cli(None, "list"))
+    assert peak < BUDGET
+    assert listed.code == ExitCode.INTEGRITY
+    one_line_error(listed.stderr)
+    assert "config holds more than 65536 bytes, more than any repository config" in listed.stderr
+
+
+@pytest.mark.parametrize("key", ["backup-ab", "exclusive-gc"])
+def test_a_2_gb_lock_object_is_an_unreadable_stale_lock(cli: Any, backups: Path, key: str) -> None:
+    """As any garbage lock object: shown as unreadable and stale, broken by gc, removed by unlock."""
+    sparse(backups / "locks" / key, b'{"kind": "backup"', 2 * GiB)
+
+    shown, peak = peak_allocation(lambda: cli(None, "locks", "--json"))
+    assert peak < BUDGET
+    assert shown.code == 0, shown.stderr
+    assert [(r["key"], r["kind"], r["stale"]) for r in shown.json()] == [
+        (f"locks/{key}", "unreadable", True)
+    ]
+
+    collected, peak = peak_allocation(lambda: cli(None, "gc", "--min-age", "0s"))
+    assert peak < BUDGET
+    assert collected.code == 0, collected.stderr
+
+    if (backups / "locks" / key).exists():
+        unlocked, peak = peak_allocation(lambda: cli(None, "unlock"))
+        assert peak < BUDGET
+        assert unlocked.code == 0, unlocked.stderr
+    assert not (backups / "locks" / key).exists()
+
+
+def test_an_oversized_mark_stops_gc_with_an_integrity_error(
+    cli: Any, backups: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mark cannot be ignored (a backup could rely on packs it condemns): gc stops, naming it."""
+    from casbackup.repo import marks
+
+    monkeypatch.setattr(marks, "MAX_MARK_BYTES", 1000, raising=False)
+    mark = backups / "condemned" / "1700000000-abcdef"
+    mark.parent.mkdir()
+    mark.write_text('{"created_at": 1700000000.0, "leases": [], "packs": [' + '"x",' * 400 + "]}")
+
+    collected = cli(None, "gc", "--min-age", "0s")
+    assert collected.code == ExitCode.INTEGRITY
+    one_line_error(collected.stderr)
+    assert "condemned/1700000000-abcdef holds more than 1000 bytes" in collected.stderr
