@@ -87,6 +87,15 @@ class ObjectExists(StoreError):
     exit_code = ExitCode.CONFLICT
 
 
+class NotAnObject(StoreError):
+    """{key} in the store at {location} is a directory, not an object; move it away"""
+
+    # A local store only: a key is an object or nothing, and a directory is
+    # neither. Treating it as "absent" let `create b5` run a whole backup
+    # before its manifest could not be written over manifests/b5/.
+    exit_code = ExitCode.INTEGRITY
+
+
 class InvalidKey(StoreError):
     """invalid object key {key!r}: {reason}"""
 

@@ -16,11 +16,13 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from casbackup.errors import (
+    NotAnObject,
     ObjectExists,
     ObjectNotFound,
     StoreError,
@@ -111,8 +113,6 @@ class LocalStore:
                 return handle.read(min(length, present))
         except FileNotFoundError:
             raise ObjectNotFound(key=key) from None
-        except IsADirectoryError:
-            raise ObjectNotFound(key=key) from None
         except OSError as exc:
             raise self._translate(exc, key) from exc
 
@@ -142,7 +142,9 @@ class LocalStore:
             raise ObjectNotFound(key=key) from None
         except OSError as exc:
             raise self._translate(exc, key) from exc
-        if not path.is_file():
+        if stat.S_ISDIR(st.st_mode):
+            raise NotAnObject(key=key, location=str(self.root))
+        if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(key=key)
         return ObjectInfo(key=key, size=st.st_size)
 
@@ -227,6 +229,8 @@ class LocalStore:
             _fsync_directory(created.parent)
 
     def _translate(self, exc: OSError, key: str) -> StoreError:
+        if exc.errno == errno.EISDIR:  # read, or a rename over it
+            return NotAnObject(key=key, location=str(self.root))
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return StoreFull(key=key, detail=f"{self.root}: {exc.strerror}")
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

@@ -428,6 +428,23 @@ def test_duplicate_and_invalid_backup_names(engine: Engine, dbname: str, cli: An
     assert engine.shadow_dirs() == []
 
 
+def test_a_directory_where_the_manifest_belongs_stops_create_before_it_starts(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """Not "no manifest": the backup would run whole, then fail to write its manifest."""
+    create_realistic(engine, dbname, rows=100)
+    cli(engine, "init")
+    (tmp_path / "repo" / "manifests" / "b5").mkdir(parents=True)
+
+    result = cli(engine, "create", "b5", "--tables", f"{dbname}.agg")
+    assert result.code == ExitCode.INTEGRITY
+    one_line_error(result.stderr)
+    assert "manifests/b5 in the store at" in result.stderr and "is a directory" in result.stderr
+    assert not (tmp_path / "repo" / "packs").exists()
+    assert not list((tmp_path / "repo" / "locks").glob("*"))
+    assert engine.shadow_dirs() == []
+
+
 def test_bad_mapping_argument(engine: Engine, cli: Any) -> None:
     cli(engine, "init")
     result = cli(engine, "restore", "x", "--as", "nocolon")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from casbackup.errors import StoreFull, StorePermissionDenied
+from casbackup.errors import ExitCode, NotAnObject, StoreFull, StorePermissionDenied
 from casbackup.store.local import TEMP_PREFIX, LocalStore
 from tests.store.conformance import StoreConformance
 
@@ -99,3 +99,19 @@ def test_read_only_filesystem_is_permission_error(
     monkeypatch.setattr(os, "open", rofs)
     with pytest.raises(StorePermissionDenied):
         store.put("x", b"1")
+
+
+def test_a_directory_at_a_key_is_named_not_absent(tmp_path: Path) -> None:
+    """A key holds an object or nothing; a directory there is damage, named up front."""
+    store = LocalStore(tmp_path)
+    (tmp_path / "manifests" / "b5").mkdir(parents=True)
+    for operation in (
+        lambda: store.stat("manifests/b5"),
+        lambda: store.get("manifests/b5"),
+        lambda: store.get("manifests/b5", 0, 10),
+        lambda: store.put("manifests/b5", b"x"),
+    ):
+        with pytest.raises(NotAnObject, match=r"manifests/b5 in the store at .* is a directory"):
+            operation()
+    assert NotAnObject.exit_code == ExitCode.INTEGRITY
+    assert [i.key for i in store.list("manifests/")] == []
