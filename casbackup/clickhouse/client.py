@@ -20,10 +20,11 @@ A password may also come from the config or CASBACKUP_CLICKHOUSE_PASSWORD;
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from casbackup.errors import ConfigError
 
@@ -76,14 +77,64 @@ class ConnectionSpec:
 
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+# Seconds; clickhouse-driver hands them to socket.settimeout, which refuses NaN,
+# negative values and anything past the platform's time_t ("Timeout value out
+# of range" as an internal error), so the URL is checked here instead.
+_MAX_TIMEOUT = 1_000_000.0
+
+# A password holding one of these characters unencoded splits the URL in the
+# wrong place (urllib ends the authority at the first / ? #): the rest of the
+# password then reads as a port, a path or a query.
+_ENCODE_HINT = (
+    "if the user or password holds # / ? @ or :, percent-encode them "
+    "(%23 %2F %3F %40 %3A) or set the password in CASBACKUP_CLICKHOUSE_PASSWORD"
+)
+
+
+def _invalid(what: str) -> ConfigError:
+    """A URL error that names what is wrong but never echoes the URL: it may hold a password."""
+    return ConfigError(detail=f"invalid ClickHouse URL: {what}; {_ENCODE_HINT}")
+
+
+def _query(text: str) -> dict[str, str]:
+    """``key=value&...``; a field without ``=`` is refused without being echoed (it may be a password's tail)."""
+    query: dict[str, str] = {}
+    for field_ in text.split("&"):
+        if not field_:
+            continue
+        key, equals, value = field_.partition("=")
+        if not equals:
+            raise _invalid("a query parameter has no value")
+        query[unquote(key)] = unquote(value)
+    return query
+
+
+def _timeout(query: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        value = float(query.get(name, default))
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= _MAX_TIMEOUT:  # also false for NaN
+        raise ConfigError(
+            detail=f"invalid ClickHouse URL: {name} must be a number of seconds "
+            f"above 0 and at most {_MAX_TIMEOUT:.0f}"
+        )
+    return value
 
 
 def parse_url(url: str) -> ConnectionSpec:
+    """Read a ClickHouse URL; every error names the problem, never any part of the user info."""
     try:
         parts = urlsplit(url)
-    except ValueError as exc:
-        raise ConfigError(detail=f"invalid ClickHouse URL: {exc}") from None
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    except ValueError:  # e.g. an unbalanced "[" of an IPv6 host
+        raise _invalid("it does not parse") from None
+    if "#" in url:
+        raise _invalid("'#' has no meaning in it")
+    if parts.scheme != "chdb" and "@" in parts.path + parts.query:
+        raise _invalid("'@' after the host")
+    query = _query(parts.query)
     if parts.scheme == "chdb":
         path = unquote(parts.path)
         if parts.netloc or not path.startswith("/"):
@@ -96,27 +147,30 @@ def parse_url(url: str) -> ConnectionSpec:
         raise ConfigError(
             detail=f"unsupported ClickHouse URL scheme {parts.scheme!r} (use clickhouse://, clickhouses:// or chdb://)"
         )
-    secure = parts.scheme == "clickhouses" or query.get("secure", "").lower() in _TRUE
-    try:
-        port = parts.port or (9440 if secure else 9000)
-        connect_timeout = float(query.get("connect_timeout", 10.0))
-        send_receive_timeout = float(query.get("send_receive_timeout", 3600.0))
-    except ValueError as exc:
-        raise ConfigError(detail=f"invalid ClickHouse URL: {exc}") from None
     unknown = set(query) - {"secure", "connect_timeout", "send_receive_timeout"}
     if unknown:
         raise ConfigError(
             detail=f"unknown ClickHouse URL parameter(s): {', '.join(sorted(unknown))}"
         )
+    secure_text = query.get("secure", "").lower()
+    if secure_text not in _TRUE | _FALSE:
+        raise ConfigError(detail="invalid ClickHouse URL: secure must be true or false")
+    secure = parts.scheme == "clickhouses" or secure_text in _TRUE
+    try:
+        port = parts.port
+    except ValueError:  # urllib's message quotes the text after the last ':', maybe a password
+        raise _invalid("the port is not a number from 1 to 65535") from None
+    if port == 0:
+        raise _invalid("the port is not a number from 1 to 65535")
     return ConnectionSpec(
         scheme="native",
         host=parts.hostname or "127.0.0.1",
-        port=port,
+        port=port or (9440 if secure else 9000),
         user=unquote(parts.username) if parts.username else "default",
         password=unquote(parts.password) if parts.password else "",
         secure=secure,
-        connect_timeout=connect_timeout,
-        send_receive_timeout=send_receive_timeout,
+        connect_timeout=_timeout(query, "connect_timeout", 10.0),
+        send_receive_timeout=_timeout(query, "send_receive_timeout", 3600.0),
     )
 
 

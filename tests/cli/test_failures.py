@@ -369,6 +369,25 @@ def test_wrong_password_is_refused_and_never_printed(server_engine: ServerEngine
     assert PROTECTED_PASSWORD not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "clickhouse://backup:Qx7z#Kv9w@127.0.0.1:9000",
+        "clickhouse://backup:12345?Kv9w@127.0.0.1:9000",
+        "clickhouse://default@127.0.0.1:9000/?connect_timeout=-1",
+        "clickhouse://default@127.0.0.1:9000/?send_receive_timeout=nan",
+    ],
+)
+def test_a_bad_clickhouse_url_is_a_configuration_error_that_hides_the_password(
+    cli: Any, url: str
+) -> None:
+    result = cli(None, "--clickhouse", url, "tables")
+    assert result.code == ExitCode.CONFIG
+    one_line_error(result.stderr)
+    for secret in ("Qx7z", "Kv9w", "12345"):
+        assert secret not in result.stderr
+
+
 def test_password_from_environment(
     server_engine: ServerEngine, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
