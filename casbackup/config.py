@@ -251,23 +251,32 @@ def load_settings(
             raise ConfigError(detail=f"config file {config_path} does not exist") from None
         except OSError as exc:
             raise ConfigError(detail=f"cannot read {config_path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                detail=f"{config_path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(detail=f"{config_path}: {exc}") from None
         source = str(config_path)
     for variable, (section, key) in ENVIRONMENT.items():
         if env.get(variable):
-            document.setdefault(section, {})[key] = env[variable]
+            _override(document, section, key, env[variable], source)
     for (section, key), value in (overrides or {}).items():
         if value is not None:
-            if not isinstance(document.setdefault(section, {}), dict):
-                raise ConfigError(detail=f"{source}: [{section}] must be a table")
-            document[section][key] = value
+            _override(document, section, key, value, source)
     try:
         return Settings.model_validate({**document, "source": source})
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ConfigError(detail=f"{source}: {where}: {err['msg']}") from None
+
+
+def _override(document: dict[str, Any], section: str, key: str, value: Any, source: str) -> None:
+    """Set one key over the file's; the file may have made the section a string or a number."""
+    if not isinstance(document.setdefault(section, {}), dict):
+        raise ConfigError(detail=f"{source}: [{section}] must be a table")
+    document[section][key] = value
 
 
 DEFAULT_CONFIG = """\

@@ -106,3 +106,20 @@ def test_invalid_settings(tmp_path: Path, content: str) -> None:
     path.write_text(content)
     with pytest.raises(ConfigError):
         load_settings(path, environ={})
+
+
+def test_a_config_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xff\xfe[repository]\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    "variable", ["CASBACKUP_REPO", "CASBACKUP_CATALOG", "CASBACKUP_CLICKHOUSE_PASSWORD"]
+)
+def test_environment_over_a_section_that_is_not_a_table(tmp_path: Path, variable: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('repository = "x"\ncatalog = 1\nclickhouse = []\n')
+    with pytest.raises(ConfigError, match="must be a table"):
+        load_settings(path, environ={variable: "value"})

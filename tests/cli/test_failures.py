@@ -489,6 +489,15 @@ def test_bad_config_file(cli: Any, tmp_path: Path, content: str, message: str) -
     assert message in result.stderr and str(config) in result.stderr
 
 
+def test_config_file_that_is_not_utf8(cli: Any, tmp_path: Path) -> None:
+    config = tmp_path / "casbackup.toml"
+    config.write_bytes(b"\xff\xfe[repository]\n")
+    result = cli(None, "--config", str(config), "list")
+    assert result.code == ExitCode.CONFIG
+    one_line_error(result.stderr)
+    assert "not UTF-8" in result.stderr and str(config) in result.stderr
+
+
 def test_missing_config_file(cli: Any, tmp_path: Path) -> None:
     result = cli(None, "--config", str(tmp_path / "absent.toml"), "list")
     assert result.code == ExitCode.CONFIG
