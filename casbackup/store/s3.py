@@ -420,6 +420,44 @@ class S3Store:
 
 
 def _make_client(options: S3Options) -> Any:
+    """boto3's client; what botocore refuses while building it is the operator's setting to fix.
+
+    botocore checks the endpoint, the region and the profile only here, with
+    exceptions (ValueError "Invalid endpoint", InvalidRegionError,
+    ProfileNotFound) that would otherwise end as internal errors. The
+    endpoint is not repeated: it may carry user:password@.
+    """
+    try:
+        return _build_client(options)
+    except botocore.exceptions.InvalidRegionError:
+        source = "[s3] region" if options.region else "AWS_REGION or AWS_DEFAULT_REGION"
+        raise ConfigError(
+            detail=f"S3 region from {source} is not a region name like eu-central-1"
+        ) from None
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise ConfigError(
+            detail=f"S3 profile {exc.kwargs.get('profile')!r} (AWS_PROFILE) is not in the AWS "
+            "config or credentials files"
+        ) from None
+    except botocore.exceptions.BotoCoreError as exc:  # e.g. an AWS config file that does not parse
+        text = str(exc)
+        for secret in (options.access_key_id, options.secret_access_key):
+            if secret:
+                text = text.replace(secret, "***")
+        raise ConfigError(detail=f"S3 client settings: {' '.join(text.split())}") from None
+    except ValueError:  # botocore's "Invalid endpoint: <url>", the only ValueError it raises here
+        source = (
+            "[s3] endpoint_url"
+            if options.endpoint_url
+            else "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (or endpoint_url in the AWS config file)"
+        )
+        raise ConfigError(
+            detail=f"S3 endpoint from {source} is not a URL like https://host:port "
+            "(http:// or https:// and a host)"
+        ) from None
+
+
+def _build_client(options: S3Options) -> Any:
     session = boto3.session.Session(
         aws_access_key_id=options.access_key_id,
         aws_secret_access_key=options.secret_access_key,

@@ -195,3 +195,14 @@ def test_clean_aborts_uploads_a_killed_backup_left(
     assert cleaned.json()["store_temporaries"] == 1
     left = client.list_multipart_uploads(Bucket=s3_env).get("Uploads", [])
     assert [upload["Key"] for upload in left] == ["other-tool/keep"]
+
+
+def test_an_endpoint_without_a_scheme_is_a_configuration_error(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_test_credentials(monkeypatch)
+    config = tmp_path / "casbackup.toml"
+    config.write_text('[s3]\nendpoint_url = "127.0.0.1:19420"\n')
+    result = cli(None, "--config", str(config), "init", repo="s3://bucket/prefix")
+    assert result.code == ExitCode.CONFIG, result.stderr
+    assert result.stderr.count("\n") == 1 and "[s3] endpoint_url" in result.stderr

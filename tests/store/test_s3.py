@@ -232,6 +232,35 @@ def test_access_denied_is_permission_denied(
 # --- locations, macros and settings ----------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "settings, environment, named",
+    [
+        ({"endpoint_url": "127.0.0.1:19420"}, {}, "[s3] endpoint_url"),
+        ({"endpoint_url": "http://"}, {}, "[s3] endpoint_url"),
+        ({"endpoint_url": f"http://{ACCESS_KEY}:{SECRET_KEY}@"}, {}, "[s3] endpoint_url"),
+        ({}, {"AWS_ENDPOINT_URL_S3": "127.0.0.1:19420"}, "AWS_ENDPOINT_URL_S3"),
+        ({}, {"AWS_ENDPOINT_URL": "http://"}, "AWS_ENDPOINT_URL"),
+        ({"region": "us east 1"}, {}, "[s3] region"),
+        ({}, {"AWS_PROFILE": "nosuchprofile"}, "AWS_PROFILE"),
+    ],
+)
+def test_settings_botocore_refuses_are_configuration_errors(
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, str],
+    environment: dict[str, str],
+    named: str,
+) -> None:
+    """botocore checks these only when the client is built, with exceptions of its own."""
+    use_test_credentials(monkeypatch)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        open_store("s3://bucket/prefix", s3=S3Settings.model_validate(settings))
+    message = caught.value.message
+    assert named in message and "\n" not in message
+    assert ACCESS_KEY not in message and SECRET_KEY not in message
+
+
 def test_parse_s3_location() -> None:
     assert parse_s3_location("s3://bucket") == ("bucket", "")
     assert parse_s3_location("s3://bucket/") == ("bucket", "")
