@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from casbackup.catalog.models import CatalogMeta
-from casbackup.errors import CatalogError, CatalogMismatch, CatalogVersionError
+from casbackup.errors import CatalogError, CatalogMismatch, CatalogVersionError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,42 @@ def _alembic_config() -> Any:
 
 
 def make_engine(url: str) -> Engine:
+    """An engine for the catalog URL; a URL SQLAlchemy cannot use is the operator's to fix (exit 10).
+
+    SQLAlchemy loads the dialect and its driver here, so an unknown scheme
+    (NoSuchModuleError), a driver that is not installed (ModuleNotFoundError)
+    and a malformed SQLite URL (a four-line ArgumentError) surface now; none
+    of their messages is repeated beyond its first line, and the URL only
+    with its password hidden.
+    """
     try:
         parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            detail="invalid catalog URL: not an SQLAlchemy URL such as "
+            "sqlite:////var/lib/casbackup/catalog.sqlite or postgresql+psycopg://user@host/db"
+        ) from None
+    location = parsed.render_as_string(hide_password=True)
+    try:
+        return _create_engine(parsed)
+    except NoSuchModuleError:
+        raise ConfigError(
+            detail=f"invalid catalog URL {location}: SQLAlchemy knows no database "
+            f"{parsed.drivername!r}"
+        ) from None
+    except ImportError as exc:
+        raise ConfigError(
+            detail=f"catalog URL {location} needs the Python module {exc.name!r}, "
+            "which is not installed (pip install it next to casbackup)"
+        ) from None
     except ArgumentError as exc:
-        raise CatalogError(detail=f"invalid catalog URL: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if parsed.password:
+            first = first.replace(str(parsed.password), "***")
+        raise ConfigError(detail=f"invalid catalog URL: {first}") from None
+
+
+def _create_engine(parsed: URL) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
     database = parsed.database
@@ -136,6 +168,24 @@ class CatalogDatabase:
             raise
         return db
 
+    @staticmethod
+    def probe(url: str) -> None:
+        """Connect once and leave: `init` asks before it writes a repository.
+
+        A repository created before its catalog failed could not be
+        initialised again ("already exists") once the URL was fixed.
+        """
+        engine = make_engine(url)
+        try:
+            with engine.connect():
+                pass
+        except SQLAlchemyError as exc:
+            raise catalog_failure(
+                redact_url(url), exc, "check catalog.url (or CASBACKUP_CATALOG)"
+            ) from None
+        finally:
+            engine.dispose()
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -196,6 +246,25 @@ def _stored_revision(engine: Engine) -> str | None:
             return None
         version = conn.scalar(text("SELECT version_num FROM alembic_version"))
         return None if version is None else str(version)
+
+
+REBUILD_ADVICE = (
+    "if the catalog is damaged, rebuild it from the repository with `casbackup catalog rebuild`"
+)
+
+
+def catalog_failure(
+    location: str, exc: SQLAlchemyError, advice: str = REBUILD_ADVICE
+) -> CatalogError:
+    """One line from what the database said (the DB-API error), with what to do about it.
+
+    SQLAlchemy's own text adds the SQL, its parameters and a line
+    "(Background on this error at: https://sqlalche.me/...)".
+    """
+    cause: BaseException = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    said = lines[0].strip() if lines else type(cause).__name__
+    return CatalogError(detail=f"{location}: {said}; {advice}")
 
 
 def redact_url(url: str) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from casbackup.catalog import Catalog
+from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.rebuild import rebuild, sync
 from casbackup.clean import STORE_TEMP_MIN_AGE_S, CleanReport, clean_clickhouse, clean_store
 from casbackup.cli.backups import JsonOption
@@ -39,6 +40,8 @@ def init(
 ) -> None:
     """Create a repository (and its catalog) at the configured location."""
     app: AppContext = ctx.obj
+    if app.settings.catalog.url:  # a configured catalog's URL and driver, before anything
+        CatalogDatabase.probe(app.settings.catalog.url)
     new_config = Repository.recovered_config if recover else Repository.new_config
     config = new_config(app.store)
     # The catalog first: one that indexes another repository is refused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from casbackup.catalog import Catalog
 from casbackup.catalog.database import CatalogDatabase, make_engine, redact_url
 from casbackup.catalog.models import Base
-from casbackup.errors import CatalogError, CatalogMismatch, CatalogVersionError
+from casbackup.errors import CatalogError, CatalogMismatch, CatalogVersionError, ConfigError
 
 REPO = "a" * 32
 
@@ -123,8 +124,28 @@ def test_concurrent_first_opens_create_one_schema(tmp_path: Path) -> None:
 
 
 def test_invalid_url() -> None:
-    with pytest.raises(CatalogError, match="invalid catalog URL"):
+    with pytest.raises(ConfigError, match="invalid catalog URL"):
         Catalog.open("not a url at all", REPO)
+
+
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("postgresql+pg8000://u:Sekr3t@db/cat", "needs the Python module 'pg8000'"),
+        ("mysql+pymysql://u:Sekr3t@db/cat", "needs the Python module 'pymysql'"),
+        ("foo://u:Sekr3t@db/cat", "knows no database 'foo'"),
+        ("sqlite://u:Sekr3t@/path", "Invalid SQLite URL"),
+    ],
+)
+def test_a_url_sqlalchemy_cannot_use_is_a_one_line_configuration_error(url: str, says: str) -> None:
+    """Missing drivers, unknown dialects and malformed SQLite URLs surface when the engine is made."""
+    for driver in ("pg8000", "pymysql"):
+        if driver in url and importlib.util.find_spec(driver) is not None:
+            pytest.skip(f"{driver} is installed here")
+    with pytest.raises(ConfigError) as caught:
+        Catalog.open(url, REPO)
+    message = caught.value.message
+    assert says in message and "\n" not in message and "Sekr3t" not in message
 
 
 def test_password_is_redacted() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib.util
 import itertools
 import json
 import os
@@ -415,6 +416,27 @@ def test_init_twice(cli: Any) -> None:
     result = cli(None, "init")
     assert result.code == ExitCode.CONFLICT
     one_line_error(result.stderr)
+
+
+def test_init_with_an_unusable_catalog_url_writes_no_repository(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fixing the URL and running init again must work, not say "already exists"."""
+    if importlib.util.find_spec("pymysql") is not None:
+        pytest.skip("pymysql is installed here")
+    monkeypatch.setenv("CASBACKUP_CATALOG", "mysql+pymysql://u:Sekr3t@db/cat")
+    result = cli(None, "init")
+    assert result.code == ExitCode.CONFIG
+    one_line_error(result.stderr)
+    assert "pymysql" in result.stderr and "Sekr3t" not in result.stderr
+    (tmp_path / "a-directory").mkdir()
+    monkeypatch.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'a-directory'}")
+    result = cli(None, "init")
+    assert result.code == ExitCode.CATALOG
+    one_line_error(result.stderr)
+    assert not (tmp_path / "repo").exists()
+    monkeypatch.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    assert cli(None, "init").code == 0
 
 
 def test_no_table_matches(engine: Engine, cli: Any) -> None:
