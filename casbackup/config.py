@@ -27,6 +27,7 @@ from pydantic import (
 
 from casbackup.errors import ConfigError, UsageError
 from casbackup.retention import Policy, parse_duration
+from casbackup.subset import parse_subset
 
 
 def duration_seconds(text: str) -> float:
@@ -157,6 +158,13 @@ class VerifySettings(_Section):
     read_data_subset: str | None = "5%"  # None: structure only
     restore: bool = False  # also test-restore the new backup (costs its size in scratch space)
 
+    @field_validator("read_data_subset")
+    @classmethod
+    def _subset(cls, value: str | None) -> str | None:
+        if value:  # "" reads every pack, like --read-data without --subset
+            parse_subset(value)
+        return value
+
 
 class S3Settings(_Section):
     """How to reach an ``s3://bucket/prefix`` repository; unset keys fall back to boto3's chain.
@@ -269,7 +277,9 @@ def load_settings(
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(detail=f"{source}: {where}: {err['msg']}") from None
+        # pydantic prefixes what a validator's ValueError said with "Value error, ".
+        message = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(detail=f"{source}: {where}: {message}") from None
 
 
 def _override(document: dict[str, Any], section: str, key: str, value: Any, source: str) -> None:

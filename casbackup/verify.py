@@ -60,6 +60,7 @@ from casbackup.repo.pack import parse_pack
 from casbackup.repo.repository import Repository
 from casbackup.restore import RestoreOptions, RestoreService
 from casbackup.selection import select as select_tables
+from casbackup.subset import parse_subset
 
 STRUCTURE, DATA, RESTORE, CATALOG = "structure", "data", "restore", "catalog"
 
@@ -508,48 +509,38 @@ def exact_pattern(database: str, table: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", f"{database}.{table}")
 
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?$", re.IGNORECASE)
-_GROUP = re.compile(r"^(\d+)/(\d+)$")
-_PERCENT = re.compile(r"^(\d+(?:\.\d+)?)%$")
-
-
 def choose_subset(
     packs: dict[bytes, int], subset: str | None, now: float
 ) -> tuple[set[bytes], str]:
     """Which packs a --read-data run reads, and a description of the choice."""
     if not subset:
         return set(packs), "all packs"
-    text = subset.strip()
-    if m := _PERCENT.match(text):
-        share = float(m.group(1)) / 100
-        if not 0 < share <= 1:
-            raise UsageError(detail="--subset percent must be in (0, 100]")
+    try:
+        spec = parse_subset(subset)
+    except ValueError as exc:
+        raise UsageError(detail=f"invalid --subset {subset!r}: {exc}") from None
+    if spec.percent is not None:
         day = int(now // 86400)
-        start = (day * share) % 1.0
-        chosen = {p for p in packs if ((_position(p) - start) % 1.0) < share}
+        start = (day * spec.share) % 1.0
+        chosen = {p for p in packs if ((_position(p) - start) % 1.0) < spec.share}
         return (
             chosen,
-            f"{m.group(1)}% of the pack-id space starting at {start:.3f} (moves every day)",
+            f"{spec.percent}% of the pack-id space starting at {start:.3f} (moves every day)",
         )
-    if m := _GROUP.match(text):
-        n, total = int(m.group(1)), int(m.group(2))
-        if not 1 <= n <= total:
-            raise UsageError(detail="--subset n/m needs 1 <= n <= m")
+    if spec.group is not None:
+        n, total = spec.group
         chosen = {p for p in packs if int.from_bytes(p[:8], "big") % total == n - 1}
         return chosen, f"group {n} of {total}"
-    if m := _SIZE.match(text):
-        unit = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}[m.group(2).lower()]
-        budget = float(m.group(1)) * unit
-        order = sorted(packs)
-        random.shuffle(order)
-        chosen, used = set(), 0
-        for p in order:
-            if used + packs[p] > budget and chosen:
-                break
-            chosen.add(p)
-            used += packs[p]
-        return chosen, f"random packs totalling {used} bytes"
-    raise UsageError(detail=f"invalid --subset {subset!r} (use 5%, 1/7 or a size such as 2G)")
+    budget = spec.budget or 0.0
+    order = sorted(packs)
+    random.shuffle(order)
+    chosen, used = set(), 0
+    for p in order:
+        if used + packs[p] > budget and chosen:
+            break
+        chosen.add(p)
+        used += packs[p]
+    return chosen, f"random packs totalling {used} bytes"
 
 
 def _position(pack_id: bytes) -> float:

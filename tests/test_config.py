@@ -123,3 +123,22 @@ def test_environment_over_a_section_that_is_not_a_table(tmp_path: Path, variable
     path.write_text('repository = "x"\ncatalog = 1\nclickhouse = []\n')
     with pytest.raises(ConfigError, match="must be a table"):
         load_settings(path, environ={variable: "value"})
+
+
+@pytest.mark.parametrize("subset", ["bogus", "0%", "200%", "0/7", "8/7"])
+def test_a_bad_read_data_subset_is_refused_when_the_config_is_loaded(
+    tmp_path: Path, subset: str
+) -> None:
+    """Not when `run` reaches its verify step, after it has backed up and collected garbage."""
+    path = tmp_path / "c.toml"
+    path.write_text(f'[verify]\nread_data_subset = "{subset}"\n')
+    with pytest.raises(ConfigError, match=r"verify\.read_data_subset: (?!Value error)") as caught:
+        load_settings(path, environ={})
+    assert "--subset" not in caught.value.message
+
+
+@pytest.mark.parametrize("subset", ["5%", "100%", "1/7", "2G", "500 MiB", ""])
+def test_read_data_subsets_that_verify_reads(tmp_path: Path, subset: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[verify]\nread_data_subset = "{subset}"\n')
+    assert load_settings(path, environ={}).verify.read_data_subset == subset

@@ -520,6 +520,18 @@ def test_config_file_that_is_not_utf8(cli: Any, tmp_path: Path) -> None:
     assert "not UTF-8" in result.stderr and str(config) in result.stderr
 
 
+def test_run_with_a_bad_read_data_subset_stops_before_it_starts(cli: Any, tmp_path: Path) -> None:
+    """The config is refused at once: no ClickHouse is asked (none listens here), nothing backed up."""
+    cli(None, "init")
+    config = tmp_path / "casbackup.toml"
+    config.write_text('[verify]\nread_data_subset = "200%"\n')
+    url = f"clickhouse://default@127.0.0.1:{free_port()}"
+    result = cli(None, "--config", str(config), "--clickhouse", url, "run")
+    assert result.code == ExitCode.CONFIG
+    one_line_error(result.stderr)
+    assert "verify.read_data_subset" in result.stderr and "--subset" not in result.stderr
+
+
 def test_missing_config_file(cli: Any, tmp_path: Path) -> None:
     result = cli(None, "--config", str(tmp_path / "absent.toml"), "list")
     assert result.code == ExitCode.CONFIG
