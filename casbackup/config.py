@@ -72,7 +72,7 @@ class _Section(BaseModel):
 
 
 class RepositorySettings(_Section):
-    location: str = Field(default_factory=default_repository)
+    location: Annotated[str, Field(min_length=1)] = Field(default_factory=default_repository)
     compression_level: Annotated[int, Field(ge=-7, le=22)] = 1
     pack_size_mb: Annotated[int, Field(ge=1, le=512)] = 32
     threads: Annotated[int, Field(ge=1, le=64)] = 2
@@ -248,7 +248,8 @@ def load_settings(
     overrides: Mapping[tuple[str, str], Any] | None = None,
 ) -> Settings:
     env = os.environ if environ is None else environ
-    explicit = path is not None or "CASBACKUP_CONFIG" in env
+    # An empty variable means "not set", like every other CASBACKUP_* variable.
+    explicit = path is not None or bool(env.get("CASBACKUP_CONFIG"))
     config_path = path or Path(env.get("CASBACKUP_CONFIG") or default_config_path())
     document: dict[str, Any] = {}
     source = "defaults"

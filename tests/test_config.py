@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from casbackup.config import load_settings, render_default_config
+from casbackup.config import ENVIRONMENT, load_settings, render_default_config
 from casbackup.errors import ConfigError
 
 
@@ -142,3 +142,18 @@ def test_read_data_subsets_that_verify_reads(tmp_path: Path, subset: str) -> Non
     path = tmp_path / "c.toml"
     path.write_text(f'[verify]\nread_data_subset = "{subset}"\n')
     assert load_settings(path, environ={}).verify.read_data_subset == subset
+
+
+def test_empty_environment_variables_mean_not_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config-here"))
+    empty = {variable: "" for variable in ENVIRONMENT} | {"CASBACKUP_CONFIG": ""}
+    assert load_settings(environ=empty) == load_settings(environ={})
+
+
+def test_an_empty_repository_location_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[repository]\nlocation = ""\n')
+    with pytest.raises(ConfigError, match=r"repository\.location"):
+        load_settings(path, environ={})

@@ -17,7 +17,7 @@ import typer
 from casbackup import __version__, interrupts
 from casbackup.cli import backups, lifecycle, maintenance, restores, verifying
 from casbackup.cli.context import AppContext
-from casbackup.errors import CasbackupError, ExitCode, Interrupted
+from casbackup.errors import CasbackupError, ConfigError, ExitCode, Interrupted
 from casbackup.runtime import tune_allocator
 
 app = typer.Typer(
@@ -40,11 +40,12 @@ def _version(value: bool) -> None:
 def main(
     ctx: typer.Context,
     config: Annotated[
-        Path | None,
+        str | None,  # not Path: typer would turn "" into Path("."), and an empty value is an error
         typer.Option(
             "--config",
             "-c",
             envvar="CASBACKUP_CONFIG",
+            metavar="PATH",
             help="Config file (TOML).",
             show_default=False,
         ),
@@ -76,6 +77,7 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
+    _refuse_empty(config=config, repo=repo, clickhouse=clickhouse)
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="casbackup: %(levelname)s: %(message)s",
@@ -85,11 +87,33 @@ def main(
     # its traceback; casbackup reports the failure itself, in one line.
     logging.getLogger("clickhouse_driver").setLevel(logging.DEBUG if verbose > 1 else logging.ERROR)
     context = AppContext(
-        config_path=config, repo_override=repo, clickhouse_override=clickhouse, quiet=quiet
+        config_path=Path(config) if config is not None else None,
+        repo_override=repo,
+        clickhouse_override=clickhouse,
+        quiet=quiet,
     )
     ctx.obj = context
     ctx.meta["debug"] = debug
     ctx.call_on_close(context.close)
+
+
+def _refuse_empty(*, config: str | None, repo: str | None, clickhouse: str | None) -> None:
+    """An empty value on the command line is a mistake, typically `--repo "$REPO"` with REPO unset.
+
+    click ignores empty environment variables (CASBACKUP_REPO= means "not
+    set"), so an empty value here was typed. Taken literally, `--repo ""` is
+    the current directory, where `init` would write a repository.
+    """
+    empty = [
+        option
+        for option, value in (("--config", config), ("--repo", repo), ("--clickhouse", clickhouse))
+        if value is not None and not value.strip()
+    ]
+    if empty:
+        raise ConfigError(
+            detail=f"{' and '.join(empty)} given an empty value (an unset shell variable?); "
+            "give a value or leave the option out"
+        )
 
 
 backups.register(app)

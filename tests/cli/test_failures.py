@@ -532,6 +532,38 @@ def test_run_with_a_bad_read_data_subset_stops_before_it_starts(cli: Any, tmp_pa
     assert "verify.read_data_subset" in result.stderr and "--subset" not in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--repo", "--clickhouse", "--config"])
+def test_an_empty_command_line_value_is_refused(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    """`--repo "$REPO"` with REPO unset used the current directory, and init wrote a repository there."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    result = cli(None, option, "", "init")
+    assert result.code == ExitCode.CONFIG
+    one_line_error(result.stderr)
+    assert f"{option} given an empty value" in result.stderr
+    assert list(workdir.iterdir()) == [] and not (tmp_path / "repo").exists()
+
+
+def test_empty_environment_variables_are_ignored(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty CASBACKUP_CONFIG exited 10 while other empty CASBACKUP_* variables were ignored."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config-here"))
+    for variable in (
+        "CASBACKUP_CONFIG",
+        "CASBACKUP_REPO",
+        "CASBACKUP_CLICKHOUSE",
+        "CASBACKUP_CATALOG",
+    ):
+        monkeypatch.setenv(variable, "")
+    result = cli(None, "init")
+    assert result.code == 0, result.stderr
+    assert (tmp_path / "repo" / "catalog.sqlite").exists()
+
+
 def test_missing_config_file(cli: Any, tmp_path: Path) -> None:
     result = cli(None, "--config", str(tmp_path / "absent.toml"), "list")
     assert result.code == ExitCode.CONFIG
