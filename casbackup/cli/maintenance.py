@@ -75,6 +75,7 @@ def clean(
 ) -> int:
     """Remove shadows, temporary parts and store temporaries left by killed runs."""
     app: AppContext = ctx.obj
+    margin_s = duration_seconds_cli(margin)  # a typo must stop clean before it removes anything
     report = CleanReport()
     status = ExitCode.OK
     try:
@@ -82,7 +83,6 @@ def clean(
     except ClickHouseError as exc:
         note(f"warning: skipped ClickHouse cleanup: {exc.message}")
         status = ExitCode.WARNING
-    margin_s = duration_seconds_cli(margin)
     temp_age = min(STORE_TEMP_MIN_AGE_S, margin_s) if broken else STORE_TEMP_MIN_AGE_S
     clean_store(app.store, report, dry_run=dry_run, min_age=temp_age)
     broken_document: dict[str, object] | None = None

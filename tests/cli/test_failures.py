@@ -493,6 +493,16 @@ def test_bad_mapping_argument(engine: Engine, cli: Any) -> None:
     one_line_error(result.stderr)
 
 
+def test_clean_with_a_bad_margin_does_nothing_before_it_refuses(cli: Any) -> None:
+    """It used to clean ClickHouse first: here its warning (no server listens) came before the error."""
+    cli(None, "init")
+    url = f"clickhouse://default@127.0.0.1:{free_port()}"
+    result = cli(None, "--clickhouse", url, "clean", "--broken", "--margin", "bogus")
+    assert result.code == ExitCode.USAGE
+    one_line_error(result.stderr)
+    assert "ClickHouse" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
