@@ -58,16 +58,22 @@ def _json_default(value: Any) -> Any:
 def print_table(
     columns: Sequence[str], rows: Sequence[Sequence[Any]], *, right: Sequence[str] = ()
 ) -> None:
-    """Aligned columns; never wrapped when piped, so grep and awk see one line per row."""
+    """Aligned columns; never wrapped when piped, so grep and awk see one line per row.
+
+    Cells are ``Text``, never markup: they hold table and backup names, and
+    rich would read a table named ``[/]bad`` as a closing tag (MarkupError)
+    and ``[bold]x`` as a style, ``:smile:`` as an emoji.
+    """
     from rich.console import Console
     from rich.table import Table  # loaded when a command prints a table, not at start-up
+    from rich.text import Text
 
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
     table = Table(box=None, header_style="bold" if sys.stdout.isatty() else None, pad_edge=False)
     for column in columns:
         table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     for row in rows:
-        table.add_row(*[str(cell) for cell in row])
+        table.add_row(*[Text(str(cell)) for cell in row])
     console.print(table)
 
 
@@ -94,7 +100,7 @@ class ByteProgress:
         )
 
         self._progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # a table's name
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
@@ -128,5 +134,12 @@ def _may_be_terminal() -> bool:
 
 
 def note(message: str) -> None:
-    """A line for humans on stderr (keeps stdout clean for JSON and pipes)."""
-    stderr().print(message)
+    """A line for humans on stderr (keeps stdout clean for JSON and pipes).
+
+    Plain text, not markup (messages carry table names, see print_table),
+    and one line even when stderr is a log file, where rich would otherwise
+    wrap at 80 columns.
+    """
+    from rich.text import Text
+
+    stderr().print(Text(message), soft_wrap=True)

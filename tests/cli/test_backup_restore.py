@@ -447,3 +447,34 @@ def test_list_imports_a_backup_the_catalog_missed(
         raw.execute("PRAGMA foreign_keys = ON")
         raw.execute("UPDATE backups SET state = 'running'")
     assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["b1"]
+
+
+def test_table_names_that_look_like_markup_are_printed_as_they_are(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """Names reach the terminal through rich, which read "[/]bad" as a closing tag (exit 70,
+    for restore after the data was restored) and "[bold]secret" as a style; tables, show,
+    restore and verify print them verbatim (the progress bar: tests/cli/test_output.py)."""
+    names = ["[/]bad", "[bold]secret", ":smile: x"]
+    engine.sql(f"CREATE DATABASE {q(dbname)}")
+    for name in names:
+        engine.sql(f"CREATE TABLE {q(dbname)}.{q(name)} (x UInt32) ENGINE = MergeTree ORDER BY x")
+        engine.sql(f"INSERT INTO {q(dbname)}.{q(name)} SELECT number FROM numbers(10)")
+    cli(engine, "init")
+    every = ("--tables", f"{dbname}.*")
+    created = cli(engine, "create", "b", *every)
+    assert created.code == 0, created.stderr
+    for command in (["tables", *every], ["show", "b"], ["show", "b", "--parts"]):
+        result = cli(engine, *command)
+        assert result.code == 0, (command, result.stderr)
+        for name in names:
+            assert f"{dbname}.{name}" in result.stdout, (command, result.stdout)
+    drop_databases(engine, dbname)
+    restored = cli(engine, "restore", "b")
+    assert restored.code == 0, restored.stderr
+    for name in names:
+        assert f"{dbname}.{name}" in restored.stdout + restored.stderr
+        assert engine.value(f"SELECT count() FROM {q(dbname)}.{q(name)}") == 10
+    verified = cli(engine, "verify", "b", "--restore")
+    assert verified.code == 0, verified.stderr
+    assert f"{dbname}.[/]bad" in verified.stdout + verified.stderr
