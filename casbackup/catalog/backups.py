@@ -202,7 +202,7 @@ class BackupRecords:
 
     def load(self, name: str) -> Backup:
         """A committed backup with its databases, tables, parts and files loaded."""
-        with Session(self.db.engine, expire_on_commit=False) as session:
+        with self.db.errors(), Session(self.db.engine, expire_on_commit=False) as session:
             backup = session.scalar(
                 select(Backup)
                 .where(Backup.name == name, Backup.state == COMMITTED)

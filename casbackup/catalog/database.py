@@ -20,13 +20,19 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    NoSuchModuleError,
+    SQLAlchemyError,
+)
 
 from casbackup.catalog.models import CatalogMeta
 from casbackup.errors import CatalogError, CatalogMismatch, CatalogVersionError, ConfigError
@@ -88,7 +94,7 @@ def make_engine(url: str) -> Engine:
             "which is not installed (pip install it next to casbackup)"
         ) from None
     except ArgumentError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         if parsed.password:
             first = first.replace(str(parsed.password), "***")
         raise ConfigError(detail=f"invalid catalog URL: {first}") from None
@@ -154,15 +160,17 @@ class CatalogDatabase:
         engine = make_engine(url)
         location = redact_url(url)
         try:
-            migrate(engine, location)
-            db = cls(engine, location)
-            db._bind_repository(repository_id)
-        except OperationalError as exc:
+            with database_errors(engine, location):
+                migrate(engine, location)
+                db = cls(engine, location)
+                db._bind_repository(repository_id)
+        except (
+            SQLAlchemyError
+        ) as exc:  # not the database's answer (a pool timeout...): still one line
             engine.dispose()
-            raise CatalogError(detail=f"{location}: {exc.orig}") from None
-        except SQLAlchemyError as exc:
-            engine.dispose()
-            raise CatalogError(detail=f"{location}: {type(exc).__name__}: {exc}") from None
+            raise CatalogError(
+                detail=f"{location}: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
         except BaseException:
             engine.dispose()
             raise
@@ -177,12 +185,13 @@ class CatalogDatabase:
         """
         engine = make_engine(url)
         try:
-            with engine.connect():
+            with (
+                database_errors(
+                    engine, redact_url(url), "check catalog.url (or CASBACKUP_CATALOG)"
+                ),
+                engine.connect(),
+            ):
                 pass
-        except SQLAlchemyError as exc:
-            raise catalog_failure(
-                redact_url(url), exc, "check catalog.url (or CASBACKUP_CATALOG)"
-            ) from None
         finally:
             engine.dispose()
 
@@ -192,14 +201,23 @@ class CatalogDatabase:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that will write: takes SQLite's write lock up front."""
-        with self.engine.begin() as conn:
+        with self.errors(), self.engine.begin() as conn:
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A consistent read-only snapshot that never blocks writers."""
-        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn, conn.begin():
+        with (
+            self.errors(),
+            self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn,
+            conn.begin(),
+        ):
             yield conn
+
+    def errors(self) -> AbstractContextManager[None]:
+        """For the few users of the engine that bypass read() and write() (ORM sessions, raw
+        DB-API connections): what the database refuses becomes a one-line CatalogError."""
+        return database_errors(self.engine, self.location)
 
     def _bind_repository(self, repository_id: str) -> None:
         """The first repository to use a catalog owns it; any other is refused."""
@@ -253,18 +271,31 @@ REBUILD_ADVICE = (
 )
 
 
-def catalog_failure(
-    location: str, exc: SQLAlchemyError, advice: str = REBUILD_ADVICE
-) -> CatalogError:
-    """One line from what the database said (the DB-API error), with what to do about it.
+@contextmanager
+def database_errors(engine: Engine, location: str, advice: str = REBUILD_ADVICE) -> Iterator[None]:
+    """What the catalog's database refuses, as one CatalogError line (exit 17) with advice.
 
-    SQLAlchemy's own text adds the SQL, its parameters and a line
-    "(Background on this error at: https://sqlalche.me/...)".
+    A truncated or foreign file ("file is not a database"), a dropped table
+    ("no such table: chunks"), a server that is gone: SQLAlchemy's text of
+    these adds the SQL, its parameters and "(Background on this error at:
+    https://sqlalche.me/...)", so only the first line of the DB-API error is
+    kept. IntegrityError is left alone: a constraint casbackup broke is a bug
+    (and backups.py handles the one it expects). Raw DB-API errors come from
+    the chunk index's own connections (index.ChunkIndex.known).
     """
-    cause: BaseException = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    said = lines[0].strip() if lines else type(cause).__name__
-    return CatalogError(detail=f"{location}: {said}; {advice}")
+    dbapi = engine.dialect.loaded_dbapi
+    try:
+        yield
+    except (DatabaseError, dbapi.DatabaseError) as exc:
+        if isinstance(exc, (IntegrityError, dbapi.IntegrityError)):
+            raise
+        cause: BaseException = getattr(exc, "orig", None) or exc
+        raise CatalogError(detail=f"{location}: {_first_line(cause)}; {advice}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def redact_url(url: str) -> str:

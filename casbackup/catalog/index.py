@@ -66,22 +66,23 @@ class ChunkIndex:
         Each statement is its own read transaction (SQLite autocommit; a
         rollback after it elsewhere), so it always sees the latest commits.
         """
-        connection = self._lookup_connection()
-        placeholder = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
-        found: set[bytes] = set()
-        cursor = connection.cursor()
-        try:
-            for batch in batched([cid.hex() for cid in chunk_ids]):
-                cursor.execute(
-                    "SELECT c.digest FROM chunks c JOIN packs p ON p.id = c.pack_id "
-                    f"WHERE p.state = '{LIVE}' AND c.digest IN ({', '.join([placeholder] * len(batch))})",
-                    batch,
-                )
-                found.update(bytes.fromhex(digest) for (digest,) in cursor.fetchall())
-        finally:
-            cursor.close()
-            if self.db.engine.dialect.name != "sqlite":
-                connection.rollback()
+        with self.db.errors():  # the DB-API's own errors: no SQLAlchemy between
+            connection = self._lookup_connection()
+            placeholder = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
+            found: set[bytes] = set()
+            cursor = connection.cursor()
+            try:
+                for batch in batched([cid.hex() for cid in chunk_ids]):
+                    cursor.execute(
+                        "SELECT c.digest FROM chunks c JOIN packs p ON p.id = c.pack_id "
+                        f"WHERE p.state = '{LIVE}' AND c.digest IN ({', '.join([placeholder] * len(batch))})",
+                        batch,
+                    )
+                    found.update(bytes.fromhex(digest) for (digest,) in cursor.fetchall())
+            finally:
+                cursor.close()
+                if self.db.engine.dialect.name != "sqlite":
+                    connection.rollback()
         return found
 
     def close(self) -> None:

@@ -185,3 +185,46 @@ def test_catalog_at_an_older_revision_is_migrated_with_its_data(tmp_path: Path) 
         assert conn.exec_driver_sql("SELECT name, run_id FROM backups").all() == [("old", None)]
         assert conn.exec_driver_sql("SELECT size, created_by FROM packs").all() == [(100, None)]
     db.close()
+
+
+def test_a_dropped_table_is_a_one_line_catalog_error_on_every_path(tmp_path: Path) -> None:
+    """read(), write(), ORM sessions and the chunk index's raw DB-API connections alike."""
+    from sqlalchemy import select
+
+    from casbackup.catalog.models import Chunk
+
+    path = tmp_path / "c.sqlite"
+    with Catalog.open(f"sqlite:///{path}", REPO) as catalog:
+        with sqlite3.connect(path) as raw:
+            raw.execute("PRAGMA foreign_keys = OFF")
+            raw.execute("DROP TABLE chunks")
+            raw.execute("DROP TABLE backups")
+
+        def write() -> None:
+            with catalog.db.write() as conn:
+                conn.execute(select(Chunk.digest))
+
+        for reach in (
+            lambda: catalog.index.known([b"\x01" * 32]),  # a raw DB-API connection
+            lambda: catalog.index.locate([b"\x01" * 32]),  # read()
+            lambda: catalog.backups.load("b"),  # an ORM session
+            write,
+        ):
+            with pytest.raises(CatalogError) as caught:
+                reach()
+            message = caught.value.message
+            assert "no such table: " in message and "\n" not in message
+            assert "casbackup catalog rebuild" in message
+
+
+def test_a_broken_constraint_is_left_a_bug(tmp_path: Path) -> None:
+    """IntegrityError means casbackup wrote something wrong, not that the catalog is damaged."""
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from casbackup.catalog.models import CatalogMeta
+
+    db = CatalogDatabase.open(f"sqlite:///{tmp_path / 'c.sqlite'}", REPO)
+    with pytest.raises(IntegrityError), db.write() as conn:
+        conn.execute(insert(CatalogMeta).values(key="repository_id", value="b" * 32))
+    db.close()

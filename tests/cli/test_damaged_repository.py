@@ -134,6 +134,49 @@ def test_gc_stops_when_the_catalog_lost_index_rows(
     restores_as_copy(engine, dbname, cli, "b1", before)
 
 
+def test_a_catalog_missing_a_table_is_a_one_line_catalog_error_until_rebuilt(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """`DROP TABLE chunks` made create, restore and gc end as exit 70 with a dump of SQL."""
+    repo = tmp_path / "repo"
+    before = two_backups(engine, dbname, cli)
+    with sqlite3.connect(repo / "catalog.sqlite") as conn:
+        conn.execute("DROP TABLE chunks")
+    for command in (
+        ["create", "b3", "--tables", f"{dbname}.*"],
+        ["restore", "b1", "--as", f"{dbname}:{dbname}_b1"],
+        ["gc", "--min-age", "0s"],
+    ):
+        result = cli(engine, *command)
+        assert result.code == ExitCode.CATALOG, (command, result.stderr)
+        one_line_error(result.stderr)
+        assert "no such table: chunks" in result.stderr
+        assert "casbackup catalog rebuild" in result.stderr
+    assert engine.shadow_dirs() == []
+
+    assert cli(engine, "catalog", "rebuild").code == 0
+    restores_as_copy(engine, dbname, cli, "b1", before)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_catalog_file_that_is_no_database_is_one_line(
+    cli: Any, tmp_path: Path, damage: str
+) -> None:
+    repo = tmp_path / "repo"
+    assert cli(None, "init").code == 0
+    catalog = repo / "catalog.sqlite"
+    with sqlite3.connect(catalog) as conn:  # fold the WAL into the file
+        conn.execute("PRAGMA journal_mode = DELETE")
+    data = catalog.read_bytes()
+    catalog.write_bytes(data[:1000] if damage == "truncated" else b"not a database" * 100)
+    result = cli(None, "list")
+    assert result.code == ExitCode.CATALOG
+    one_line_error(result.stderr)
+    assert "sqlalche.me" not in result.stderr and "casbackup catalog rebuild" in result.stderr
+    assert cli(None, "catalog", "rebuild").code == 0
+    assert cli(None, "list").code == 0
+
+
 @pytest.mark.parametrize("statement", ["DROP DATABASE {db}", "CREATE TABLE", "CREATE DATABASE x"])
 def test_a_recorded_statement_that_is_no_create_is_damage_found_before_any_change(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, statement: str
