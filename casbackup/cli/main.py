@@ -145,13 +145,8 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Abort:
         _error("aborted")
         return ExitCode.INTERRUPTED
-    except typer.TyperException as exc:  # usage errors: typer prints them its own way
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            _error(exc.format_message())
-        return exc.exit_code or ExitCode.USAGE
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        return _usage_error(exc)
     except Exception as exc:  # the last line of defence: one line, never a traceback
         if debug:
             raise
@@ -159,6 +154,28 @@ def run(argv: list[str] | None = None) -> int:
         return ExitCode.INTERNAL
     finally:
         restore_signals()
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """click's errors as one line like every other, with where the help is; exit 2 kept.
+
+    click would print a usage block, a "Try ... --help" line and "Error: ...".
+    Everything needed is public on the exception: ``format_message()``,
+    ``exit_code`` and, for usage errors, the ``ctx`` with the command path.
+    A group called with nothing (``casbackup``, ``casbackup catalog``) raises
+    a usage error whose message is the group's help: that is shown as click
+    shows it, since help is what the caller gets.
+    """
+    message = exc.format_message()
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None and message == ctx.get_help():
+        exc.show()  # type: ignore[attr-defined]  # every click exception has show()
+        return exc.exit_code or ExitCode.USAGE
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip()).rstrip(".")
+    if ctx is not None and ctx.help_option_names:
+        line += f" (see '{ctx.command_path} {ctx.help_option_names[0]}')"
+    _error(line)
+    return exc.exit_code or ExitCode.USAGE
 
 
 def _error(message: str) -> None:

@@ -486,6 +486,30 @@ def test_a_directory_where_the_manifest_belongs_stops_create_before_it_starts(
     assert engine.shadow_dirs() == []
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["list", "--bogus"], "No such option: --bogus (see 'casbackup list --help')"),
+        (["lst"], "Did you mean 'list'? (see 'casbackup --help')"),
+        (["restore"], "Missing argument 'name' (see 'casbackup restore --help')"),
+        (["gc", "--repack-below", "5"], "Invalid value for '--repack-below'"),
+        (["--repo"], "Option '--repo' requires an argument"),
+    ],
+)
+def test_usage_errors_are_one_line(cli: Any, args: list[str], says: str) -> None:
+    """click printed a usage block, a hint and "Error: ..." on three or more lines."""
+    result = cli(None, *args)
+    assert result.code == ExitCode.USAGE
+    one_line_error(result.stderr)
+    assert says in result.stderr
+
+
+def test_a_group_called_alone_shows_its_help(cli: Any) -> None:
+    result = cli(None, "catalog")
+    assert result.code == ExitCode.USAGE  # click's no_args_is_help
+    assert "Usage: casbackup catalog" in result.stderr and "rebuild" in result.stderr
+
+
 def test_bad_mapping_argument(engine: Engine, cli: Any) -> None:
     cli(engine, "init")
     result = cli(engine, "restore", "x", "--as", "nocolon")
