@@ -164,9 +164,8 @@ class CatalogDatabase:
                 migrate(engine, location)
                 db = cls(engine, location)
                 db._bind_repository(repository_id)
-        except (
-            SQLAlchemyError
-        ) as exc:  # not the database's answer (a pool timeout...): still one line
+        except SQLAlchemyError as exc:
+            # Not the database's answer (a pool timeout...): still one line.
             engine.dispose()
             raise CatalogError(
                 detail=f"{location}: {type(exc).__name__}: {_first_line(exc)}"

@@ -429,10 +429,9 @@ def _make_client(options: S3Options) -> Any:
     """
     try:
         return _build_client(options)
-    except botocore.exceptions.InvalidRegionError:
-        source = "[s3] region" if options.region else "AWS_REGION or AWS_DEFAULT_REGION"
+    except botocore.exceptions.InvalidRegionError:  # botocore checks only a region it is given
         raise ConfigError(
-            detail=f"S3 region from {source} is not a region name like eu-central-1"
+            detail=f"[s3] region {options.region!r} is not a region name like eu-central-1"
         ) from None
     except botocore.exceptions.ProfileNotFound as exc:
         raise ConfigError(
