@@ -291,7 +291,7 @@ def _repack(
 ) -> int:
     """Copy a pack's live chunks (verified, still compressed) into new packs; returns bytes written."""
     name = action.name
-    data = repo.store.get(keys.pack_key(action.pack_id))
+    data = repo.read_pack(action.pack_id)
     if blake3.blake3(data).digest() != action.pack_id:
         raise PackCorrupt(pack=name, detail="content does not match its name")
     keep = live_entries(catalog.db, action.pack_id)

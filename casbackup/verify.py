@@ -46,13 +46,13 @@ from casbackup.errors import (
     CasbackupError,
     ClickHouseError,
     NothingSelected,
-    ObjectNotFound,
+    ObjectTooLarge,
+    PackMissing,
     PartDamaged,
     TargetUnwritable,
     UsageError,
 )
 from casbackup.process import ProcessTag
-from casbackup.repo import keys
 from casbackup.repo import manifest as mf
 from casbackup.repo.chunker import chunk_id as digest_of
 from casbackup.repo.compression import decompress
@@ -261,9 +261,12 @@ class Verifier:
         name = pack_id.hex()
         users = ", ".join(sorted(self.referenced_packs.get(pack_id, set()))[:3])
         try:
-            data = self.repo.store.get(keys.pack_key(pack_id))
-        except ObjectNotFound:
+            data = self.repo.read_pack(pack_id)
+        except PackMissing:
             self._problem(DATA, f"pack {name}", "missing from the store")
+            return
+        except ObjectTooLarge as exc:
+            self._problem(DATA, f"pack {name}", exc.message)
             return
         self.report.packs_read += 1
         self.report.bytes_read += len(data)

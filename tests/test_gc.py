@@ -153,6 +153,25 @@ def test_repack_leaves_only_referenced_chunks(
     ) == tree_contents(tmp_path / "t2")
 
 
+def test_repack_reads_no_pack_beyond_the_largest_casbackup_writes(
+    repo: Repository,
+    catalog: Catalog,
+    tmp_path: Path,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from casbackup.errors import ObjectTooLarge
+    from casbackup.repo import repository
+
+    for i in range(2):
+        random_tree(tmp_path / f"t{i}", seed=20 + i, shared=7)
+        snapshot_directory(repo, catalog, f"b{i}", tmp_path / f"t{i}", pack_size=SMALL_PACKS)
+    delete_backups(repo, catalog, ["b0"])
+    monkeypatch.setattr(repository, "MAX_PACK_BYTES", 100)
+    with pytest.raises(ObjectTooLarge, match="holds more than 100 bytes, more than any pack"):
+        gc(repo, catalog, clock, repack_below=1.0)
+
+
 def test_dry_run_changes_nothing_and_shows_the_plan(
     repo: Repository, catalog: Catalog, catalog_url: str, tmp_path: Path, clock: Clock
 ) -> None:

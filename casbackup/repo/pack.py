@@ -41,6 +41,12 @@ ENTRY_SIZE = _ENTRY.size
 MIN_PACK_SIZE = len(MAGIC) + _COUNT.size + FOOTER_SIZE
 # A trailer longer than this is refused outright (~ 85 million entries).
 MAX_TRAILER_SIZE = 4 * 1024 * 1024 * 1024 - 1
+# No pack casbackup writes is larger: writers seal a pack once it reaches
+# [repository] pack_size_mb (at most 512) and a pack overshoots that by at most
+# one compressed chunk (under 17 MiB). A bigger object under packs/ is damage
+# or not casbackup's, and is refused before it is read (a sparse or hostile
+# object must not cost its size in memory).
+MAX_PACK_BYTES = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,13 @@ from casbackup.repo import keys
 from casbackup.repo import manifest as manifest_codec
 from casbackup.repo.chunker import ChunkerParams
 from casbackup.repo.manifest import Manifest
-from casbackup.repo.pack import FOOTER_SIZE, PackEntry, parse_footer, parse_trailer
+from casbackup.repo.pack import (
+    FOOTER_SIZE,
+    MAX_PACK_BYTES,
+    PackEntry,
+    parse_footer,
+    parse_trailer,
+)
 from casbackup.store.base import ObjectInfo, ObjectStore, get_at_most
 
 log = logging.getLogger(__name__)
@@ -231,12 +237,23 @@ class Repository:
         except ObjectNotFound:
             raise PackMissing(pack=pack_id.hex()) from None
 
+    def read_pack(self, pack_id: bytes) -> bytes:
+        """A whole pack (verify, repacking); no larger than any pack casbackup writes."""
+        try:
+            return get_at_most(self.store, keys.pack_key(pack_id), MAX_PACK_BYTES, "pack")
+        except ObjectNotFound:
+            raise PackMissing(pack=pack_id.hex()) from None
+
     def read_trailer(self, pack_id: bytes, size: int | None = None) -> list[PackEntry]:
         """The pack's chunk index, from at most two ranged reads of its tail."""
         name = pack_id.hex()
         key = keys.pack_key(pack_id)
         if size is None:
             size = self.pack_size(pack_id)
+        if size > MAX_PACK_BYTES:
+            raise PackCorrupt(
+                pack=name, detail=f"{size} bytes, more than any pack casbackup writes"
+            )
         probe = min(size, TRAILER_PROBE)
         try:
             tail = self.store.get(key, size - probe, probe)

@@ -183,3 +183,36 @@ def test_an_oversized_mark_stops_gc_with_an_integrity_error(
     assert collected.code == ExitCode.INTEGRITY
     one_line_error(collected.stderr)
     assert "condemned/1700000000-abcdef holds more than 1000 bytes" in collected.stderr
+
+
+# --- packs ------------------------------------------------------------------------------
+
+
+def test_a_sparse_2_gb_pack_is_left_out_unread(
+    cli: Any, backups: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its footer could claim a trailer of gigabytes: the size alone refuses it."""
+    name = "ab" * 32
+    sparse(backups / "packs" / "ab" / name, b"CASPACK1", 2 * GiB)
+
+    synced, peak = peak_allocation(lambda: cli(None, "catalog", "sync"))
+    assert peak < BUDGET
+    assert synced.code == ExitCode.WARNING, synced.stderr
+    assert f"pack {name} not indexed: pack {name} is corrupt: 2147483648 bytes, more than any" in (
+        caplog.text
+    )
+
+
+def test_verify_reads_no_pack_beyond_the_largest_casbackup_writes(
+    cli: Any, backups: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the limit lowered below this repository's packs, each is a problem, read no further."""
+    from casbackup.repo import repository
+
+    monkeypatch.setattr(repository, "MAX_PACK_BYTES", 100, raising=True)
+    verified = cli(None, "verify", "--read-data", "--json")
+    assert verified.code == ExitCode.VERIFY_FAILED
+    problems = verified.json()["problems"]
+    assert problems and all("holds more than 100 bytes" in p["detail"] for p in problems)
+
+    # gc's repack (the other whole-pack read): tests/test_gc.py, with the same limit.

@@ -149,3 +149,19 @@ def test_compression_flag_recorded() -> None:
     assert entries[0].compression is Compression.ZSTD
     assert entries[0].length < entries[0].raw_size == len(text)
     assert packfmt.parse_pack(data, "p")[0].compression is Compression.ZSTD
+
+
+def test_readers_accept_the_largest_pack_a_writer_may_make() -> None:
+    """The largest pack_size_mb, overshot by one compressed chunk of the largest size."""
+    from pydantic import ValidationError
+
+    from casbackup.config import RepositorySettings
+    from casbackup.repo.chunker import MAX_CHUNK_SIZE
+    from casbackup.repo.pack import MAX_PACK_BYTES
+
+    largest = 512
+    RepositorySettings(pack_size_mb=largest)
+    with pytest.raises(ValidationError):
+        RepositorySettings(pack_size_mb=largest + 1)
+    overshoot = MAX_CHUNK_SIZE + MAX_CHUNK_SIZE // 128 + 4096  # zstd's bound, the entry, slack
+    assert largest * 1024 * 1024 + overshoot < MAX_PACK_BYTES
