@@ -130,13 +130,27 @@ def test_gc_splits_a_large_condemnation_into_marks_readers_accept(
     assert read_marks(repo.store) == []
 
 
+def backed_up_then_deleted(
+    repo: Repository,
+    catalog: Catalog,
+    tmp_path: Path,
+    count: int,
+    *,
+    seed: int,
+    shared: int,
+    deleted: list[str],
+) -> None:
+    """Trees t0.. backed up as b0.. in small packs (sharing some files), then ``deleted`` deleted."""
+    for i in range(count):
+        random_tree(tmp_path / f"t{i}", seed=seed + i, shared=shared)
+        snapshot_directory(repo, catalog, f"b{i}", tmp_path / f"t{i}", pack_size=SMALL_PACKS)
+    delete_backups(repo, catalog, deleted)
+
+
 def test_repack_leaves_only_referenced_chunks(
     repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock
 ) -> None:
-    for i in range(3):
-        random_tree(tmp_path / f"t{i}", seed=10 + i, shared=7)
-        snapshot_directory(repo, catalog, f"b{i}", tmp_path / f"t{i}", pack_size=SMALL_PACKS)
-    delete_backups(repo, catalog, ["b0", "b1"])
+    backed_up_then_deleted(repo, catalog, tmp_path, 3, seed=10, shared=7, deleted=["b0", "b1"])
     gc(repo, catalog, clock, repack_below=1.0)
     clock.advance(1)
     report = gc(repo, catalog, clock, repack_below=1.0)
@@ -163,10 +177,7 @@ def test_repack_reads_no_pack_beyond_the_largest_casbackup_writes(
     from casbackup.errors import ObjectTooLarge
     from casbackup.repo import repository
 
-    for i in range(2):
-        random_tree(tmp_path / f"t{i}", seed=20 + i, shared=7)
-        snapshot_directory(repo, catalog, f"b{i}", tmp_path / f"t{i}", pack_size=SMALL_PACKS)
-    delete_backups(repo, catalog, ["b0"])
+    backed_up_then_deleted(repo, catalog, tmp_path, 2, seed=20, shared=7, deleted=["b0"])
     monkeypatch.setattr(repository, "MAX_PACK_BYTES", 100)
     with pytest.raises(ObjectTooLarge, match="holds more than 100 bytes, more than any pack"):
         gc(repo, catalog, clock, repack_below=1.0)
@@ -310,10 +321,7 @@ def test_gc_interrupted_anywhere_is_finished_by_the_next_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Fail the n-th store operation of a gc run, for every n; the next run completes the work."""
-    for i in range(4):
-        random_tree(tmp_path / f"t{i}", seed=20 + i, shared=3)
-        snapshot_directory(repo, catalog, f"b{i}", tmp_path / f"t{i}", pack_size=SMALL_PACKS)
-    delete_backups(repo, catalog, ["b0", "b2"])
+    backed_up_then_deleted(repo, catalog, tmp_path, 4, seed=20, shared=3, deleted=["b0", "b2"])
     expected = {name: tree_contents(tmp_path / f"t{name[1]}") for name in ("b1", "b3")}
     store = repo.store
     # Every write of an object goes through put_pieces (put included, and
