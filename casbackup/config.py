@@ -10,6 +10,7 @@ location that does not exist just means "all defaults".
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,8 +80,24 @@ class RepositorySettings(_Section):
     upload_threads: Annotated[int, Field(ge=1, le=64)] = 2
 
 
+# sqlite://, sqlite:///:memory: (any driver, any query): a catalog in memory.
+_IN_MEMORY_SQLITE = re.compile(r"^sqlite(\+\w+)?://(/(:memory:)?)?(\?.*)?$")
+
+
 class CatalogSettings(_Section):
     url: str | None = None  # default: sqlite file inside a local repository, or in the state dir
+
+    @field_validator("url")
+    @classmethod
+    def _kept_after_the_command(cls, value: str | None) -> str | None:
+        # SQLAlchemy takes these for a database in memory: every command would
+        # start from nothing and re-read every pack and manifest, silently.
+        if value is not None and _IN_MEMORY_SQLITE.match(value.strip()):
+            raise ValueError(
+                "an SQLite catalog needs a file (sqlite:////var/lib/casbackup/catalog.sqlite); "
+                "this URL names one in memory, lost when the command ends"
+            )
+        return value
 
 
 class ClickHouseSettings(_Section):

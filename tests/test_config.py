@@ -157,3 +157,18 @@ def test_an_empty_repository_location_in_the_file_is_refused(tmp_path: Path) -> 
     path.write_text('[repository]\nlocation = ""\n')
     with pytest.raises(ConfigError, match=r"repository\.location"):
         load_settings(path, environ={})
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://", "sqlite://?cache=shared"]
+)
+def test_a_catalog_in_memory_is_refused(tmp_path: Path, url: str) -> None:
+    """It would be empty at every start: each command re-reading the whole store, silently."""
+    with pytest.raises(ConfigError, match="an SQLite catalog needs a file"):
+        load_settings(None, environ={"HOME": str(tmp_path), "CASBACKUP_CATALOG": url})
+
+
+@pytest.mark.parametrize("url", ["sqlite:///rel.sqlite", "sqlite:////abs/c.sqlite"])
+def test_a_catalog_file_is_accepted(tmp_path: Path, url: str) -> None:
+    settings = load_settings(None, environ={"HOME": str(tmp_path), "CASBACKUP_CATALOG": url})
+    assert settings.catalog.url == url
