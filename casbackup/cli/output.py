@@ -127,8 +127,12 @@ class ByteProgress:
 
 
 def _may_be_terminal() -> bool:
-    """A check that needs no rich: false only where rich would say no terminal too."""
-    if os.environ.get("FORCE_TERMINAL"):
+    """A check that needs no rich: false only where rich would say no terminal too.
+
+    rich's own rules (``Console.is_terminal``): TTY_COMPATIBLE=1 or a
+    non-empty FORCE_COLOR make a terminal of anything.
+    """
+    if os.environ.get("TTY_COMPATIBLE") == "1" or os.environ.get("FORCE_COLOR"):
         return True
     return sys.stderr is not None and sys.stderr.isatty()
 

@@ -37,11 +37,22 @@ def test_notes_are_text_on_one_line(
 def test_the_progress_bar_describes_a_table_by_its_name(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], fresh_console: None
 ) -> None:
-    monkeypatch.setenv("FORCE_TERMINAL", "1")  # casbackup's own check
-    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich's
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich's rule, which casbackup's own check follows
     bar = output.ByteProgress(enabled=True)
     assert bar.enabled
     with bar.running("backing up"):
         for name in reversed(NAMES):  # "[/]bad" last: the frame drawn when the bar stops
             bar.describe(name)
     assert "shop.[/]bad" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variable", "value"), [("TTY_COMPATIBLE", "1"), ("FORCE_COLOR", "1")])
+def test_progress_follows_richs_rules_for_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, fresh_console: None, variable: str, value: str
+) -> None:
+    """FORCE_COLOR made rich draw, but casbackup's cheap pre-check (it read FORCE_TERMINAL,
+    which nothing sets) had already switched the bar off."""
+    monkeypatch.delenv("TTY_COMPATIBLE", raising=False)
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv(variable, value)
+    assert output.ByteProgress(enabled=True).enabled
