@@ -10,16 +10,19 @@ may query at the same time from different threads.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from casbackup.clickhouse.client import Row, first_line
-from casbackup.errors import ClickHouseError, ClickHouseUnavailable
+from casbackup.errors import ClickHouseError, ClickHouseUnavailable, ConfigError
 
 
 def _import_chdb_session() -> ModuleType:
@@ -47,6 +50,38 @@ def _import_chdb_session() -> ModuleType:
     return session
 
 
+# Whether this process has started chdb's engine: later sessions join it (clone,
+# from other threads) and have nothing to say at start.
+_engine_started = False
+
+
+def _note_engine_started() -> None:
+    global _engine_started
+    _engine_started = True
+
+
+@contextlib.contextmanager
+def _engine_stderr_withheld() -> Iterator[None]:
+    """Keep the engine's own start-up messages off the operator's stderr.
+
+    chdb's C++ side writes to file descriptor 2 directly when it cannot start
+    (``Code: 76 ... Cannot lock file``) before raising; casbackup reports the
+    failure itself, in one line. Only the process's first session runs
+    inside, when no other thread of casbackup writes yet.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 class EmbeddedClient:
     def __init__(self, path: str, config_file: str = "") -> None:
         try:
@@ -61,16 +96,16 @@ class EmbeddedClient:
         # Held by a running query; close() waits for it, as closing a session
         # under a query in another thread is not something chdb guards against.
         self._lock = threading.Lock()
+        if config_file and not Path(config_file).is_file():
+            raise ConfigError(detail=f"{self.describe()}: no config file {config_file}")
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
-            if config_file and not Path(config_file).is_file():
-                raise ClickHouseUnavailable(
-                    target=self.describe(), detail=f"no config file {config_file}"
-                )
             # chdb takes a server config through the session path (CLICKHOUSE.md).
-            self._session = session.Session(
-                f"{path}?config-file={config_file}" if config_file else path
-            )
+            with _engine_stderr_withheld() if not _engine_started else contextlib.nullcontext():
+                self._session = session.Session(
+                    f"{path}?config-file={config_file}" if config_file else path
+                )
+            _note_engine_started()
         except OSError as exc:
             raise ClickHouseUnavailable(
                 target=self.describe(), detail=exc.strerror or str(exc)

@@ -683,3 +683,23 @@ def test_a_refused_rename_into_detached_is_exit_21(
     for detached in engine.data_root.rglob("detached"):
         assert not list(detached.glob("casbackup_tmp_*"))
     assert not [db for (db,) in engine.sql("SHOW DATABASES") if db.startswith(SCRATCH_PREFIX)]
+
+
+def test_a_chdb_directory_another_process_holds_is_one_line(chdb_engine: Engine) -> None:
+    """chdb's engine printed its own `Code: 76 ... Cannot lock file` above casbackup's error."""
+    held = subprocess.run(
+        [*CASBACKUP, "--repo", "/nonexistent-repo", "--clickhouse", chdb_engine.url, "tables"],
+        capture_output=True,
+        text=True,
+    )
+    assert held.returncode == ExitCode.CLICKHOUSE_CONNECT
+    one_line_error(held.stderr)
+    assert "is another process using this data directory?" in held.stderr
+
+
+def test_a_missing_chdb_config_file_is_a_configuration_error(cli: Any, tmp_path: Path) -> None:
+    url = f"chdb://{tmp_path / 'data'}?config={tmp_path / 'absent.xml'}"
+    result = cli(None, "--clickhouse", url, "tables")
+    assert result.code == ExitCode.CONFIG
+    one_line_error(result.stderr)
+    assert f"no config file {tmp_path / 'absent.xml'}" in result.stderr
