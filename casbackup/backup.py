@@ -498,7 +498,12 @@ class BackupService:
                 partition_id = info.partition_id if info else parsed.partition_id if parsed else ""
                 value = info.partition if info else partition_id
                 if partition_selected(
-                    table.database, table.name, partition_id, value, self.options.partitions
+                    table.database,
+                    table.name,
+                    partition_id,
+                    value,
+                    self.options.partitions,
+                    unnamed_whole=True,
                 ):
                     selected.append((disk.name, part_dir))
                 self._specs_used.update(

@@ -32,19 +32,31 @@ def select(items: Iterable[T], include: Sequence[str], exclude: Sequence[str] = 
 
 
 def partition_selected(
-    database: str, table: str, partition_id: str, value: str, specs: Sequence[str]
+    database: str,
+    table: str,
+    partition_id: str,
+    value: str,
+    specs: Sequence[str],
+    *,
+    unnamed_whole: bool = False,
 ) -> bool:
     """Whether a part's partition is chosen by ``--partitions`` (no specs: every partition).
 
     A spec is ``P`` (any table) or ``db.table:P`` (glob on the table); ``P``
     is a partition id (``202401``) or a partition value as ClickHouse prints
-    it, with or without its quotes (``'eu'``, ``eu``, ``('eu', 3)``). A
-    table no spec applies to (only scoped specs, none matching it) is whole:
-    ``--partitions shop.events:202401`` limits that table, not the others.
+    it, with or without its quotes (``'eu'``, ``eu``, ``('eu', 3)``).
+
+    A table no spec applies to (only scoped specs, none naming it) is whole
+    with ``unnamed_whole`` (``create``: ``--partitions shop.events:202401``
+    limits that table, the others are backed up whole) and gets nothing
+    without it (``restore``: restoring one table's partition must not roll
+    the other tables back, least of all with ``--drop-existing``).
     """
-    return any(
-        spec_selects(spec, database, table, partition_id, value) for spec in specs
-    ) or not any(spec_applies(spec, database, table) for spec in specs)
+    if any(spec_selects(spec, database, table, partition_id, value) for spec in specs):
+        return True
+    return not specs or (
+        unnamed_whole and not any(spec_applies(spec, database, table) for spec in specs)
+    )
 
 
 def spec_applies(spec: str, database: str, table: str) -> bool:

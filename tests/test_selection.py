@@ -40,15 +40,14 @@ def test_split_specs_of_plain_ids_is_a_plain_split(ids: list[str]) -> None:
         ("a1b2c3", "db", "t", "a1b2c3", "'eu'", True),  # by id
         ("db.t:202401", "db", "t", "202401", "202401", True),
         ("db.t:202402", "db", "t", "202401", "202401", False),
-        # A table no scoped spec names is whole (operations.md: "other tables whole").
-        ("db.t:202402", "db", "other", "202401", "202401", True),
+        ("db.t:202402", "db", "other", "202401", "202401", False),  # restore: nothing
         ("db.*:202401", "db", "other", "202401", "202401", True),
         ("('eu', 3)", "db", "t", "f00", "('eu', 3)", True),
         # A time value holds colons; without a db.table scope it is the whole spec.
         ("'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-01 00:00:00'", True),
         ("db.t:'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-01 00:00:00'", True),
         ("db.t:'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-02 00:00:00'", False),
-        ("db.t:'2024-01-01 00:00:00'", "db", "u", "f00", "'2024-01-02 00:00:00'", True),
+        ("db.t:'2024-01-01 00:00:00'", "db", "u", "f00", "'2024-01-02 00:00:00'", False),
     ],
 )
 def test_partition_selected(
@@ -59,11 +58,20 @@ def test_partition_selected(
 
 def test_unscoped_specs_limit_every_table_and_scoped_ones_their_own() -> None:
     specs = ["db.t:202401", "202403"]
-    assert partition_selected("db", "t", "202401", "202401", specs)
-    assert partition_selected("db", "t", "202403", "202403", specs)
-    assert not partition_selected("db", "t", "202402", "202402", specs)
-    assert partition_selected("db", "u", "202403", "202403", specs)  # the unscoped spec
-    assert not partition_selected("db", "u", "202401", "202401", specs)
+    for whole in (False, True):
+        assert partition_selected("db", "t", "202401", "202401", specs, unnamed_whole=whole)
+        assert partition_selected("db", "t", "202403", "202403", specs, unnamed_whole=whole)
+        assert not partition_selected("db", "t", "202402", "202402", specs, unnamed_whole=whole)
+        assert partition_selected("db", "u", "202403", "202403", specs, unnamed_whole=whole)
+        assert not partition_selected("db", "u", "202401", "202401", specs, unnamed_whole=whole)
+
+
+def test_a_table_only_scoped_specs_exist_for_is_whole_for_create_and_empty_for_restore() -> None:
+    """operations.md: create backs up other tables whole; restore brings back only what is named."""
+    specs = ["db.t:202401"]
+    assert partition_selected("db", "other", "202405", "202405", specs, unnamed_whole=True)
+    assert not partition_selected("db", "other", "202405", "202405", specs)
+    assert not partition_selected("db", "t", "202405", "202405", specs, unnamed_whole=True)
 
 
 def test_no_specs_select_every_partition() -> None:
