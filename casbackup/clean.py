@@ -74,12 +74,35 @@ def clean_clickhouse(
                 if owner is None or owner.alive():
                     report.skipped_live.append(str(marker))
                     continue
-                # Killed between the rename and ATTACH: the part under its final name is that run's.
-                part = detached / attaching_part(marker.name)
-                report.temp_parts += [str(p) for p in (part, marker) if p.exists()]
+                part = attaching_part(marker.name)
+                debris = [marker]
+                if part is not None and _renamed_beside(detached / part, marker):
+                    debris.insert(0, detached / part)
+                report.temp_parts += [str(p) for p in debris]
                 if not dry_run:
-                    shutil.rmtree(part, ignore_errors=True)
-                    shutil.rmtree(marker, ignore_errors=True)
+                    for path in debris:
+                        shutil.rmtree(path, ignore_errors=True)
+
+
+# A rename into detached/ happens right after its marker is made; a part
+# detached by hand later (DETACH renames it back under the same name) has a
+# ctime of that later moment.
+_RENAME_WINDOW_S = 30.0
+
+
+def _renamed_beside(part: Path, marker: Path) -> bool:
+    """Whether ``part`` is the one a killed restore renamed into place after making ``marker``.
+
+    The name alone does not say: a restore killed after ATTACH leaves its
+    marker, and the operator may detach that very part later. The rename
+    that put the part there changed its ctime moments after the marker's
+    mtime; a DETACH changes it again.
+    """
+    try:
+        renamed, made = part.lstat().st_ctime, marker.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return part.is_dir() and made - 1.0 <= renamed <= made + _RENAME_WINDOW_S
 
 
 def clean_store(

@@ -48,6 +48,7 @@ from casbackup.errors import (
     PartDamaged,
     RestoreConflict,
     RestoreFailed,
+    UnsafePath,
     UsageError,
 )
 from casbackup.file_errors import writing
@@ -155,9 +156,15 @@ def temp_part_owner(name: str, prefix: str = TEMP_PREFIX) -> ProcessTag | None:
 ATTACHING_PREFIX = "casbackup_attaching_"
 
 
-def attaching_part(marker: str) -> str:
-    """The part name an attaching marker stands for."""
-    return marker.removeprefix(ATTACHING_PREFIX).split("_", 3)[3]
+def attaching_part(marker: str) -> str | None:
+    """The part name an attaching marker stands for; None if it names no part."""
+    fields = marker.removeprefix(ATTACHING_PREFIX).split("_", 3)
+    if len(fields) < 4:
+        return None
+    try:
+        return mf.safe_part_name(fields[3])
+    except UnsafePath:  # `..`, '' or worse: never a path to remove
+        return None
 
 
 class RestoreService:

@@ -258,6 +258,66 @@ def test_restore_killed_before_attach_leaves_what_clean_removes(
         server_engine.sql(f"DROP DATABASE {name}")
 
 
+_DIE_AFTER_ATTACH = (
+    "import os, signal\n"
+    "from casbackup.clickhouse.server import ClickHouseServer\n"
+    "real = ClickHouseServer.attach_part\n"
+    "def attach_then_die(*a, **k):\n"
+    "    real(*a, **k)\n"
+    "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    "ClickHouseServer.attach_part = attach_then_die\n"
+    "from casbackup.launch import main\n"
+    "main()\n"
+)
+
+
+def test_clean_never_removes_a_part_detached_later_under_a_killed_restores_name(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """Killed after ATTACH: only the marker is left. A DETACH later recreates detached/<part>."""
+    db, copy = "t_kill_attached", "t_kill_attached_copy"
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
+    server_engine.sql(f"CREATE DATABASE {db}")
+    server_engine.sql(
+        f"CREATE TABLE {db}.t (d Date, x UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY x"
+    )
+    server_engine.sql(
+        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 20, number FROM numbers(4000)"
+    )
+    repo = tmp_path / "repo"
+    base = ["--repo", str(repo), "--clickhouse", server_engine.url]
+    for args in (["init"], ["create", "b", "--tables", f"{db}.*"]):
+        subprocess.run([*CASBACKUP, *base, *args], check=True, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_AFTER_ATTACH, *base, "restore", "b", "--as", f"{db}:{copy}"],
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    detached = (
+        Path(server_engine.value(f"SELECT data_path FROM system.tables WHERE database = '{copy}'"))
+        / "detached"
+    )
+    (marker,) = detached.iterdir()
+    assert marker.name.startswith("casbackup_attaching_") and marker.name.endswith("202401_1_1_0")
+    # Well after the kill (the marker made an hour ago), the operator detaches the part.
+    os.utime(marker, (time.time() - 3600, time.time() - 3600))
+    server_engine.sql(f"ALTER TABLE {copy}.t DETACH PARTITION 202401")
+    # And a hostile marker naming '..' must not reach the table's directory.
+    (detached / "casbackup_attaching_1_2_ab_..").mkdir()
+
+    cleaned = subprocess.run(
+        [*CASBACKUP, *base, "clean", "--json"], capture_output=True, text=True, check=True
+    )
+    removed = sorted(Path(p).name for p in json.loads(cleaned.stdout)["temp_parts"])
+    assert removed == sorted(["casbackup_attaching_1_2_ab_..", marker.name])
+    assert [p.name for p in detached.iterdir()] == ["202401_1_1_0"]
+    server_engine.sql(f"ALTER TABLE {copy}.t ATTACH PARTITION 202401")
+    assert server_engine.value(f"SELECT count() FROM {copy}.t") == 4000
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
 def test_clean_leaves_a_running_backups_shadow_alone(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
