@@ -206,10 +206,12 @@ _DIE_AT_ATTACH = (
 )
 
 
-def test_restore_killed_before_attach_leaves_what_clean_removes(
-    server_engine: ServerEngine, tmp_path: Path
-) -> None:
-    db, copy = "t_kill_attach", "t_kill_attach_copy"
+def _restore_killed(
+    server_engine: ServerEngine, tmp_path: Path, db: str, days: int, script: str
+) -> tuple[list[str], Path]:
+    """Back up table db.t (4000 rows over ``days`` days), then restore it --as <db>_copy in a
+    process that ``script`` kills; returns the CLI's base arguments and the copy's detached/."""
+    copy = f"{db}_copy"
     for name in (db, copy):
         server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
     server_engine.sql(f"CREATE DATABASE {db}")
@@ -217,22 +219,27 @@ def test_restore_killed_before_attach_leaves_what_clean_removes(
         f"CREATE TABLE {db}.t (d Date, x UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY x"
     )
     server_engine.sql(
-        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 40, number FROM numbers(4000)"
+        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % {days}, number FROM numbers(4000)"
     )
-    repo = tmp_path / "repo"
-    base = ["--repo", str(repo), "--clickhouse", server_engine.url]
+    base = ["--repo", str(tmp_path / "repo"), "--clickhouse", server_engine.url]
     for args in (["init"], ["create", "b", "--tables", f"{db}.*"]):
         subprocess.run([*CASBACKUP, *base, *args], check=True, capture_output=True)
-
     killed = subprocess.run(
-        [sys.executable, "-c", _DIE_AT_ATTACH, *base, "restore", "b", "--as", f"{db}:{copy}"],
+        [sys.executable, "-c", script, *base, "restore", "b", "--as", f"{db}:{copy}"],
         capture_output=True,
     )
     assert killed.returncode == -signal.SIGKILL
-    detached = (
-        Path(server_engine.value(f"SELECT data_path FROM system.tables WHERE database = '{copy}'"))
-        / "detached"
+    data_path = server_engine.value(
+        f"SELECT data_path FROM system.tables WHERE database = '{copy}'"
     )
+    return base, Path(data_path) / "detached"
+
+
+def test_restore_killed_before_attach_leaves_what_clean_removes(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    db, copy = "t_kill_attach", "t_kill_attach_copy"
+    base, detached = _restore_killed(server_engine, tmp_path, db, 40, _DIE_AT_ATTACH)
     left = sorted(p.name for p in detached.iterdir())
     # The part renamed for ATTACH, the marker saying whose it is, the next part still staged.
     assert left[0] == "202401_1_1_0"
@@ -276,28 +283,7 @@ def test_clean_never_removes_a_part_detached_later_under_a_killed_restores_name(
 ) -> None:
     """Killed after ATTACH: only the marker is left. A DETACH later recreates detached/<part>."""
     db, copy = "t_kill_attached", "t_kill_attached_copy"
-    for name in (db, copy):
-        server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
-    server_engine.sql(f"CREATE DATABASE {db}")
-    server_engine.sql(
-        f"CREATE TABLE {db}.t (d Date, x UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY x"
-    )
-    server_engine.sql(
-        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 20, number FROM numbers(4000)"
-    )
-    repo = tmp_path / "repo"
-    base = ["--repo", str(repo), "--clickhouse", server_engine.url]
-    for args in (["init"], ["create", "b", "--tables", f"{db}.*"]):
-        subprocess.run([*CASBACKUP, *base, *args], check=True, capture_output=True)
-    killed = subprocess.run(
-        [sys.executable, "-c", _DIE_AFTER_ATTACH, *base, "restore", "b", "--as", f"{db}:{copy}"],
-        capture_output=True,
-    )
-    assert killed.returncode == -signal.SIGKILL
-    detached = (
-        Path(server_engine.value(f"SELECT data_path FROM system.tables WHERE database = '{copy}'"))
-        / "detached"
-    )
+    base, detached = _restore_killed(server_engine, tmp_path, db, 20, _DIE_AFTER_ATTACH)
     (marker,) = detached.iterdir()
     assert marker.name.startswith("casbackup_attaching_") and marker.name.endswith("202401_1_1_0")
     # Well after the kill (the marker made an hour ago), the operator detaches the part.
