@@ -39,13 +39,15 @@ MAGIC = b"CASMANI1"
 HEADER_SIZE = len(MAGIC) + DIGEST_SIZE
 MiB = 1024 * 1024
 # A manifest whose document (msgpack, before compression) is larger than this
-# is refused by readers and never written. It bounds what a small hostile
-# object can make a reader allocate: decoding costs about ten bytes of memory
-# per document byte (measured: a 100 MiB document peaks near 1 GiB), so a
-# 1 GiB document (about 30 TB of table data at the default chunk size, see
-# docs/design.md) already needs ~10 GB, and the 4 GiB of earlier releases
-# was never readable on an ordinary host.
-MAX_MANIFEST_BYTES = 1024 * MiB
+# is refused by readers and never written: the limit of the format since
+# release 1, so every backup ever committed stays readable. What it costs is
+# per file, not per byte of data: about 240 bytes of document per part file
+# (its entry and its file's chunk list of one id), so 4 GiB is some 18
+# million part files in one backup. Decoding costs about ten bytes of memory
+# per document byte (a 100 MiB document peaks near 1 GiB); the document is
+# streamed into the unpacker, so a small hostile object costs what its
+# document holds, not what its decompressor could make of it.
+MAX_MANIFEST_BYTES = 4 * 1024 * MiB
 # The stored object: header plus zstd's worst case for an incompressible
 # document (ZSTD_compressBound: n + n/256 + a little), checked before reading.
 MAX_MANIFEST_OBJECT_BYTES = HEADER_SIZE + MAX_MANIFEST_BYTES + MAX_MANIFEST_BYTES // 256 + MiB

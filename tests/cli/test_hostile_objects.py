@@ -55,10 +55,11 @@ def backups(cli: Any, tmp_path: Path) -> Path:
     return tmp_path / "repo"
 
 
-def test_a_sparse_3_gb_manifest_is_refused_unread(
+def test_a_sparse_5_gb_manifest_is_refused_unread(
     cli: Any, backups: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sparse(backups / "manifests" / "b3", codec.MAGIC, 3 * GiB)
+    """Beyond the largest manifest a writer may commit (4 GiB document): refused from its size."""
+    sparse(backups / "manifests" / "b3", codec.MAGIC, 5 * GiB)
 
     listed, peak = peak_allocation(lambda: cli(None, "list", "--json"))
     assert peak < BUDGET
