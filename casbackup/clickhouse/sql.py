@@ -175,15 +175,20 @@ def rename_databases(
     """Replace the database part of ``db.name`` references per ``mapping``.
 
     ``x.y`` is also how a column is qualified by its table (``SELECT logs.id
-    FROM logs.logs``): with ``known`` (the objects the caller knows to exist),
-    a pair is renamed only where it can be a table: a known object, after a
-    keyword that takes one (FROM, JOIN, TO ...), or the head of ``db.t.col``.
-    Without it, every pair is (statements that hold no columns).
+    FROM logs.logs``). With ``known`` (the objects the caller knows exist),
+    a pair is left alone only when it is provably such a column: its head
+    names a table or an alias of this statement (``logs``, the table of
+    ``FROM logs.logs``), and the pair is neither a known object, nor after a
+    keyword that takes a table (FROM, JOIN, TO ...), nor the head of
+    ``db.t.col``. Everything else is renamed: a reference left pointing at
+    the original database would read it silently. Without ``known``, every
+    pair is renamed (statements that hold no columns).
     """
     if not mapping:
         return sql
     tokens = list(tokenize(sql))
     idx = _significant(tokens)
+    relations = _relation_names(tokens, idx) if known is not None else set()
     for pos, i in enumerate(idx[:-2]):
         name = tokens[i].identifier
         if name is None or name not in mapping or tokens[idx[pos + 1]].text != ".":
@@ -191,13 +196,33 @@ def rename_databases(
         before = tokens[idx[pos - 1]].text if pos > 0 else ""
         if before == ".":  # `a.b.c` column paths: only the head can be a database
             continue
-        if known is not None:
+        if known is not None and name in relations:
             second = tokens[idx[pos + 2]].identifier
             after = tokens[idx[pos + 3]].text if pos + 3 < len(idx) else ""
             if not ((name, second) in known or before.upper() in _TABLE_POSITION or after == "."):
                 continue  # table.column
         tokens[i] = Token(Kind.QUOTED, quote_identifier(mapping[name]))
     return "".join(t.text for t in tokens)
+
+
+def _relation_names(tokens: list[Token], idx: list[int]) -> set[str]:
+    """Names a column can be qualified by here: tables after FROM/JOIN, and aliases after AS."""
+    names: set[str] = set()
+    for pos, i in enumerate(idx):
+        word = tokens[i].text.upper()
+        if word in ("FROM", "JOIN") and pos + 1 < len(idx):
+            last = pos + 1  # `t`, or `db.t`: the table's own name is the last part
+            if pos + 3 < len(idx) and tokens[idx[pos + 2]].text == ".":
+                last = pos + 3
+            if (table := tokens[idx[last]].identifier) is not None:
+                names.add(table)
+        elif (
+            word == "AS"
+            and pos + 1 < len(idx)
+            and (alias := tokens[idx[pos + 1]].identifier) is not None
+        ):
+            names.add(alias)
+    return names
 
 
 _CREATE_HEAD = re.compile(

@@ -101,6 +101,17 @@ def test_rename_databases_leaves_columns_qualified_by_a_table_named_like_the_dat
     )
 
 
+def test_rename_databases_renames_what_is_not_provably_a_column() -> None:
+    """Objects outside the backup, in positions no keyword marks: renamed, as before."""
+    sql = (
+        "CREATE VIEW shop.v AS SELECT joinGet(shop.jj, 'x', id) AS x "
+        "FROM shop.orders, shop.notbacked"
+    )
+    assert rename_databases(sql, {"shop": "c"}, {("shop", "orders")}) == (
+        "CREATE VIEW `c`.v AS SELECT joinGet(`c`.jj, 'x', id) AS x FROM `c`.orders, `c`.notbacked"
+    )
+
+
 def test_references() -> None:
     sql = "CREATE VIEW d.v AS SELECT a FROM `d`.`t 1` JOIN other.u USING a JOIN local ON 1"
     assert qualified_references(sql) == {("d", "v"), ("d", "t 1"), ("other", "u")}
