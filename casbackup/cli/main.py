@@ -86,6 +86,11 @@ def main(
     # clickhouse-driver logs each failed connection attempt as a warning with
     # its traceback; casbackup reports the failure itself, in one line.
     logging.getLogger("clickhouse_driver").setLevel(logging.DEBUG if verbose > 1 else logging.ERROR)
+    # The AWS libraries' debug output holds credentials: STS responses with
+    # their secret keys, the session token header of every request. -vv
+    # stops at their INFO lines (which credentials were found, retries).
+    for library in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(library).setLevel(logging.INFO if verbose > 1 else logging.WARNING)
     context = AppContext(
         config_path=Path(config) if config is not None else None,
         repo_override=repo,

@@ -318,7 +318,13 @@ class Repository:
         if self.has_manifest(manifest.name):
             raise BackupExists(name=manifest.name)
         data = manifest_codec.encode(manifest)
-        self.store.put(keys.manifest_key(manifest.name), data)
+        try:
+            # Create-if-absent, not a put after the check above: two hosts (two
+            # catalogs) committing the same name at once, as cron's default
+            # names make likely, must not both succeed with one manifest lost.
+            self.store.create(keys.manifest_key(manifest.name), data)
+        except ObjectExists:
+            raise BackupExists(name=manifest.name) from None
         return data
 
     def manifest_object(self, name: str) -> bytes:

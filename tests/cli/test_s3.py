@@ -206,3 +206,23 @@ def test_an_endpoint_without_a_scheme_is_a_configuration_error(
     result = cli(None, "--config", str(config), "init", repo="s3://bucket/prefix")
     assert result.code == ExitCode.CONFIG, result.stderr
     assert result.stderr.count("\n") == 1 and "[s3] endpoint_url" in result.stderr
+
+
+def test_verbose_logs_never_carry_aws_credentials(
+    cli: Any,
+    s3_env: str,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """botocore's debug lines hold the session token of every request (and STS secrets)."""
+    import logging
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "SessionTokenSECRET123")
+    caplog.set_level(logging.DEBUG)
+    repo = f"s3://{s3_env}/verbose"
+    assert cli(None, "init", repo=repo).code == 0
+    listed = cli(None, "-vv", "list", repo=repo)
+    assert listed.code == 0, listed.stderr
+    assert caplog.records  # -vv did log
+    assert "SessionTokenSECRET123" not in caplog.text + listed.stderr + listed.stdout

@@ -337,3 +337,21 @@ def test_unreadable_file_is_named_and_nothing_is_committed(
         list(snap.archiver.store_files([*paths, bad]))
     assert raised.value.exit_code == ExitCode.SOURCE_FILES
     assert raised.value.message.startswith(f"cannot read {bad}: ")
+
+
+def test_a_manifest_committed_meanwhile_is_never_overwritten(
+    repo: Repository, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts (two catalogs) committing one name: the check before the write cannot see the
+    other's manifest appear; the write itself must refuse (exit 14), not replace it."""
+    from casbackup.errors import BackupExists
+
+    for name in ("b1", "b2"):
+        write_tree(tmp_path / name / "all_1_1_0", {"data.bin": name.encode() * 1000})
+        snapshot_directory(repo, catalog, name, tmp_path / name)
+    theirs = repo.read_manifest("b2")
+    ours = repo.read_manifest("b1").model_copy(update={"name": "b2"})
+    monkeypatch.setattr(repo, "has_manifest", lambda name: False)  # theirs landed after the check
+    with pytest.raises(BackupExists):
+        repo.write_manifest(ours)
+    assert repo.read_manifest("b2") == theirs
