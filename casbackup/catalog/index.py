@@ -8,7 +8,7 @@ deleted by the next gc, so nothing may start depending on it). The writer calls
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,7 +173,11 @@ def record_pack(
     entries: list[PackEntry],
     created_at: datetime,
     created_by: str | None = None,
+    superseded: Collection[bytes] = (),
 ) -> None:
+    """Index a pack. Chunks already indexed in a condemned pack, or in one of
+    ``superseded`` (packs gone from the store, which another host's gc
+    repacked), move to this copy."""
     pack_pk = insert_pack(conn, pack_id, size, len(entries), created_at, created_by)
     rows = [
         {
@@ -190,12 +194,27 @@ def record_pack(
         conn.execute(insert_ignoring_duplicates(conn, Chunk), batch)
     # A chunk stored again because its indexed copy is in a condemned pack:
     # index the live copy, so the condemned pack can go and this one stays.
-    if not rows:
+    repoint(conn, pack_pk, entries, superseded)
+
+
+def repoint(
+    conn: Connection, pack_pk: int, entries: list[PackEntry], superseded: Collection[bytes] = ()
+) -> None:
+    """Move chunks indexed in a condemned pack, or in one of ``superseded``, to these entries."""
+    if not entries:
         return
-    condemned = select(Pack.id).where(Pack.state == CONDEMNED).scalar_subquery()
-    conn.execute(
+    moves = [
+        {
+            "d": e.chunk_id.hex(),
+            "o": e.offset,
+            "l": e.length,
+            "r": e.raw_size,
+            "c": int(e.compression),
+        }
+        for e in entries
+    ]
+    move = (
         update(Chunk)
-        .where(Chunk.digest == bindparam("d"), Chunk.pack_id.in_(condemned))
         .values(
             pack_id=pack_pk,
             offset=bindparam("o"),
@@ -203,18 +222,13 @@ def record_pack(
             raw_size=bindparam("r"),
             compression=bindparam("c"),
         )
-        .execution_options(synchronize_session=False),
-        [
-            {
-                "d": row["digest"],
-                "o": row["offset"],
-                "l": row["length"],
-                "r": row["raw_size"],
-                "c": row["compression"],
-            }
-            for row in rows
-        ],
+        .execution_options(synchronize_session=False)
     )
+    condemned = select(Pack.id).where(Pack.state == CONDEMNED).scalar_subquery()
+    conn.execute(move.where(Chunk.digest == bindparam("d"), Chunk.pack_id.in_(condemned)), moves)
+    gone = list(conn.scalars(select(Pack.id).where(Pack.digest.in_([p.hex() for p in superseded]))))
+    for gone_pk in gone:  # few: executemany takes no list parameter
+        conn.execute(move.where(Chunk.digest == bindparam("d"), Chunk.pack_id == gone_pk), moves)
 
 
 def record_files(conn: Connection, files: Mapping[bytes, tuple[int, list[bytes]]]) -> None:

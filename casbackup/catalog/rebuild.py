@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.database import CatalogDatabase
-from casbackup.catalog.index import batched, record_pack
+from casbackup.catalog.index import batched, record_pack, repoint
 from casbackup.catalog.models import COMMITTED, REFERENCED_FILES_SQL, Backup, Base, Chunk, Pack
 from casbackup.catalog.packs import forget_packs
 from casbackup.errors import (
@@ -96,8 +96,10 @@ def sync(
         report.backups_forgotten += 1
 
     gone = catalog_packs - set(store_packs)
+    kept: set[bytes] = set()
     if gone:
-        unneeded = [p for p in gone if p not in _packs_still_needed(db, gone)]
+        kept = _packs_still_needed(db, gone)
+        unneeded = [p for p in gone if p not in kept]
         forget_packs(db, unneeded)
         report.packs_forgotten = len(unneeded)
 
@@ -112,10 +114,20 @@ def sync(
             left_out(f"pack {pack_id.hex()}", exc)
             continue
         with db.write() as conn:
-            record_pack(conn, pack_id, store_packs[pack_id], entries, datetime.now(UTC))
+            # A gone pack still needed here may have been repacked by another
+            # host's gc: its chunks' new home is among these packs.
+            record_pack(
+                conn, pack_id, store_packs[pack_id], entries, datetime.now(UTC), superseded=kept
+            )
         report.packs_indexed += 1
         if report.packs_indexed % 100 == 0:
             note(f"indexed {report.packs_indexed} packs")
+    if kept:
+        _find_moved_chunks(repo, db, kept, set(store_packs))
+        # Those whose every needed chunk moved can go now.
+        moved = [p for p in kept if p not in _packs_still_needed(db, kept)]
+        forget_packs(db, moved)
+        report.packs_forgotten += len(moved)
 
     for name in sorted(store_names - committed):
         try:
@@ -143,6 +155,38 @@ def sync(
         report.backups_imported += 1
         note(f"imported backup {name}")
     return report
+
+
+def _find_moved_chunks(
+    repo: Repository, db: CatalogDatabase, gone: set[bytes], in_store: set[bytes]
+) -> None:
+    """Point chunks of packs gone from the store at their copies in packs still there.
+
+    Another host's gc repacks a pack's live chunks into a new pack, then
+    deletes the old one. This catalog may have indexed the new pack before
+    the old one went: its chunks were indexed already, so the new pack got
+    rows only for chunks it alone holds. Such packs hold fewer rows than
+    their trailers list; their trailers say where the moved chunks are.
+    """
+    with db.read() as conn:
+        partial = [
+            (bytes.fromhex(digest), pk)
+            for digest, pk in conn.execute(
+                text(
+                    "SELECT p.digest, p.id FROM packs p LEFT JOIN chunks c ON c.pack_id = p.id "
+                    "GROUP BY p.id, p.digest, p.chunk_count HAVING count(c.digest) < p.chunk_count"
+                )
+            )
+        ]
+    for pack_id, pk in partial:
+        if pack_id not in in_store or pack_id in gone:
+            continue
+        try:
+            entries = repo.read_trailer(pack_id)
+        except RepositoryError:
+            continue  # damaged: sync reports packs it cannot read when it indexes them
+        with db.write() as conn:
+            repoint(conn, pk, entries, gone)
 
 
 def _packs_still_needed(db: CatalogDatabase, packs: set[bytes]) -> set[bytes]:
