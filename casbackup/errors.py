@@ -157,7 +157,7 @@ class PackCorrupt(IntegrityError):
 
 
 class PackMissing(IntegrityError):
-    """pack {pack} is referenced but missing from the store"""
+    """pack {pack} is referenced but missing from the store (if another host's gc repacked it, `casbackup catalog sync` finds the copy)"""
 
 
 class ManifestCorrupt(IntegrityError):
