@@ -264,6 +264,14 @@ class RestoreConflict(CasbackupError):
     exit_code = ExitCode.CONFLICT
 
 
+class FilesConflict(CasbackupError):
+    """{detail}; nothing was changed"""
+
+    # Config and access files of a restore: RestoreConflict's advice
+    # (--drop-existing) is about tables.
+    exit_code = ExitCode.CONFLICT
+
+
 class DetachedPartExists(CasbackupError):
     """{path} already exists: `casbackup clean` removes what a killed restore left there; otherwise remove it"""
 

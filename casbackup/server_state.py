@@ -33,7 +33,7 @@ from pathlib import Path
 from casbackup.catalog import Catalog
 from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import Kind, quote_identifier, rename_databases, tokenize
-from casbackup.errors import ClickHouseError, RestoreConflict, UsageError
+from casbackup.errors import ClickHouseError, FilesConflict, RestoreConflict, UsageError
 from casbackup.file_errors import writing
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
@@ -392,16 +392,40 @@ def restore_directory(
 
 
 def replaced_files(fileset: mf.FileSet, target: Path, *, overwrite: bool) -> list[Path]:
-    """Files a restore of ``fileset`` under ``target`` would replace; refused unless ``overwrite``."""
+    """Files a restore of ``fileset`` under ``target`` would replace; refused unless ``overwrite``.
+
+    A directory on the way that is a symbolic link is refused whatever
+    ``overwrite`` says: writing through it would put the file outside
+    ``target`` (a live config.d linked to a shared directory, say).
+    """
     with writing(target):
+        for f in fileset.files:
+            through = _symlinked_directory(target, f.path)
+            if through is not None:
+                raise FilesConflict(
+                    detail=f"{through} is a symbolic link: restoring {f.path} there would write "
+                    f"outside {target} (restore into an empty --files-target instead)"
+                )
         clashes = [
             target / f.path
             for f in fileset.files
             if (target / f.path).exists() or (target / f.path).is_symlink()
         ]
     if clashes and not overwrite:
-        raise RestoreConflict(
+        raise FilesConflict(
             detail=f"{len(clashes)} files exist under {target}, e.g. {clashes[0]} "
             "(pass --overwrite to replace them)"
         )
     return clashes
+
+
+def _symlinked_directory(target: Path, relative: str) -> Path | None:
+    """The first directory between ``target`` and ``target/relative``'s file that is a symlink."""
+    current = target
+    for part in relative.split("/")[:-1]:
+        current = current / part
+        if current.is_symlink():
+            return current
+        if not current.exists():
+            return None  # made by the restore itself, as a directory
+    return None

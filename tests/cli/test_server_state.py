@@ -74,6 +74,37 @@ def backed_up_with_configs(
     return expected
 
 
+def test_a_config_restore_never_writes_through_a_symlinked_directory(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """A target whose config.d is a link to a shared directory: its files must not land there."""
+    backed_up_with_configs(engine, dbname, cli, tmp_path)
+    staging, shared = tmp_path / "staging", tmp_path / "shared"
+    shared.mkdir()
+    (staging / "configs").mkdir(parents=True)
+    (staging / "configs" / "config.d").symlink_to(shared)
+    for extra in ([], ["--overwrite"]):
+        refused = cli(
+            engine,
+            "restore",
+            "b",
+            "--configs",
+            "--files-target",
+            str(staging),
+            "--no-tables",
+            *extra,
+        )
+        assert refused.code == ExitCode.CONFLICT
+        assert refused.stderr == (
+            f"casbackup: error: {staging / 'configs' / 'config.d'} is a symbolic link: restoring "
+            f"config.d/linked.xml there would write outside {staging / 'configs'} (restore into "
+            "an empty --files-target instead); nothing was changed\n"
+        )
+    assert list(shared.iterdir()) == [] and sorted(
+        p.name for p in (staging / "configs").iterdir()
+    ) == ["config.d"]
+
+
 def test_config_files_round_trip_to_a_staging_directory(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
