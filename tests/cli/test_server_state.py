@@ -74,6 +74,13 @@ def backed_up_with_configs(
     return expected
 
 
+def restore_configs(engine: Engine, cli: Any, staging: Path, *extra: str) -> Any:
+    """Backup b's config files (only) restored under ``staging``."""
+    return cli(
+        engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables", *extra
+    )
+
+
 def test_a_config_restore_never_writes_through_a_symlinked_directory(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
@@ -84,16 +91,7 @@ def test_a_config_restore_never_writes_through_a_symlinked_directory(
     (staging / "configs").mkdir(parents=True)
     (staging / "configs" / "config.d").symlink_to(shared)
     for extra in ([], ["--overwrite"]):
-        refused = cli(
-            engine,
-            "restore",
-            "b",
-            "--configs",
-            "--files-target",
-            str(staging),
-            "--no-tables",
-            *extra,
-        )
+        refused = restore_configs(engine, cli, staging, *extra)
         assert refused.code == ExitCode.CONFLICT
         assert refused.stderr == (
             f"casbackup: error: {staging / 'configs' / 'config.d'} is a symbolic link: restoring "
@@ -125,16 +123,7 @@ def test_config_files_round_trip_to_a_staging_directory(
     again = cli(engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables")
     assert again.code == ExitCode.CONFLICT and "--overwrite" in again.stderr
     (staging / "configs" / "config.xml").write_text("changed")
-    forced = cli(
-        engine,
-        "restore",
-        "b",
-        "--configs",
-        "--files-target",
-        str(staging),
-        "--no-tables",
-        "--overwrite",
-    )
+    forced = restore_configs(engine, cli, staging, "--overwrite")
     assert forced.code == 0 and tree(staging / "configs") == expected
 
 
