@@ -11,7 +11,12 @@ from casbackup.catalog.rebuild import sync
 from casbackup.clickhouse.client import connect, parse_url
 from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.config import Settings, load_settings
-from casbackup.errors import ClickHouseError, ConfigError
+from casbackup.errors import (
+    ClickHouseAuthFailed,
+    ClickHouseError,
+    ClickHouseUnavailable,
+    ConfigError,
+)
 from casbackup.repo.repository import Repository
 from casbackup.store import ObjectStore, open_store
 
@@ -56,6 +61,8 @@ class AppContext:
         """ClickHouse's system.macros, asked only for a location macro the config lacks."""
         try:
             return self.server.macros()
+        except (ClickHouseUnavailable, ClickHouseAuthFailed):
+            raise  # the server's state, not the config's (exit 11)
         except ClickHouseError as exc:
             raise ConfigError(
                 detail=f"repository location {self.settings.repository.location!r} uses macros "

@@ -169,8 +169,9 @@ def test_macro_nobody_defines_is_a_config_error(
         "list",
         repo=f"s3://{s3_env}/{{shard}}",
     )
-    assert unreachable.code == ExitCode.CONFIG
-    assert "reading system.macros failed: cannot reach ClickHouse" in unreachable.stderr
+    # ClickHouse down is the server's state, not a configuration error (exit 11, not 10).
+    assert unreachable.code == ExitCode.CLICKHOUSE_CONNECT
+    assert "cannot reach ClickHouse" in unreachable.stderr
 
 
 def test_missing_bucket_through_the_cli(cli: Any, s3_env: str, state_dir: Path) -> None:
