@@ -257,9 +257,9 @@ class BackupService:
                 warnings += hidden
             directory = self.options.access_path or access_directory(self.server)
             if directory is not None and directory.is_dir():
-                state.access_files = store_directory(snapshot, directory)
+                state.access_files = store_directory(snapshot, directory, warnings)
         if self.options.configs is not None:
-            state.configs = store_directory(snapshot, self.options.configs)
+            state.configs = store_directory(snapshot, self.options.configs, warnings)
         return state, warnings
 
     # --- one table -------------------------------------------------------------

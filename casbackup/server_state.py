@@ -182,21 +182,42 @@ def capture_named_collections(server: ClickHouseServer) -> tuple[list[mf.ServerO
     return kept, warnings
 
 
-def store_directory(snapshot: SnapshotWriter, root: Path) -> mf.FileSet:
-    """Store every regular file under ``root`` (a symlinked file is stored as its target's content)."""
+def store_directory(
+    snapshot: SnapshotWriter, root: Path, skipped: list[str] | None = None
+) -> mf.FileSet:
+    """Store every regular file under ``root`` (a symlinked file is stored as its target's content).
+
+    What is not stored is said in ``skipped``, one line each, so that an
+    incomplete config backup is never silent: a symlinked directory (not
+    followed: it may lead anywhere, even back up the tree), a dangling link,
+    a fifo or socket, and a name that is not UTF-8 (manifests hold text).
+    """
     if not root.is_dir():
         raise UsageError(detail=f"{root} is not a directory")
+    said = skipped if skipped is not None else []
     paths: list[tuple[Path, str, int]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
+        for name in list(dirnames):
+            if (Path(dirpath) / name).is_symlink():
+                said.append(f"not stored: {_shown(Path(dirpath) / name)} (a symlinked directory)")
         for name in sorted(filenames):
             path = Path(dirpath) / name
+            relative = path.relative_to(root).as_posix()
+            try:
+                relative.encode()
+            except UnicodeEncodeError:
+                said.append(f"not stored: {_shown(path)} (its name is not UTF-8)")
+                continue
             try:
                 st = path.stat()
             except OSError:
-                continue  # a dangling symlink
+                said.append(f"not stored: {_shown(path)} (a dangling symlink)")
+                continue
             if stat.S_ISREG(st.st_mode):
-                paths.append((path, path.relative_to(root).as_posix(), stat.S_IMODE(st.st_mode)))
+                paths.append((path, relative, stat.S_IMODE(st.st_mode)))
+            else:
+                said.append(f"not stored: {_shown(path)} (not a regular file)")
     files = []
     for (_path, relative, mode), (_, stored) in zip(
         paths, snapshot.archiver.store_files([p for p, _, _ in paths]), strict=True
@@ -206,6 +227,11 @@ def store_directory(snapshot: SnapshotWriter, root: Path) -> mf.FileSet:
             mf.ServerFile(path=relative, file_id=stored.file_id, size=stored.size, mode=mode)
         )
     return mf.FileSet(source=str(root), files=files)
+
+
+def _shown(path: Path) -> str:
+    """A path for a message, undecodable bytes escaped."""
+    return os.fsencode(path).decode(errors="backslashreplace")
 
 
 def describe_statement(sql: str) -> tuple[str, str]:

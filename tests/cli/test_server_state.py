@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,25 @@ def backed_up_with_configs(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> dict[str, bytes]:
     """Backup "b" of a small table with a config tree beside it; returns the tree's files."""
+    expected, created = create_with_configs(engine, dbname, cli, tmp_path)
+    assert created.code == 0, created.stderr
+    return expected
+
+
+def create_with_configs(
+    engine: Engine,
+    dbname: str,
+    cli: Any,
+    tmp_path: Path,
+    spoil: Callable[[Path], None] = lambda configs: None,
+) -> tuple[dict[str, bytes], Any]:
+    """`create b` of a small table and a config tree (``spoil`` adds to it); the tree's stored
+    files and the command's result."""
     engine.sql(f"CREATE DATABASE {q(dbname)}")
     engine.sql(f"CREATE TABLE {q(dbname)}.t (x UInt8) ENGINE = MergeTree ORDER BY x")
     configs = tmp_path / "etc-clickhouse"
     expected = config_tree(configs)
+    spoil(configs)
     cli(engine, "init")
     created = cli(
         engine,
@@ -70,8 +86,7 @@ def backed_up_with_configs(
         "--configs-path",
         str(configs),
     )
-    assert created.code == 0, created.stderr
-    return expected
+    return expected, created
 
 
 def restore_configs(engine: Engine, cli: Any, staging: Path, *extra: str) -> Any:
@@ -101,6 +116,37 @@ def test_a_config_restore_never_writes_through_a_symlinked_directory(
     assert list(shared.iterdir()) == [] and sorted(
         p.name for p in (staging / "configs").iterdir()
     ) == ["config.d"]
+
+
+def test_what_a_config_backup_cannot_store_is_said(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """Skipped silently before (a symlinked users.d, a fifo), or exit 70 (a name not UTF-8)."""
+    configs = tmp_path / "etc-clickhouse"
+
+    def spoil(configs: Path) -> None:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "inner.xml").write_text("<clickhouse/>")
+        (configs / "linked.d").symlink_to(elsewhere)
+        (configs / "dangling.xml").symlink_to(tmp_path / "nowhere")
+        os.mkfifo(configs / "fifo")
+        with open(os.fsencode(configs) + b"/bad\xffname.xml", "wb") as handle:
+            handle.write(b"x")
+
+    expected, created = create_with_configs(engine, dbname, cli, tmp_path, spoil)
+    assert created.code == ExitCode.WARNING, created.stderr
+    said = " ".join(created.stderr.split())
+    for line in (
+        f"not stored: {configs / 'linked.d'} (a symlinked directory)",
+        f"not stored: {configs / 'dangling.xml'} (a dangling symlink)",
+        f"not stored: {configs / 'fifo'} (not a regular file)",
+        f"not stored: {configs}/bad\\xffname.xml (its name is not UTF-8)",
+    ):
+        assert line in said
+    staging = tmp_path / "staging"
+    assert restore_configs(engine, cli, staging).code == 0
+    assert tree(staging / "configs") == expected
 
 
 def test_config_files_round_trip_to_a_staging_directory(
