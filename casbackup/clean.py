@@ -15,8 +15,9 @@ from pathlib import Path
 
 from casbackup.clickhouse.freeze import shadow_root, stale_shadows
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
+from casbackup.errors import ObjectNotFound
 from casbackup.process import ProcessTag
-from casbackup.repo.locks import machine_id, read_locks
+from casbackup.repo.locks import LockRecord, machine_id, read_lock, read_locks
 from casbackup.restore import ATTACHING_PREFIX, TEMP_PREFIX, attaching_part, temp_part_owner
 from casbackup.store.base import LeavesTemporaries, ObjectStore
 
@@ -123,4 +124,19 @@ def clean_store(
         if record.machine == here and record.stale(time.time()):
             report.stale_locks.append(record.key)
             if not dry_run:
-                store.delete(record.key)
+                _delete_if_still(store, record)
+
+
+def _delete_if_still(store: ObjectStore, record: LockRecord) -> None:
+    """Delete a stale lock unless it changed hands since it was read.
+
+    An exclusive lock's key is reused: a gc that broke this dead lock and
+    took its own in between must keep it. (The read and the delete are two
+    calls, so this narrows the window; it cannot close it on an object store.)
+    """
+    try:
+        current = read_lock(store, record.key)
+    except ObjectNotFound:
+        return
+    if current.id == record.id and current.pid == record.pid:
+        store.delete(record.key)

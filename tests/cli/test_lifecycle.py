@@ -335,3 +335,27 @@ def test_create_and_gc_processes_together_on_clickhouse(
         assert restored == expected, name
         server_engine.sql(f"DROP DATABASE {copy}")
     server_engine.sql(f"DROP DATABASE {db}")
+
+
+def test_clean_keeps_a_lock_that_changed_hands_after_it_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gc broke the dead exclusive lock and took its own between clean's read and delete."""
+    import dataclasses
+
+    from casbackup import clean
+    from casbackup.process import ProcessTag
+    from casbackup.repo.locks import read_locks
+    from casbackup.store.local import LocalStore
+
+    repo = tmp_path / "repo"
+    store = LocalStore(repo)
+    path = dead_lock(repo, "gc", exclusive=True)
+    (dead,) = read_locks(store)
+    me = ProcessTag.current()
+    live = dataclasses.replace(dead, id="cafef00d", pid=me.pid, process_start=me.start)
+    path.write_bytes(live.encode())
+    monkeypatch.setattr(clean, "read_locks", lambda store: [dead])  # what clean had read
+
+    clean.clean_store(store, clean.CleanReport())
+    assert read_locks(store)[0].id == "cafef00d"
