@@ -50,7 +50,7 @@ from casbackup.repo import manifest as mf
 from casbackup.repo.archiver import StoredFile
 from casbackup.repo.chunker import Chunker, chunk_id, file_id
 from casbackup.repo.repository import Repository
-from casbackup.selection import partition_selected, select, spec_selects
+from casbackup.selection import matches, partition_selected, select, spec_selects
 from casbackup.server_state import (
     access_directory,
     capture_access,
@@ -68,6 +68,7 @@ class BackupOptions:
     name: str | None = None
     tables: tuple[str, ...] = ("*.*",)
     exclude: tuple[str, ...] = ()
+    schema_only: tuple[str, ...] = ()  # tables without parts backed up as schema on purpose
     compression_level: int = 1
     pack_size: int = 32 * 1024 * 1024
     threads: int = 2
@@ -214,10 +215,14 @@ class BackupService:
                     if entry is not None:
                         recorded.append(entry)
                     if table.data_left_out:
-                        warnings.append(
+                        said = (
                             f"schema only: {table.qualified} ({table.engine} engine: casbackup "
                             "backs up the rows of MergeTree-family tables only)"
                         )
+                        if matches(table.database, table.name, self.options.schema_only):
+                            self.notes.append(said)  # [backup] schema_only: as intended
+                        else:
+                            warnings.append(said)
                     self.progress.table_done(report)
             finally:
                 remove_run_shadow(self.server, freeze_name)

@@ -108,6 +108,9 @@ class ClickHouseSettings(_Section):
 class BackupSettings(_Section):
     tables: list[str] = Field(default_factory=lambda: ["*.*"])
     exclude: list[str] = Field(default_factory=list)
+    # Tables whose rows live outside parts (Memory, Log, Set ...) that are meant
+    # to be backed up as their definition alone: no warning, no exit 1 for them.
+    schema_only: list[str] = Field(default_factory=list)
     rbac: bool = False  # access entities as SQL, and the access directory's files
     configs: bool = False  # the server's config directory
     configs_path: Path = Path("/etc/clickhouse-server")
@@ -116,7 +119,7 @@ class BackupSettings(_Section):
     # default) now means false (see backup.BackupService.takes_fingerprints).
     fingerprints: bool | Literal["auto"] = False
 
-    @field_validator("tables", "exclude")
+    @field_validator("tables", "exclude", "schema_only")
     @classmethod
     def _patterns(cls, value: list[str]) -> list[str]:
         for pattern in value:
@@ -343,6 +346,10 @@ url = "clickhouse://default@127.0.0.1:9000"
 # Which tables `create` backs up: database.table glob patterns.
 tables = ["*.*"]
 exclude = []
+# Tables whose rows live outside parts (Memory, Log, Set, Join, File ...) are
+# backed up as their definition alone, with a warning (exit 1); list here
+# those that are meant to be, and they get a note instead.
+schema_only = []
 # Also back up access control (users, roles, quotas, row policies, settings
 # profiles, grants; captured as SQL, plus the access directory's files) and
 # the server's config directory. SQL functions and named collections are

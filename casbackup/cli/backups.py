@@ -75,6 +75,7 @@ def backup_options(
         name=name,
         tables=patterns(tables, wanted.tables),
         exclude=patterns(exclude, wanted.exclude),
+        schema_only=tuple(wanted.schema_only),
         compression_level=settings.repository.compression_level,
         pack_size=settings.repository.pack_size_mb * 1024 * 1024,
         threads=settings.repository.threads,

@@ -127,9 +127,10 @@ class TableInfo:
 
 
 # Engines that keep rows on the ClickHouse host but have no parts to FREEZE
-# (views, dictionaries and proxies like Distributed hold none of their own).
+# (views, dictionaries and proxies like Distributed hold none of their own;
+# a Buffer's rows are on their way to its destination table, seconds behind).
 _ROWS_NOT_BACKED_UP = frozenset(
-    {"Log", "TinyLog", "StripeLog", "Memory", "Set", "Join", "Buffer", "File", "EmbeddedRocksDB"}
+    {"Log", "TinyLog", "StripeLog", "Memory", "Set", "Join", "File", "EmbeddedRocksDB"}
 )
 
 

@@ -338,7 +338,7 @@ def test_a_mistyped_as_source_is_refused_before_any_change(
 
 
 def test_tables_whose_rows_are_not_backed_up_are_said_so(
-    engine: Engine, dbname: str, cli: Any
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
     """Log and Memory tables: schema only, a warning on backup and on a restore that empties one."""
     engine.sql(f"CREATE DATABASE {q(dbname)}")
@@ -357,6 +357,20 @@ def test_tables_whose_rows_are_not_backed_up_are_said_so(
             "MergeTree-family tables only)" in said
         )
     assert f"{dbname}.mt" not in said
+
+    # Meant to be schema only ([backup] schema_only): a note, not a warning, for those.
+    config = tmp_path / "casbackup.toml"
+    config.write_text(f'[backup]\nschema_only = ["{dbname}.mem"]\n')
+    intended = cli(engine, "--config", str(config), "create", "b2", "--tables", f"{dbname}.*")
+    assert intended.code == ExitCode.WARNING  # logt still
+    said = " ".join(intended.stderr.split())
+    assert f"warning: schema only: {dbname}.logt" in said
+    assert (
+        f"schema only: {dbname}.mem" in said and f"warning: schema only: {dbname}.mem" not in said
+    )
+    config.write_text(f'[backup]\nschema_only = ["{dbname}.logt", "{dbname}.mem"]\n')
+    quiet = cli(engine, "--config", str(config), "create", "b3", "--tables", f"{dbname}.*")
+    assert quiet.code == 0, quiet.stderr
 
     replaced = cli(engine, "restore", "b", "--drop-existing")
     assert replaced.code == ExitCode.WARNING
