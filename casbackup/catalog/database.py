@@ -268,6 +268,10 @@ def _stored_revision(engine: Engine) -> str | None:
 REBUILD_ADVICE = (
     "if the catalog is damaged, rebuild it from the repository with `casbackup catalog rebuild`"
 )
+# A lock held past the busy timeout, a connection the server dropped: nothing
+# is damaged, and a rebuild would be the wrong thing to suggest.
+TRANSIENT_ADVICE = "nothing is damaged: run the command again (another process held the catalog, or its server went away)"
+_TRANSIENT_SQLITE = ("database is locked", "database table is locked", "database is busy")
 
 
 @contextmanager
@@ -289,7 +293,10 @@ def database_errors(engine: Engine, location: str, advice: str = REBUILD_ADVICE)
         if isinstance(exc, (IntegrityError, dbapi.IntegrityError)):
             raise
         cause: BaseException = getattr(exc, "orig", None) or exc
-        raise CatalogError(detail=f"{location}: {_first_line(cause)}; {advice}") from exc
+        first = _first_line(cause)
+        if getattr(exc, "connection_invalidated", False) or first.lower() in _TRANSIENT_SQLITE:
+            advice = TRANSIENT_ADVICE
+        raise CatalogError(detail=f"{location}: {first}; {advice}") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -228,3 +228,25 @@ def test_a_broken_constraint_is_left_a_bug(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError), db.write() as conn:
         conn.execute(insert(CatalogMeta).values(key="repository_id", value="b" * 32))
     db.close()
+
+
+def test_a_catalog_held_past_the_busy_timeout_is_no_reason_to_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process's long write holds SQLite's lock: run again, nothing is damaged."""
+    from casbackup.catalog import database
+
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 50)
+    path = tmp_path / "c.sqlite"
+    with Catalog.open(f"sqlite:///{path}", REPO) as catalog:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(CatalogError) as caught, catalog.db.write() as conn:
+                conn.exec_driver_sql("DELETE FROM chunks")
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    message = caught.value.message
+    assert "database is locked; nothing is damaged: run the command again" in message
+    assert "catalog rebuild" not in message
