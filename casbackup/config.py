@@ -79,6 +79,14 @@ class RepositorySettings(_Section):
     threads: Annotated[int, Field(ge=1, le=64)] = 2
     upload_threads: Annotated[int, Field(ge=1, le=64)] = 2
 
+    @field_validator("location")
+    @classmethod
+    def _somewhere(cls, value: str) -> str:
+        # " " would be a directory named by a space in the current directory.
+        if not value.strip():
+            raise ValueError("is blank")
+        return value
+
 
 # sqlite://, sqlite:///:memory: (any driver, any query): a catalog in memory.
 _IN_MEMORY_SQLITE = re.compile(r"^sqlite(\+\w+)?://(/(:memory:)?)?(\?.*)?$")

@@ -172,3 +172,13 @@ def test_a_catalog_in_memory_is_refused(tmp_path: Path, url: str) -> None:
 def test_a_catalog_file_is_accepted(tmp_path: Path, url: str) -> None:
     settings = load_settings(None, environ={"HOME": str(tmp_path), "CASBACKUP_CATALOG": url})
     assert settings.catalog.url == url
+
+
+@pytest.mark.parametrize("where", ["file", "environment"])
+def test_a_blank_repository_location_is_refused(tmp_path: Path, where: str) -> None:
+    """--repo " " was refused already; the file and CASBACKUP_REPO took it for a directory."""
+    config = tmp_path / "c.toml"
+    config.write_text('[repository]\nlocation = " "\n' if where == "file" else "")
+    env = {"HOME": str(tmp_path)} | ({"CASBACKUP_REPO": " "} if where == "environment" else {})
+    with pytest.raises(ConfigError, match="location"):
+        load_settings(config, environ=env)
