@@ -173,11 +173,7 @@ def record_pack(
     entries: list[PackEntry],
     created_at: datetime,
     created_by: str | None = None,
-    superseded: Collection[bytes] = (),
 ) -> None:
-    """Index a pack. Chunks already indexed in a condemned pack, or in one of
-    ``superseded`` (packs gone from the store, which another host's gc
-    repacked), move to this copy."""
     pack_pk = insert_pack(conn, pack_id, size, len(entries), created_at, created_by)
     rows = [
         {
@@ -194,7 +190,7 @@ def record_pack(
         conn.execute(insert_ignoring_duplicates(conn, Chunk), batch)
     # A chunk stored again because its indexed copy is in a condemned pack:
     # index the live copy, so the condemned pack can go and this one stays.
-    repoint(conn, pack_pk, entries, superseded)
+    repoint(conn, pack_pk, entries)
 
 
 def repoint(

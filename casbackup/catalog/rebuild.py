@@ -114,15 +114,11 @@ def sync(
             left_out(f"pack {pack_id.hex()}", exc)
             continue
         with db.write() as conn:
-            # A gone pack still needed here may have been repacked by another
-            # host's gc: its chunks' new home is among these packs.
-            record_pack(
-                conn, pack_id, store_packs[pack_id], entries, datetime.now(UTC), superseded=kept
-            )
+            record_pack(conn, pack_id, store_packs[pack_id], entries, datetime.now(UTC))
         report.packs_indexed += 1
         if report.packs_indexed % 100 == 0:
             note(f"indexed {report.packs_indexed} packs")
-    if kept:
+    if kept:  # another host's gc may have repacked them: their chunks' copies are indexed now
         _find_moved_chunks(repo, db, kept, set(store_packs))
         # Those whose every needed chunk moved can go now.
         moved = [p for p in kept if p not in _packs_still_needed(db, kept)]
@@ -163,10 +159,10 @@ def _find_moved_chunks(
     """Point chunks of packs gone from the store at their copies in packs still there.
 
     Another host's gc repacks a pack's live chunks into a new pack, then
-    deletes the old one. This catalog may have indexed the new pack before
-    the old one went: its chunks were indexed already, so the new pack got
-    rows only for chunks it alone holds. Such packs hold fewer rows than
-    their trailers list; their trailers say where the moved chunks are.
+    deletes the old one. When this catalog indexed the new pack (in this
+    sync or an earlier one), those chunks were indexed already, so the new
+    pack got rows only for chunks it alone holds. Such packs hold fewer rows
+    than their trailers list; their trailers say where the moved chunks are.
     """
     with db.read() as conn:
         partial = [
