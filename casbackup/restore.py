@@ -189,6 +189,8 @@ class RestoreService:
         # after the check (verify) does not hide it.
         self.checked: dict[str, int] = {}
         self.unused_specs: list[str] = []  # --partitions specs that chose nothing (plan)
+        # What `db.x` can name as a table when --as rewrites statements.
+        self.backed_up = frozenset((t.database, t.name) for t in manifest.tables)
 
     # --- 1. plan -----------------------------------------------------------------
 
@@ -518,8 +520,7 @@ class RestoreService:
         entry = item.entry
         mapping = {k: v for k, v in self.options.database_map.items() if k != v}
         in_place = item.database == entry.database and not mapping
-        known = {(t.database, t.name) for t in self.manifest.tables}
-        renamed = rename_databases(entry.create_sql, mapping, known)
+        renamed = rename_databases(entry.create_sql, mapping, self.backed_up)
         sql = rename_dictionary_source(renamed, mapping)
         uuid = entry.uuid if in_place and self.server.info.has_uuids else None
         statement = set_create_target(sql, item.database, item.name, uuid=uuid)
