@@ -3,7 +3,8 @@
 Only debris whose maker is provably gone is touched: shadow directories and
 temporary part directories carry the pid and start time of the process that
 made them (``casbackup.process``), as do this host's locks and leases, and
-store temporaries must be older than an hour. A concurrent backup or restore in progress is never disturbed.
+store temporaries must be older than an hour. A concurrent backup or restore
+in progress is never disturbed.
 """
 
 from __future__ import annotations
