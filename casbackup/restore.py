@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casbackup.catalog import Catalog
+from casbackup.catalog.rebuild import sync
 from casbackup.clickhouse.part_check import check_part
 from casbackup.clickhouse.server import ClickHouseServer, TableInfo, holds_rows_not_backed_up
 from casbackup.clickhouse.sql import (
@@ -45,6 +46,7 @@ from casbackup.errors import (
     DetachedPartExists,
     ManifestCorrupt,
     NothingSelected,
+    PackMissing,
     PartDamaged,
     RestoreConflict,
     RestoreFailed,
@@ -91,6 +93,11 @@ class RestoreOptions:
     # Check every staged part's files against its checksums.txt before any is
     # attached (verify --restore, restore --check); see clickhouse.part_check.
     check_parts: bool = False
+    # A pack the catalog locates chunks in is gone: another host's gc moved
+    # them since this catalog last synced (the backup lists agree, so nothing
+    # synced before the restore). Sync once and look the chunks up again.
+    # verify leaves this off: it reports the catalog as it is, never repairs it.
+    follow_repacks: bool = False
 
 
 @dataclass
@@ -191,6 +198,7 @@ class RestoreService:
         self.unused_specs: list[str] = []  # --partitions specs that chose nothing (plan)
         # What `db.x` can name as a table when --as rewrites statements.
         self.backed_up = frozenset((t.database, t.name) for t in manifest.tables)
+        self.synced = False  # follow_repacks: the catalog was synced once already
 
     # --- 1. plan -----------------------------------------------------------------
 
@@ -581,9 +589,17 @@ class RestoreService:
                 ahead = self._locate(upcoming)
                 if upcoming:
                     fetcher.prefetch_first(ahead)
-                staged += self._stage_parts(
-                    batch, detached, owner.st_uid, owner.st_gid, fetcher, located
-                )
+                try:
+                    staged += self._stage_parts(
+                        batch, detached, owner.st_uid, owner.st_gid, fetcher, located
+                    )
+                except PackMissing as exc:
+                    if not self._follow_repack(exc):
+                        raise
+                    ahead = self._locate(upcoming)
+                    staged += self._stage_parts(
+                        batch, detached, owner.st_uid, owner.st_gid, fetcher, self._locate(batch)
+                    )
                 located = ahead
             if self.options.check_parts:
                 self.checked[item.target] = self._check_staged(item, staged)
@@ -614,6 +630,24 @@ class RestoreService:
                 detail=f"{after - before} rows after attaching, the backup recorded {expected}",
             )
         return len(parts), expected
+
+    def _follow_repack(self, missing: PackMissing) -> bool:
+        """Sync the catalog once per restore, so chunks are located where they are now.
+
+        The batch that met the missing pack has left nothing behind
+        (``_stage_parts`` removes its directories), so it is staged again from
+        the new locations. A pack still missing after the sync is really lost.
+        """
+        if not self.options.follow_repacks or self.synced:
+            return False
+        self.synced = True
+        log.warning(
+            "pack %s is gone from the store (another host's gc?): "
+            "syncing the catalog with the repository and retrying",
+            missing.fields.get("pack"),
+        )
+        sync(self.repo, self.catalog)
+        return True
 
     def _chunks_of(self, parts: list[mf.Part]) -> set[bytes]:
         return {cid for part in parts for f in part.files for cid in self.files[f.file_id].chunks}

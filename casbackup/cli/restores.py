@@ -151,6 +151,7 @@ def restore(
         files_target=files_target or default_state_dir() / "restored" / name,
         overwrite_files=overwrite,
         check_parts=check,
+        follow_repacks=True,
     )
     manifest = app.repository.read_manifest(name)
     catalog = app.synced_catalog()

@@ -94,6 +94,35 @@ def test_delete_then_gc_frees_space_and_keeps_the_rest(
     assert fingerprints(engine, [dbname]) == tuesday
 
 
+def test_restore_follows_a_repack_by_another_hosts_gc(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """This host deleted Monday itself, so its backup list agrees with the store and restore
+    does not sync first; another host's gc (its own catalog) then moved the chunks Tuesday
+    shares with Monday to a new pack and deleted the old one. The restore met "pack …
+    missing" until `catalog sync` was run by hand."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=300_000)
+    cli(engine, "init")
+    assert cli(engine, "create", "mon", "--tables", f"{dbname}.*").code == 0
+    engine.sql(f"TRUNCATE TABLE {q(dbname)}.events")
+    fill(engine, dbname, rows=200_000)
+    assert cli(engine, "create", "tue", "--tables", f"{dbname}.*").code == 0
+    tuesday = fingerprints(engine, [dbname])
+    assert cli(engine, "delete", "mon").code == 0
+
+    with monkeypatch.context() as other_host:
+        other_host.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'other.sqlite'}")
+        condemned = cli(engine, "gc", "--min-age", "0s", "--repack-below", "1.0", "--json")
+        assert condemned.json()["repack_bytes_written"] > 0, condemned.stderr
+        assert cli(engine, "gc", "--min-age", "0s", "--json").json()["bytes_freed"] > 0
+
+    engine.sql(f"DROP DATABASE {q(dbname)}")
+    result = cli(engine, "restore", "tue")
+    assert result.code == 0, result.stderr
+    assert fingerprints(engine, [dbname]) == tuesday
+
+
 def test_delete_unknown_name_changes_nothing(engine: Engine, dbname: str, cli: Any) -> None:
     create_table(engine, dbname)
     fill(engine, dbname, rows=1000)
