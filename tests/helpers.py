@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +44,25 @@ def after_staging(monkeypatch: pytest.MonkeyPatch, change: Callable[[StagedParts
         return staged
 
     monkeypatch.setattr(RestoreService, "_stage_parts", staged_then_changed)
+
+
+@contextmanager
+def unwritable(directory: Path) -> Iterator[None]:
+    """Nothing can be created in or removed from ``directory`` meanwhile.
+
+    Root ignores mode bits, so as root the directory is made immutable instead.
+    """
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(directory)], check=True)
+    else:
+        directory.chmod(0o500)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        else:
+            directory.chmod(0o700)
 
 
 def flip_byte(path: Path, index: int, mask: int = 0x01) -> None:

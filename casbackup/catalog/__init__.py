@@ -27,6 +27,11 @@ class Catalog:
         self.index.close()
         self.db.close()
 
+    def abandon(self) -> None:
+        """Close, undoing the binding to a repository whose ``init`` failed (CatalogDatabase)."""
+        self.index.close()
+        self.db.abandon()
+
     def __enter__(self) -> Catalog:
         return self
 

@@ -24,7 +24,17 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    event,
+    insert,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -154,16 +164,21 @@ class CatalogDatabase:
     def __init__(self, engine: Engine, location: str) -> None:
         self.engine = engine
         self.location = location
+        self.bound_now = False  # this process gave the catalog its repository
+        self.created_file: Path | None = None  # the SQLite file this process created
 
     @classmethod
     def open(cls, url: str, repository_id: str) -> CatalogDatabase:
         engine = make_engine(url)
         location = redact_url(url)
+        file = _sqlite_file(engine)
+        existed = file is None or file.exists()
         try:
             with database_errors(engine, location):
                 migrate(engine, location)
                 db = cls(engine, location)
                 db._bind_repository(repository_id)
+                db.created_file = None if existed else file
         except SQLAlchemyError as exc:
             # Not the database's answer (a pool timeout...): still one line.
             engine.dispose()
@@ -174,25 +189,6 @@ class CatalogDatabase:
             engine.dispose()
             raise
         return db
-
-    @staticmethod
-    def probe(url: str) -> None:
-        """Connect once and leave: `init` asks before it writes a repository.
-
-        A repository created before its catalog failed could not be
-        initialised again ("already exists") once the URL was fixed.
-        """
-        engine = make_engine(url)
-        try:
-            with (
-                database_errors(
-                    engine, redact_url(url), "check catalog.url (or CASBACKUP_CATALOG)"
-                ),
-                engine.connect(),
-            ):
-                pass
-        finally:
-            engine.dispose()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -226,10 +222,30 @@ class CatalogDatabase:
             )
             if current is None:
                 conn.execute(insert(CatalogMeta).values(key=REPOSITORY_ID_KEY, value=repository_id))
+                self.bound_now = True
             elif current != repository_id:
                 raise CatalogMismatch(
                     location=self.location, catalog_repo=current, repo=repository_id
                 )
+
+    def abandon(self) -> None:
+        """Undo what ``open`` did for a repository that was never written, and close.
+
+        ``init`` binds the catalog before it writes the repository's config, so
+        that a catalog of another repository is refused before the store holds
+        anything. When that write then fails, the next ``init`` draws a new id:
+        a catalog still bound to the lost one would refuse it for good, and a
+        SQLite file named after it (an S3 repository's default) would be left
+        behind for nothing.
+        """
+        if self.bound_now:
+            with self.write() as conn:
+                conn.execute(delete(CatalogMeta).where(CatalogMeta.key == REPOSITORY_ID_KEY))
+            self.bound_now = False
+        self.close()
+        if self.created_file is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.created_file}{suffix}").unlink(missing_ok=True)
 
 
 def migrate(engine: Engine, location: str) -> None:
@@ -297,6 +313,12 @@ def database_errors(engine: Engine, location: str, advice: str = REBUILD_ADVICE)
         if getattr(exc, "connection_invalidated", False) or first.lower() in _TRANSIENT_SQLITE:
             advice = TRANSIENT_ADVICE
         raise CatalogError(detail=f"{location}: {first}; {advice}") from exc
+
+
+def _sqlite_file(engine: Engine) -> Path | None:
+    """The file of a SQLite catalog; None for other databases."""
+    url = engine.url
+    return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 from typing import Annotated
@@ -9,7 +10,6 @@ from typing import Annotated
 import typer
 
 from casbackup.catalog import Catalog
-from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.rebuild import rebuild, sync
 from casbackup.clean import STORE_TEMP_MIN_AGE_S, CleanReport, clean_clickhouse, clean_store
 from casbackup.cli.backups import JsonOption
@@ -17,7 +17,7 @@ from casbackup.cli.context import AppContext
 from casbackup.cli.lifecycle import duration_seconds_cli
 from casbackup.cli.output import emit_json, human_bytes, note
 from casbackup.config import duration_seconds, render_default_config
-from casbackup.errors import ClickHouseError, ExitCode
+from casbackup.errors import CasbackupError, ClickHouseError, ExitCode
 from casbackup.gc import collect_garbage
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
 from casbackup.nightly import gc_settings
@@ -40,15 +40,20 @@ def init(
 ) -> None:
     """Create a repository (and its catalog) at the configured location."""
     app: AppContext = ctx.obj
-    if app.settings.catalog.url:  # a configured catalog's URL and driver, before anything
-        CatalogDatabase.probe(app.settings.catalog.url)
     new_config = Repository.recovered_config if recover else Repository.new_config
     config = new_config(app.store)
-    # The catalog first: one that indexes another repository is refused
-    # before the store holds a config, so a failed init leaves nothing behind.
+    # The catalog first: a bad URL or one that indexes another repository is
+    # refused before the store holds a config, so a failed init writes no
+    # repository; and if writing the config fails, the catalog is let go.
     url = app.settings.catalog_url(config.id)
-    Catalog.open(url, config.id).close()
-    repo = Repository.create(app.store, config)
+    catalog = Catalog.open(url, config.id)
+    try:
+        repo = Repository.create(app.store, config)
+    except BaseException:
+        with contextlib.suppress(CasbackupError):  # the store's error is the one to report
+            catalog.abandon()
+        raise
+    catalog.close()
     if json_output:
         emit_json({"repository": app.store.describe(), "id": repo.id, "catalog": url})
     elif recover:

@@ -21,7 +21,7 @@ from casbackup.errors import ExitCode, StoreFull
 from casbackup.store.local import LocalStore
 from tests.clickhouse.schema import create_realistic, fingerprints, q
 from tests.engines import PROTECTED_PASSWORD, PROTECTED_USER, Engine, ServerEngine, free_port
-from tests.helpers import flip_byte
+from tests.helpers import flip_byte, unwritable
 
 CASBACKUP = [sys.executable, "-m", "casbackup"]
 
@@ -483,6 +483,36 @@ def test_init_with_an_unusable_catalog_url_writes_no_repository(
     assert not (tmp_path / "repo").exists()
     monkeypatch.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'catalog.sqlite'}")
     assert cli(None, "init").code == 0
+
+
+def test_init_that_fails_to_write_the_repository_can_be_run_again(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A configured catalog is bound to the new repository's id before the store is
+    written. When that write failed, the catalog stayed bound to an id no repository
+    has, and every later init was refused: "catalog indexes another repository"."""
+    monkeypatch.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    with unwritable(repo):
+        result = cli(None, "init")
+        assert result.code == ExitCode.TARGET_FILES or result.code == ExitCode.STORE, result
+        one_line_error(result.stderr)
+    assert not (tmp_path / "catalog.sqlite").exists()  # created by this init: removed
+    created = cli(None, "init", "--json")
+    assert created.code == 0, created.stderr
+    assert cli(None, "list", "--json").json() == []
+
+
+def test_init_refused_creates_no_catalog_file(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init of an existing repository is refused before any catalog is opened or created."""
+    assert cli(None, "init").code == 0
+    monkeypatch.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'other.sqlite'}")
+    result = cli(None, "init")
+    assert result.code == ExitCode.CONFLICT
+    assert not (tmp_path / "other.sqlite").exists()
 
 
 def test_no_table_matches(engine: Engine, cli: Any) -> None:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from casbackup.errors import ExitCode, NotAnObject, StoreFull, StorePermissionDenied
 from casbackup.store.local import TEMP_PREFIX, LocalStore
+from tests.helpers import unwritable
 from tests.store.conformance import StoreConformance
 
 
@@ -69,22 +69,12 @@ def test_unwritable_directory_is_permission_error(tmp_path: Path) -> None:
     """Root ignores mode bits, so as root the directory is made immutable instead."""
     store = LocalStore(tmp_path)
     store.put("packs/aa/x", b"1")
-    directory = tmp_path / "packs" / "aa"
-    if os.geteuid() == 0:
-        subprocess.run(["chattr", "+i", str(directory)], check=True)
-    else:
-        directory.chmod(0o500)
-    try:
+    with unwritable(tmp_path / "packs" / "aa"):
         with pytest.raises(StorePermissionDenied) as caught:
             store.put("packs/aa/y", b"2")
         assert "permission denied" in caught.value.message
         with pytest.raises(StorePermissionDenied):
             store.delete("packs/aa/x")
-    finally:
-        if os.geteuid() == 0:
-            subprocess.run(["chattr", "-i", str(directory)], check=True)
-        else:
-            directory.chmod(0o700)
     assert store.get("packs/aa/x") == b"1"
 
 
