@@ -93,12 +93,17 @@ _ENCODE_HINT = (
 )
 
 
-def _invalid(what: str) -> ConfigError:
-    """A URL error that names what is wrong but never echoes the URL: it may hold a password."""
+def _invalid(what: str, scheme: str = "") -> ConfigError:
+    """A URL error that names what is wrong but never echoes the URL: it may hold a password.
+
+    A chdb URL holds no user or password, so the advice to encode one is left out.
+    """
+    if scheme == "chdb":
+        return ConfigError(detail=f"invalid chdb URL: {what} (chdb:///path?config=/file.xml)")
     return ConfigError(detail=f"invalid ClickHouse URL: {what}; {_ENCODE_HINT}")
 
 
-def _query(text: str) -> dict[str, str]:
+def _query(text: str, scheme: str) -> dict[str, str]:
     """``key=value&...``; a field without ``=`` is refused without being echoed (it may be a password's tail)."""
     query: dict[str, str] = {}
     for field_ in text.split("&"):
@@ -106,7 +111,7 @@ def _query(text: str) -> dict[str, str]:
             continue
         key, equals, value = field_.partition("=")
         if not equals:
-            raise _invalid("a query parameter has no value")
+            raise _invalid("a query parameter has no value", scheme)
         query[unquote(key)] = unquote(value)
     return query
 
@@ -131,10 +136,10 @@ def parse_url(url: str) -> ConnectionSpec:
     except ValueError:  # e.g. an unbalanced "[" of an IPv6 host
         raise _invalid("it does not parse") from None
     if "#" in url:
-        raise _invalid("'#' has no meaning in it")
+        raise _invalid("'#' has no meaning in it", parts.scheme)
     if parts.scheme != "chdb" and "@" in parts.path + parts.query:
         raise _invalid("'@' after the host")
-    query = _query(parts.query)
+    query = _query(parts.query, parts.scheme)
     if parts.scheme == "chdb":
         path = unquote(parts.path)
         if parts.netloc or not path.startswith("/"):

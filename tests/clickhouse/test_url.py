@@ -71,3 +71,12 @@ def test_percent_encoded_passwords_and_options_parse() -> None:
 def test_a_chdb_path_may_hold_an_at_sign() -> None:
     spec = parse_url("chdb:///var/lib/a@b?config=/etc/c.xml")
     assert (spec.path, spec.config_file) == ("/var/lib/a@b", "/etc/c.xml")
+
+
+@pytest.mark.parametrize("url", ["chdb:///var/lib/data?config", "chdb:///var/lib/data#x"])
+def test_a_chdb_url_error_gives_no_password_advice(url: str) -> None:
+    """A chdb URL holds no password: the advice to percent-encode one would mislead."""
+    with pytest.raises(ConfigError) as caught:
+        parse_url(url)
+    assert caught.value.message.startswith("configuration error: invalid chdb URL: ")
+    assert "password" not in caught.value.message
