@@ -35,6 +35,7 @@ from casbackup.clickhouse.freeze import (
     remove_table_shadow,
     table_shadow_dirs,
 )
+from casbackup.clickhouse.part_check import check_part
 from casbackup.clickhouse.parts import (
     DiskFile,
     PartName,
@@ -166,6 +167,7 @@ class BackupService:
         self.progress = progress or BackupProgress()
         self.notes: list[str] = []
         self._specs_used: set[str] = set()  # --partitions specs that chose some partition
+        self._source_damage: list[str] = []  # --rehash: parts whose files fail checksums.txt
 
     def run(self) -> BackupReport:
         # Directories asked for are checked before anything is frozen or stored.
@@ -226,6 +228,7 @@ class BackupService:
                     self.progress.table_done(report)
             finally:
                 remove_run_shadow(self.server, freeze_name)
+            warnings += self._source_damage
             warnings += [
                 f"--partitions {spec!r} chose no partition of the tables backed up"
                 for spec in self.options.partitions
@@ -348,6 +351,8 @@ class BackupService:
             snapshot.add_file(result)
             stored[path] = result
             self.progress.advance(result.size)
+        if self.options.rehash:
+            self._check_source(table, [part_dir for _, part_dir, _, sums in frozen if sums])
         parts = []
         for disk_name, part_dir, files, sums in frozen:
             entries = [
@@ -367,6 +372,26 @@ class BackupService:
                 self._describe_part(table, disk_name, part_dir, entries, known.get(part_dir.name))
             )
         return parts
+
+    def _check_source(self, table: TableInfo, part_dirs: list[Path]) -> None:
+        """``--rehash`` reads every file: check the parts against their checksums.txt as well.
+
+        A file that changed on disk since ClickHouse wrote it (bit rot, a tool
+        writing into the data directory) is stored as read, and ClickHouse
+        would refuse the restored part; with the warning the operator learns
+        it now, while older backups still hold the good bytes. Without
+        ``--rehash`` unchanged files are not read at all (their stored content
+        is the one recorded), and new files are what ClickHouse just wrote.
+        The check reads each part once more, from the page cache as a rule.
+        """
+        for part_dir in part_dirs:
+            found = check_part(part_dir)
+            if found.problems:
+                self._source_damage.append(
+                    f"{table.qualified} part {part_dir.name}: {found.problems[0]}"
+                    + (f" (and {len(found.problems) - 1} more)" if len(found.problems) > 1 else "")
+                    + "; backed up as it is on disk"
+                )
 
     @contextlib.contextmanager
     def _fingerprinting(

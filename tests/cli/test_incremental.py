@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from casbackup.catalog import Catalog
+from casbackup.errors import ExitCode
 from casbackup.repo.manifest import Manifest
 from casbackup.repo.repository import Repository
 from casbackup.store.local import LocalStore
 from tests.clickhouse.schema import fingerprints, q
 from tests.engines import Engine
+from tests.helpers import flip_byte
 
 ROWS = 400_000
 
@@ -285,3 +287,25 @@ def test_unchanged_night_reads_almost_nothing(engine: Engine, dbname: str, cli: 
     assert second["read_bytes"] < 0.01 * first["logical_bytes"]
     rehashed = cli(engine, "create", "b3", "--tables", f"{dbname}.*", "--rehash", "--json").json()
     assert rehashed["read_bytes"] == rehashed["logical_bytes"] and rehashed["new_bytes"] == 0
+
+
+def test_rehash_warns_of_a_part_file_that_no_longer_matches_checksums_txt(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """--rehash reads every file anyway; a byte changed on disk since ClickHouse wrote the
+    part (its size and checksums.txt the same) was stored as read, without a word."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=100_000)
+    cli(engine, "init")
+    assert cli(engine, "create", "b1", "--tables", f"{dbname}.*", "--rehash").code == 0
+    [(path,)] = engine.sql(
+        f"SELECT path FROM system.parts WHERE database = '{dbname}' AND active "
+        "ORDER BY bytes_on_disk DESC LIMIT 1"
+    )
+    victim = max(Path(path).glob("*.bin"), key=lambda p: p.stat().st_size)
+    flip_byte(victim, victim.stat().st_size // 2, 0x40)
+    result = cli(engine, "create", "b2", "--tables", f"{dbname}.*", "--rehash")
+    assert result.code == ExitCode.WARNING, result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"part {Path(path).name}: {victim.name} does not match its checksum" in said
+    assert "backed up as it is on disk" in said
