@@ -17,7 +17,14 @@ from sqlalchemy import Connection, delete, select, text, update
 
 from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.index import batched, insert_pack
-from casbackup.catalog.models import CONDEMNED, LIVE, REFERENCED_FILES_SQL, Chunk, Pack
+from casbackup.catalog.models import (
+    COMMITTED,
+    CONDEMNED,
+    LIVE,
+    REFERENCED_FILES_SQL,
+    Chunk,
+    Pack,
+)
 from casbackup.repo.pack import PackEntry
 
 
@@ -93,6 +100,25 @@ WHERE NOT EXISTS (
 """
 
 
+# A committed backup's logical size is the sum of its part files' sizes (the
+# manifest's stats, written from the same parts): less in the rows means some
+# were lost, and with them the references that keep their chunks' packs. One
+# pass over part_files: 0.65-0.8 s on the catalog above with its 1M part files
+# in 1M parts of 100 backups.
+_SHORT_BACKUPS = """
+SELECT count(*), min(b.name)
+FROM backups b
+LEFT JOIN (
+    SELECT bt.backup_id AS backup_id, sum(pf.size) AS total
+    FROM part_files pf
+    JOIN parts p ON p.id = pf.part_id
+    JOIN backup_tables bt ON bt.id = p.table_id
+    GROUP BY bt.backup_id
+) s ON s.backup_id = b.id
+WHERE b.state = :committed AND coalesce(s.total, 0) < b.logical_bytes
+"""
+
+
 def index_gaps(db: CatalogDatabase) -> list[str]:
     """What backups reference that the catalog cannot follow to a pack; empty when whole.
 
@@ -105,6 +131,11 @@ def index_gaps(db: CatalogDatabase) -> list[str]:
     with db.read() as conn:
         files, file_example = conn.execute(text(_INCOMPLETE_FILES)).one()
         chunks, chunk_example = conn.execute(text(_UNINDEXED_CHUNKS)).one()
+        short, short_example = conn.execute(text(_SHORT_BACKUPS), {"committed": COMMITTED}).one()
+    if short:
+        gaps.append(
+            f"{short} backups hold fewer part file bytes than they recorded, e.g. {short_example}"
+        )
     if files:
         gaps.append(f"{files} referenced files have no complete chunk list, e.g. {file_example}")
     if chunks:

@@ -107,6 +107,14 @@ def test_a_rebuild_indexes_everything_but_the_damage(
             "(SELECT file_digest FROM part_files ORDER BY size DESC LIMIT 1)",
             "referenced files have no complete chunk list",
         ),
+        (
+            "DELETE FROM part_files WHERE id = (SELECT id FROM part_files ORDER BY size DESC LIMIT 1)",
+            "hold fewer part file bytes than they recorded",
+        ),
+        (
+            "DELETE FROM parts WHERE id = (SELECT min(id) FROM parts)",
+            "hold fewer part file bytes than they recorded",
+        ),
     ],
 )
 def test_gc_stops_when_the_catalog_lost_index_rows(
