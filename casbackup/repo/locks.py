@@ -31,7 +31,14 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
-from casbackup.errors import LockHeld, LockLost, ObjectExists, ObjectNotFound, ObjectTooLarge
+from casbackup.errors import (
+    LockHeld,
+    LockLost,
+    ObjectExists,
+    ObjectNotFound,
+    ObjectTooLarge,
+    StoreError,
+)
 from casbackup.process import ProcessTag
 from casbackup.repo.keys import LOCKS_PREFIX
 from casbackup.store.base import ObjectStore, get_at_most
@@ -252,6 +259,11 @@ class Lock:
             except ObjectNotFound:
                 self._lost = "the lock object was removed (casbackup unlock?)"
                 return
+            except StoreError:
+                # The store is unreachable for now (it already retried): beat
+                # again later. Ending the thread would let the lease expire
+                # under a live run; check() judges a long outage by the TTL.
+                continue
             if current.id != self.id:
                 self._lost = f"the lock was taken over by {current.describe()}"
                 return

@@ -22,6 +22,7 @@ from casbackup.errors import (
     StorePermissionDenied,
 )
 from casbackup.repo import keys
+from casbackup.repo.locks import Lock
 from casbackup.repo.repository import Repository
 from casbackup.store import expand_macros, open_store, parse_s3_location, s3_options
 from casbackup.store.s3 import MiB, S3Store
@@ -543,3 +544,39 @@ def test_interrupted_backup_rerun_uploads_only_what_is_missing(
             restore_manifest(repo, catalog, repo.read_manifest("b1-again"), tmp_path / "out")
             == expected
         )
+
+
+def test_heartbeat_outlives_a_failed_read_of_its_lock(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """One failed GET of the lock object (the endpoint gone for a moment) must not stop the beats.
+
+    A dead heartbeat thread lets the lease expire under a live backup (other
+    hosts then judge it gone), and the thread's exception ends as a traceback.
+    """
+    store = s3_server.store(s3_bucket, "hb", endpoint=proxy.endpoint, max_attempts=1)
+    failed, resumed = threading.Event(), threading.Event()
+    choose, record = proxy.choose, proxy.record
+
+    def fail_one_read(method: str, path: str) -> str | None:
+        kind = choose(method, path)
+        if kind is not None:
+            failed.set()
+            proxy.set_plan(FaultPlan())
+        return kind
+
+    def beat_after_failure(method: str, path: str, status: int) -> None:
+        record(method, path, status)
+        if failed.is_set() and method == "PUT" and "/locks/" in path and status == 200:
+            resumed.set()
+
+    proxy.choose = fail_one_read  # type: ignore[method-assign]
+    proxy.record = beat_after_failure  # type: ignore[method-assign]
+    lock = Lock(store, "backup", exclusive=False, refresh=0.01).acquire()
+    try:
+        proxy.set_plan(FaultPlan(permanent=True))
+        assert failed.wait(60)
+        assert resumed.wait(60), "the heartbeat stopped after one failed read"
+        lock.check()
+    finally:
+        lock.release()
