@@ -16,7 +16,7 @@ from pathlib import Path
 
 from casbackup.clickhouse.freeze import shadow_root, stale_shadows
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
-from casbackup.errors import ObjectNotFound
+from casbackup.errors import ObjectNotFound, StorePermissionDenied
 from casbackup.process import ProcessTag
 from casbackup.repo.locks import LockRecord, machine_id, read_lock, read_locks
 from casbackup.restore import ATTACHING_PREFIX, TEMP_PREFIX, attaching_part, temp_part_owner
@@ -33,6 +33,7 @@ class CleanReport:
     store_temporaries: int = 0
     stale_locks: list[str] = field(default_factory=list)
     skipped_live: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def clean_clickhouse(
@@ -116,7 +117,13 @@ def clean_store(
 ) -> None:
     """Partial uploads of killed runs (an in-progress upload of a live run is younger than min_age)."""
     if isinstance(store, LeavesTemporaries) and not dry_run:
-        report.store_temporaries = store.remove_stale_temporaries(min_age)
+        try:
+            report.store_temporaries = store.remove_stale_temporaries(min_age)
+        except StorePermissionDenied as exc:
+            # The IAM policy of docs/operations.md grants no
+            # s3:ListBucketMultipartUploads (a bucket lifecycle rule aborts
+            # them instead); the stale locks below are still ours to remove.
+            report.warnings.append(f"skipped stale uploads in the store: {exc.message}")
     # Leases and locks of this host's processes that are gone (pid and start
     # time, no clocks): a backup or run killed with SIGKILL cannot remove its own.
     # Other hosts' are theirs to judge (`unlock` uses the lease TTL for them).

@@ -90,6 +90,9 @@ def clean(
         status = ExitCode.WARNING
     temp_age = min(STORE_TEMP_MIN_AGE_S, margin_s) if broken else STORE_TEMP_MIN_AGE_S
     clean_store(app.store, report, dry_run=dry_run, min_age=temp_age)
+    for warning in report.warnings:
+        note(f"warning: {warning}")
+        status = ExitCode.WARNING
     broken_document: dict[str, object] | None = None
     if broken:
         broken_document = _clean_broken(app, margin_s, dry_run)

@@ -7,6 +7,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blake3 import blake3
@@ -16,6 +17,7 @@ from casbackup.catalog import Catalog
 from casbackup.config import S3Settings, load_settings
 from casbackup.errors import (
     ConfigError,
+    ExitCode,
     ObjectExists,
     ObjectNotFound,
     StoreError,
@@ -580,3 +582,33 @@ def test_heartbeat_outlives_a_failed_read_of_its_lock(
         lock.check()
     finally:
         lock.release()
+
+
+def test_clean_without_permission_to_list_uploads_warns_and_goes_on(
+    s3_auth_server: S3Server,
+    limited_user: tuple[str, str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Any,
+) -> None:
+    """docs/operations.md's IAM policy grants no s3:ListBucketMultipartUploads.
+
+    `clean` then cannot look for stale uploads (a bucket lifecycle rule can
+    abort them); that is a warning (exit 1), not a failure that also skips
+    the stale locks and `--broken` after it.
+    """
+    use_test_credentials(monkeypatch, endpoint=s3_auth_server.endpoint)
+    bucket, access_key, secret_key = limited_user
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
+    result = cli(
+        None,
+        "--clickhouse",
+        "clickhouse://default@127.0.0.1:1",
+        "clean",
+        "--json",
+        repo=f"s3://{bucket}/r",
+    )
+    assert result.code == ExitCode.WARNING, result.stderr
+    assert result.json()["store_temporaries"] == 0
+    assert "skipped stale uploads in the store" in result.stderr and "AccessDenied" in result.stderr
+    assert secret_key not in result.stderr + result.stdout
