@@ -12,6 +12,11 @@ instead, the kinds a real object store produces:
 - ``truncate``: the response is forwarded with its real Content-Length but
   only half its body, then the connection closes.
 
+One more kind is not in ``KINDS`` (a plan names it): ``ignore_range``, the
+request is forwarded without its Range header, so the whole object comes
+back with 200, as from a server or cache that does not do ranges (HTTP
+allows that).
+
 ``fail_after_puts`` turns the proxy into a permanently failing store (500 to
 everything) once that many object PUTs went through, which is how a backup
 gets interrupted half-way for real. Every forwarded request is logged, so a
@@ -166,7 +171,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self._drop()
                 return
             try:
-                status, reason, headers, payload = self._forward(body)
+                status, reason, headers, payload = self._forward(body, kind == "ignore_range")
             except (OSError, http.client.HTTPException):
                 self._drop()
                 return
@@ -204,7 +209,9 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                     self.rfile.readline()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def _forward(self, body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
+        def _forward(
+            self, body: bytes, ignore_range: bool = False
+        ) -> tuple[int, str, list[tuple[str, str]], bytes]:
             for attempt in range(2):  # a kept-alive upstream connection may have gone stale
                 if self.upstream is None:
                     self.upstream = http.client.HTTPConnection(
@@ -217,6 +224,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                     for name, value in self.headers.items():
                         lower = name.lower()
                         if lower in _HOP_BY_HOP or lower in ("expect", "content-length"):
+                            continue
+                        if ignore_range and lower == "range":
                             continue
                         self.upstream.putheader(name, value)
                     self.upstream.putheader("Content-Length", str(len(body)))

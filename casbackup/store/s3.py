@@ -11,7 +11,8 @@ onto S3 like this:
   the key exists, atomically, which is what locks need. A server that ignores
   the header silently breaks exclusive locks (see docs/operations.md); moto
   and AWS S3 honour it.
-- ``get`` is a ranged GET; 416 (offset past the end) is an empty read.
+- ``get`` is a ranged GET; 416 (offset past the end) is an empty read, and
+  a 200 with the whole object (a server that ignores Range) is cut to the range.
 - ``list`` is ListObjectsV2, which returns keys in byte order: sorted.
 - ``delete`` is DeleteObject, which S3 answers with 204 for a missing key.
 
@@ -116,6 +117,14 @@ class S3Options:
 
 class _BrokenBody(Exception):
     """A response body that ended early or arrived damaged; the request is repeated."""
+
+
+@dataclass(frozen=True)
+class _Body:
+    """A GET's bytes; ``ranged`` when the server answered with a Content-Range (206)."""
+
+    body: bytes
+    ranged: bool
 
 
 class _ConditionalConflict(Exception):
@@ -238,7 +247,7 @@ class S3Store:
             reraise=True,
         )
         try:
-            return self._call("GET", key, lambda: retrying(self._read, request))
+            data = self._call("GET", key, lambda: retrying(self._read, request))
         except _BrokenBody as exc:
             raise StoreError(
                 detail=f"GET {self._url(key)}: response body broken on all "
@@ -248,8 +257,13 @@ class S3Store:
             if exc.fields.get("code") == "InvalidRange":
                 return b""  # the range starts at or past the end of the object
             raise
+        if data.ranged:
+            return data.body
+        # HTTP lets a server (or a cache before it) ignore Range and answer
+        # 200 with the whole object: cut the range out here.
+        return data.body[offset : None if length is None else offset + length]
 
-    def _read(self, request: dict[str, str]) -> bytes:
+    def _read(self, request: dict[str, str]) -> _Body:
         response = self._client.get_object(**request)
         body = response["Body"]
         try:
@@ -266,7 +280,7 @@ class S3Store:
         expected = _expected_length(response)
         if expected is not None and len(data) != expected:
             raise _BrokenBody(f"{len(data)} of {expected} bytes")
-        return bytes(data)
+        return _Body(bytes(data), ranged=bool(response.get("ContentRange")))
 
     def stat(self, key: str) -> ObjectInfo:
         name = self._name(key)

@@ -612,3 +612,22 @@ def test_clean_without_permission_to_list_uploads_warns_and_goes_on(
     assert result.json()["store_temporaries"] == 0
     assert "skipped stale uploads in the store" in result.stderr and "AccessDenied" in result.stderr
     assert secret_key not in result.stderr + result.stdout
+
+
+def test_a_server_that_ignores_range_still_gives_the_range(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """HTTP lets a server (or a cache before it) answer a ranged GET with 200 and the whole object.
+
+    Taking that body for the range made every chunk read of a restore a
+    whole pack, and the trailer probe "truncated": sound packs reported corrupt.
+    """
+    store = s3_server.store(s3_bucket, "r", endpoint=proxy.endpoint)
+    data = random.Random(5).randbytes(100_000)
+    store.put("obj", data)
+    proxy.set_plan(FaultPlan(rate=1.0, kinds=("ignore_range",), methods=("GET",)))
+    for offset, length in [(5, 10), (0, 1), (99_990, None), (99_990, 100), (100_000, 5)]:
+        end = None if length is None else offset + length
+        assert store.get("obj", offset, length) == data[offset:end]
+    assert store.get("obj") == data
+    assert proxy.log.faults["ignore_range"] >= 6
