@@ -461,7 +461,7 @@ def _make_client(options: S3Options) -> Any:
     except ValueError:  # botocore's "Invalid endpoint: <url>", the only ValueError it raises here
         source = (
             "[s3] endpoint_url"
-            if options.endpoint_url
+            if options.endpoint_url is not None  # an empty one too: botocore refuses it
             else "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (or endpoint_url in the AWS config file)"
         )
         raise ConfigError(

@@ -240,6 +240,8 @@ def test_access_denied_is_permission_denied(
     [
         ({"endpoint_url": "127.0.0.1:19420"}, {}, "[s3] endpoint_url"),
         ({"endpoint_url": "http://"}, {}, "[s3] endpoint_url"),
+        # Empty, and a valid one in the environment: the config's is the one refused.
+        ({"endpoint_url": ""}, {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:1"}, "[s3] endpoint_url"),
         ({"endpoint_url": f"http://{ACCESS_KEY}:{SECRET_KEY}@"}, {}, "[s3] endpoint_url"),
         ({}, {"AWS_ENDPOINT_URL_S3": "127.0.0.1:19420"}, "AWS_ENDPOINT_URL_S3"),
         ({}, {"AWS_ENDPOINT_URL": "http://"}, "AWS_ENDPOINT_URL"),
