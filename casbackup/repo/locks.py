@@ -21,6 +21,7 @@ suspended past its TTL notices (``check``) and refuses to commit.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -43,9 +44,12 @@ from casbackup.process import ProcessTag
 from casbackup.repo.keys import LOCKS_PREFIX
 from casbackup.store.base import ObjectStore, get_at_most
 
+log = logging.getLogger(__name__)
+
 # A lock object is about 300 bytes of JSON (host names, a backup name); a
 # larger one is read no further and counts as unreadable, hence stale.
 MAX_LOCK_BYTES = 64 * 1024
+
 DEFAULT_TTL = 15 * 60.0
 DEFAULT_REFRESH = 60.0
 
@@ -196,11 +200,22 @@ class Lock:
         return self
 
     def release(self) -> None:
+        """Stop beating and remove the object; a store that refuses leaves it to go stale.
+
+        A release runs on the way out of a run, often because the store just
+        failed it. Raising here would replace that error (or a committed
+        backup's success) with this one and skip the caller's own cleanup.
+        The object left behind is stale as soon as this process is gone:
+        ``clean`` removes it, other hosts ignore it after the TTL.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self._lost is None:
-            self.store.delete(self.key)
+            try:
+                self.store.delete(self.key)
+            except StoreError as exc:
+                log.warning("could not remove %s (clean removes it): %s", self.key, exc.message)
 
     def check(self) -> None:
         """Raise unless this lock is provably still ours.

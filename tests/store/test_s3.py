@@ -633,3 +633,39 @@ def test_a_server_that_ignores_range_still_gives_the_range(
         assert store.get("obj", offset, length) == data[offset:end]
     assert store.get("obj") == data
     assert proxy.log.faults["ignore_range"] >= 6
+
+
+def test_a_lease_that_cannot_be_removed_hides_neither_the_failure_nor_the_name(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """The store fails a backup, and then the DELETE of its lease fails too.
+
+    That second error replaced the first (the operator read "DELETE
+    locks/backup-…" for a failed pack upload), and it skipped forgetting the
+    run's catalog row: `create` with the same name then said the backup
+    already exists, though no manifest was ever written.
+    """
+    expected = make_tree(tmp_path / "src", seed=5)
+    store = s3_server.store(
+        s3_bucket,
+        "rel",
+        endpoint=proxy.endpoint,
+        max_attempts=2,
+        multipart_threshold=5 * MiB,
+        multipart_chunk=5 * MiB,
+    )
+    repo = Repository.init(store)
+    with Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}", repo.id) as catalog:
+        # Pack uploads in parts (their POSTs) fail, and so does every DELETE.
+        proxy.set_plan(FaultPlan(rate=1.0, kinds=("500",), methods=("POST", "DELETE")))
+        with pytest.raises(StoreError) as caught:
+            snapshot_directory(repo, catalog, "b1", tmp_path / "src", pack_size=6 * MiB)
+        assert caught.value.message.startswith(
+            f"object store error: PUT s3://{s3_bucket}/rel/packs/"
+        )
+        proxy.set_plan(FaultPlan())
+        snapshot_directory(repo, catalog, "b1", tmp_path / "src", pack_size=6 * MiB)
+        assert repo.list_backup_names() == ["b1"]
+        assert (
+            restore_manifest(repo, catalog, repo.read_manifest("b1"), tmp_path / "out") == expected
+        )
