@@ -42,6 +42,13 @@ def open_store(
         settings = s3 or S3Settings()
         bucket, prefix = parse_s3_location(expand_macros(location, settings.macros, server_macros))
         return S3Store(bucket, prefix, s3_options(settings))
+    if location[:3].lower() == "s3:":
+        # Not a relative directory named "s3:": a nightly job would back up
+        # to this host's disk while its operator believes it goes to S3.
+        raise ConfigError(
+            detail=f"repository location {location!r} is not s3://bucket/prefix "
+            f"(a local directory by that name: ./{location})"
+        )
     if "://" in location and not location.startswith("file://"):
         raise ConfigError(
             detail=f"unsupported repository location {location!r} (use a path or s3://bucket/prefix)"

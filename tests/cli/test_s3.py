@@ -227,3 +227,21 @@ def test_verbose_logs_never_carry_aws_credentials(
     assert listed.code == 0, listed.stderr
     assert caplog.records  # -vv did log
     assert "SessionTokenSECRET123" not in caplog.text + listed.stderr + listed.stdout
+
+
+@pytest.mark.parametrize("location", ["s3:/bucket/prefix", "s3:bucket/prefix", "S3:/bucket"])
+def test_a_mistyped_s3_location_is_not_a_local_directory(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str
+) -> None:
+    """`s3:/bucket/prefix` (one slash) once made a local repository under ./s3:/ and said so.
+
+    A nightly job with that typo backs up to the ClickHouse host's own disk
+    while its operator believes the backups are in S3.
+    """
+    monkeypatch.chdir(tmp_path)
+    result = cli(None, "init", repo=location)
+    assert result.code == ExitCode.CONFIG, result.stdout
+    assert result.stderr.count("\n") == 1 and "s3://bucket/prefix" in result.stderr
+    assert not any(tmp_path.iterdir())
+    # A directory whose name starts that way is still reachable as a path.
+    assert cli(None, "init", repo=f"./{location}").code == 0
