@@ -327,21 +327,29 @@ class S3Store:
             if page is None:
                 return aborted
             for upload in page.get("Uploads", ()):
-                if upload["Initiated"] < cutoff:
-                    self._abort_upload(str(upload["Key"]), str(upload["UploadId"]))
+                if upload["Initiated"] < cutoff and self._abort_upload(
+                    str(upload["Key"]), str(upload["UploadId"])
+                ):
                     aborted += 1
 
     def remove_stale_temporaries(self, older_than_seconds: float) -> int:
         return self.abort_stale_uploads(older_than_seconds)
 
-    def _abort_upload(self, name: str, upload_id: str) -> None:
-        self._call(
-            "ABORT",
-            name[len(self._root) :],
-            lambda: self._client.abort_multipart_upload(
-                Bucket=self.bucket, Key=name, UploadId=upload_id
-            ),
-        )
+    def _abort_upload(self, name: str, upload_id: str) -> bool:
+        """Abort one upload; False if it was gone already (another host's clean, or completed)."""
+        try:
+            self._call(
+                "ABORT",
+                name[len(self._root) :],
+                lambda: self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=name, UploadId=upload_id
+                ),
+            )
+        except StoreError as exc:
+            if exc.fields.get("code") == "NoSuchUpload":
+                return False
+            raise
+        return True
 
     def close(self) -> None:
         with self._transfer_lock:

@@ -669,3 +669,29 @@ def test_a_lease_that_cannot_be_removed_hides_neither_the_failure_nor_the_name(
         assert (
             restore_manifest(repo, catalog, repo.read_manifest("b1"), tmp_path / "out") == expected
         )
+
+
+def test_an_upload_aborted_by_another_host_meanwhile_is_not_an_error(
+    s3_server: S3Server, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """Two hosts' `clean` list the same stale upload; the second abort meets 404 NoSuchUpload.
+
+    (So does an upload that completed between the listing and the abort.)
+    The upload is gone either way, which is what clean wanted: like a
+    DELETE of a missing key, not a failure of the whole command.
+    """
+    store = s3_server.store(s3_bucket, "two", endpoint=proxy.endpoint)
+    client = s3_server.client()
+    started = client.create_multipart_upload(Bucket=s3_bucket, Key="two/packs/aa/killed")
+    record = proxy.record
+
+    def other_host_aborts_after_listing(method: str, path: str, status: int) -> None:
+        record(method, path, status)
+        if method == "GET" and "uploads" in path:
+            client.abort_multipart_upload(
+                Bucket=s3_bucket, Key="two/packs/aa/killed", UploadId=started["UploadId"]
+            )
+
+    proxy.record = other_host_aborts_after_listing  # type: ignore[method-assign]
+    assert store.abort_stale_uploads(older_than_seconds=3600) == 0
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
