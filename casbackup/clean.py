@@ -116,9 +116,9 @@ def clean_store(
     min_age: float = STORE_TEMP_MIN_AGE_S,
 ) -> None:
     """Partial uploads of killed runs (an in-progress upload of a live run is younger than min_age)."""
-    if isinstance(store, LeavesTemporaries) and not dry_run:
+    if isinstance(store, LeavesTemporaries):
         try:
-            report.store_temporaries = store.remove_stale_temporaries(min_age)
+            report.store_temporaries = store.remove_stale_temporaries(min_age, dry_run=dry_run)
         except StorePermissionDenied as exc:
             # The IAM policy of docs/operations.md grants no
             # s3:ListBucketMultipartUploads (a bucket lifecycle rule aborts

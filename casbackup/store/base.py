@@ -84,10 +84,13 @@ class LeavesTemporaries(Protocol):
 
     A local store leaves temporary files beside their targets; S3 keeps the
     parts of a multipart upload that was never completed (and bills them).
-    ``casbackup clean`` removes what is older than any live write can be.
+    ``casbackup clean`` removes what is older than any live write can be;
+    ``dry_run`` only counts it, for ``clean --dry-run``.
     """
 
-    def remove_stale_temporaries(self, older_than_seconds: float) -> int: ...
+    def remove_stale_temporaries(
+        self, older_than_seconds: float, *, dry_run: bool = False
+    ) -> int: ...
 
 
 def get_at_most(store: ObjectStore, key: str, limit: int, what: str) -> bytes:

@@ -177,8 +177,8 @@ class LocalStore:
 
     # --- maintenance -----------------------------------------------------------
 
-    def remove_stale_temporaries(self, older_than_seconds: float) -> int:
-        """Delete temporary files left by puts that were killed, returning how many."""
+    def remove_stale_temporaries(self, older_than_seconds: float, *, dry_run: bool = False) -> int:
+        """Delete temporary files left by puts that were killed (or count them), returning how many."""
         removed = 0
         cutoff = time.time() - older_than_seconds
         for dirpath, _dirnames, filenames in os.walk(self.root):
@@ -188,7 +188,8 @@ class LocalStore:
                 path = os.path.join(dirpath, name)
                 try:
                     if os.stat(path).st_mtime < cutoff:
-                        os.unlink(path)
+                        if not dry_run:
+                            os.unlink(path)
                         removed += 1
                 except FileNotFoundError:
                     continue

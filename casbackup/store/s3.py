@@ -309,8 +309,8 @@ class S3Store:
 
     # --- maintenance -----------------------------------------------------------
 
-    def abort_stale_uploads(self, older_than_seconds: float) -> int:
-        """Abort multipart uploads under the prefix that a killed process left, returning how many.
+    def abort_stale_uploads(self, older_than_seconds: float, *, dry_run: bool = False) -> int:
+        """Abort (or count) multipart uploads under the prefix that a killed process left.
 
         S3 keeps (and bills) the parts of an upload that was neither completed
         nor aborted; a bucket lifecycle rule (AbortIncompleteMultipartUpload)
@@ -327,13 +327,13 @@ class S3Store:
             if page is None:
                 return aborted
             for upload in page.get("Uploads", ()):
-                if upload["Initiated"] < cutoff and self._abort_upload(
-                    str(upload["Key"]), str(upload["UploadId"])
+                if upload["Initiated"] < cutoff and (
+                    dry_run or self._abort_upload(str(upload["Key"]), str(upload["UploadId"]))
                 ):
                     aborted += 1
 
-    def remove_stale_temporaries(self, older_than_seconds: float) -> int:
-        return self.abort_stale_uploads(older_than_seconds)
+    def remove_stale_temporaries(self, older_than_seconds: float, *, dry_run: bool = False) -> int:
+        return self.abort_stale_uploads(older_than_seconds, dry_run=dry_run)
 
     def _abort_upload(self, name: str, upload_id: str) -> bool:
         """Abort one upload; False if it was gone already (another host's clean, or completed)."""

@@ -245,3 +245,23 @@ def test_a_mistyped_s3_location_is_not_a_local_directory(
     assert not any(tmp_path.iterdir())
     # A directory whose name starts that way is still reachable as a path.
     assert cli(None, "init", repo=f"./{location}").code == 0
+
+
+def test_clean_dry_run_counts_the_uploads_clean_would_abort(
+    cli: Any, s3_server: S3Server, s3_env: str, state_dir: Path
+) -> None:
+    """`clean --dry-run` said "nothing to clean" where `clean` then aborted uploads."""
+    location = f"s3://{s3_env}/dry"
+    assert cli(None, "init", repo=location).code == 0
+    client = s3_server.client()
+    client.create_multipart_upload(Bucket=s3_env, Key="dry/packs/ab/killed-upload")
+    nowhere = ("--clickhouse", "clickhouse://default@127.0.0.1:1")  # ClickHouse is not the point
+    dry = cli(None, *nowhere, "clean", "--dry-run", "--json", repo=location)
+    assert dry.code == ExitCode.WARNING, dry.stderr
+    assert dry.json()["store_temporaries"] == 1
+    assert len(client.list_multipart_uploads(Bucket=s3_env).get("Uploads", [])) == 1
+    text = cli(None, *nowhere, "clean", "--dry-run", repo=location)
+    assert "would remove 1 temporary files in the store" in text.stdout
+    cleaned = cli(None, *nowhere, "clean", "--json", repo=location)
+    assert cleaned.json()["store_temporaries"] == 1
+    assert client.list_multipart_uploads(Bucket=s3_env).get("Uploads", []) == []
