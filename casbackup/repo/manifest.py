@@ -66,9 +66,10 @@ _UNPACK_BUFFER = 2 * MAX_STRING_BYTES
 _READ_SIZE = MiB
 
 # ClickHouse part names: partition id, block numbers, level, mutation, joined by
-# '_' (partition ids may hold '-'). ATTACH PART refuses '/' and the prefixes
-# 'attaching_'/'deleting_' (see CLICKHOUSE.md).
-_PART_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+# '_' (partition ids may hold '-', and begin with it: a negative integer key's
+# partition id is the number, so `PARTITION BY k` with k = -1 writes `-1_5_5_0`).
+# ATTACH PART refuses '/' and the prefixes 'attaching_'/'deleting_' (see CLICKHOUSE.md).
+_PART_NAME = re.compile(r"^(?=.{1,255}$)-?[A-Za-z0-9][A-Za-z0-9_-]*$")
 _PATH_COMPONENT = re.compile(r"^[^/\x00]{1,255}$")
 
 

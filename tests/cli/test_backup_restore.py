@@ -492,3 +492,29 @@ def test_table_names_that_look_like_markup_are_printed_as_they_are(
     verified = cli(engine, "verify", "b", "--restore")
     assert verified.code == 0, verified.stderr
     assert f"{dbname}.[/]bad" in verified.stdout + verified.stderr
+
+
+def test_negative_partition_ids_round_trip(engine: Engine, dbname: str, cli: Any) -> None:
+    """`PARTITION BY k` with k < 0: the partition id is the number, so part names start with '-'
+    (`-1_5_5_0`); create refused them as unsafe paths (exit 15), so such a table had no backup."""
+    db = q(dbname)
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(
+        f"CREATE TABLE {db}.t (k Int8, v String) ENGINE = MergeTree PARTITION BY k ORDER BY v"
+    )
+    engine.sql(f"INSERT INTO {db}.t SELECT toInt8(number) - 3, toString(number) FROM numbers(6)")
+    before = fingerprints(engine, [dbname])
+    cli(engine, "init")
+    created = cli(engine, "create", "b", "--tables", f"{dbname}.*")
+    assert created.code == 0, created.stderr
+    verified = cli(engine, "verify", "b", "--restore")
+    assert verified.code == 0, verified.stdout + verified.stderr
+    copy = f"{dbname}_copy"
+    restored = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}")
+    assert restored.code == 0, restored.stderr
+    after = {k.replace(copy, dbname, 1): v for k, v in fingerprints(engine, [copy]).items()}
+    assert after == before
+    partial = cli(engine, "restore", "b", "--as", f"{dbname}:{dbname}_2", "--partitions=-2")
+    assert partial.code == 0, partial.stderr
+    assert engine.sql(f"SELECT k, v FROM {q(dbname + '_2')}.t") == [(-2, "1")]
+    drop_databases(engine, dbname, copy, f"{dbname}_2")

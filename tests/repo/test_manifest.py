@@ -185,7 +185,7 @@ def test_unsafe_paths_refused(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["../x", "a/b", "attaching_1_1_1_0", "deleting_x", "", "tmp_merge_1"]
+    "name", ["../x", "a/b", "attaching_1_1_1_0", "deleting_x", "", "tmp_merge_1", "-", "--1_1_1_0"]
 )
 def test_unsafe_part_names_refused(name: str) -> None:
     doc = _raw_doc(_sample())
