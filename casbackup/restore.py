@@ -38,6 +38,7 @@ from casbackup.clickhouse.sql import (
     quote_identifier,
     rename_databases,
     rename_dictionary_source,
+    rename_engine_database,
     set_create_target,
     statement_kind,
 )
@@ -529,7 +530,7 @@ class RestoreService:
         mapping = {k: v for k, v in self.options.database_map.items() if k != v}
         in_place = item.database == entry.database and not mapping
         renamed = rename_databases(entry.create_sql, mapping, self.backed_up)
-        sql = rename_dictionary_source(renamed, mapping)
+        sql = rename_engine_database(rename_dictionary_source(renamed, mapping), mapping)
         uuid = entry.uuid if in_place and self.server.info.has_uuids else None
         statement = set_create_target(sql, item.database, item.name, uuid=uuid)
         try:

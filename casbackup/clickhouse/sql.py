@@ -342,3 +342,61 @@ def rename_dictionary_source(sql: str, mapping: Mapping[str, str]) -> str:
             if current in mapping:
                 tokens[idx[pos + 1]] = Token(Kind.STRING, quote_string(mapping[current]))
     return "".join(t.text for t in tokens)
+
+
+# Table engines whose arguments name a database, and which argument it is
+# (0-based): the server keeps it as a string literal (26.x writes
+# `Buffer('db', 't', …)` whatever was typed) or as a bare identifier (18.16).
+# Dictionary's one argument is the string 'db.dictionary'.
+_ENGINE_DATABASE_ARGUMENT = {"Buffer": 0, "Merge": 0, "Distributed": 1, "Dictionary": 0}
+
+
+def rename_engine_database(sql: str, mapping: Mapping[str, str]) -> str:
+    """Map the database a Buffer, Merge, Distributed or Dictionary table points at.
+
+    ``rename_databases`` sees only ``db.name`` pairs, and these engines name
+    their database as an argument of its own: a copy restored with ``--as``
+    would otherwise flush its buffer into, or read, the original database.
+    An argument that is an expression (``REGEXP('^shop')``,
+    ``currentDatabase()``) is left as it is.
+    """
+    if not mapping:
+        return sql
+    tokens = list(tokenize(sql))
+    idx = _significant(tokens)
+    for pos in range(len(idx) - 3):
+        if tokens[idx[pos]].text.upper() != "ENGINE" or tokens[idx[pos + 1]].text != "=":
+            continue
+        engine = tokens[idx[pos + 2]].text
+        if engine not in _ENGINE_DATABASE_ARGUMENT or tokens[idx[pos + 3]].text != "(":
+            continue
+        arguments: list[list[int]] = [[]]
+        depth = 0
+        for i in idx[pos + 4 :]:
+            text = tokens[i].text
+            if depth == 0 and text == ")":
+                break
+            if depth == 0 and text == ",":
+                arguments.append([])
+                continue
+            if tokens[i].kind is Kind.PUNCT and text in "([":
+                depth += 1
+            elif tokens[i].kind is Kind.PUNCT and text in ")]":
+                depth -= 1
+            arguments[-1].append(i)
+        wanted = _ENGINE_DATABASE_ARGUMENT[engine]
+        if wanted >= len(arguments) or len(arguments[wanted]) != 1:
+            continue
+        i = arguments[wanted][0]
+        token = tokens[i]
+        if token.kind is Kind.STRING:
+            value = _unescape(token.text[1:-1])
+            if engine == "Dictionary":
+                database, dot, rest = value.partition(".")
+                if dot and database in mapping:
+                    tokens[i] = Token(Kind.STRING, quote_string(f"{mapping[database]}.{rest}"))
+            elif value in mapping:
+                tokens[i] = Token(Kind.STRING, quote_string(mapping[value]))
+        elif (name := token.identifier) is not None and name in mapping:
+            tokens[i] = Token(Kind.QUOTED, quote_identifier(mapping[name]))
+    return "".join(t.text for t in tokens)

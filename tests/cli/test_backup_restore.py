@@ -518,3 +518,30 @@ def test_negative_partition_ids_round_trip(engine: Engine, dbname: str, cli: Any
     assert partial.code == 0, partial.stderr
     assert engine.sql(f"SELECT k, v FROM {q(dbname + '_2')}.t") == [(-2, "1")]
     drop_databases(engine, dbname, copy, f"{dbname}_2")
+
+
+def test_restore_as_points_buffer_and_merge_tables_at_the_copy(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """Buffer and Merge name their database as an engine argument (a string on 26.x), not as
+    `db.table`: a copy restored with --as flushed its buffer into, and merged, the original."""
+    db = q(dbname)
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(f"CREATE TABLE {db}.base (k UInt32) ENGINE = MergeTree ORDER BY k")
+    engine.sql(f"INSERT INTO {db}.base SELECT number FROM numbers(10)")
+    engine.sql(f"CREATE TABLE {db}.merged AS {db}.base ENGINE = Merge({db}, '^base$')")
+    engine.sql(
+        f"CREATE TABLE {db}.buf AS {db}.base "
+        f"ENGINE = Buffer({db}, base, 1, 3600, 3600, 1000000, 1000000, 100000000, 100000000)"
+    )
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    copy = f"{dbname}_copy"
+    restored = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}")
+    assert restored.code == 0, restored.stderr
+    engine.sql(f"INSERT INTO {q(copy)}.buf SELECT 100")
+    engine.sql(f"OPTIMIZE TABLE {q(copy)}.buf")  # flushes the buffer now
+    assert engine.value(f"SELECT count() FROM {db}.base") == 10  # the original is left alone
+    assert engine.value(f"SELECT count() FROM {q(copy)}.base") == 11
+    assert engine.value(f"SELECT count() FROM {q(copy)}.merged") == 11
+    drop_databases(engine, dbname, copy)

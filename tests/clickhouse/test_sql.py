@@ -170,3 +170,47 @@ def test_rename_dictionary_source_database() -> None:
     assert rename_dictionary_source("CREATE TABLE a.b (DB String) ENGINE = Log", {"a": "x"}) == (
         "CREATE TABLE a.b (DB String) ENGINE = Log"
     )
+
+
+@pytest.mark.parametrize(
+    ("engine", "renamed"),
+    [
+        # 26.x writes the arguments as strings, 18.16 keeps the identifiers it was given.
+        (
+            "Buffer('shop', 'base', 1, 10, 100, 10, 100, 10000, 100000)",
+            "Buffer('shop copy', 'base',",
+        ),
+        ("Buffer(shop, base, 1, 10, 100, 10, 100, 10000, 100000)", "Buffer(`shop copy`, base,"),
+        ("Merge('shop', '^base$')", "Merge('shop copy', '^base$')"),
+        ("Merge(shop, '^base$')", "Merge(`shop copy`, '^base$')"),
+        (
+            "Distributed('c', 'shop', 'base', rand())",
+            "Distributed('c', 'shop copy', 'base', rand())",
+        ),
+        ("Distributed(c, shop, base)", "Distributed(c, `shop copy`, base)"),
+        ("Dictionary('shop.d')", "Dictionary('shop copy.d')"),
+    ],
+)
+def test_rename_engine_database(engine: str, renamed: str) -> None:
+    from casbackup.clickhouse.sql import rename_engine_database
+
+    sql = f"CREATE TABLE shop.t (`k` UInt32) ENGINE = {engine}"
+    assert renamed in rename_engine_database(sql, {"shop": "shop copy"})
+    assert rename_engine_database(sql, {"other": "x"}) == sql
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "Merge(REGEXP('^shop'), '^base$')",  # an expression: left alone
+        "Buffer('other', 'shop', 1, 10, 100, 10, 100, 10000, 100000)",  # a table named shop
+        "Distributed('shop', 'other', 'shop')",  # a cluster named shop
+        "MergeTree ORDER BY tuple() SETTINGS storage_policy = 'shop'",
+        "Log COMMENT 'shop'",
+    ],
+)
+def test_rename_engine_database_leaves_other_arguments(engine: str) -> None:
+    from casbackup.clickhouse.sql import rename_engine_database
+
+    sql = f"CREATE TABLE x.t (`k` UInt32) ENGINE = {engine}"
+    assert rename_engine_database(sql, {"shop": "shop copy"}) == sql
