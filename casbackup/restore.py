@@ -99,6 +99,10 @@ class RestoreOptions:
     # synced before the restore). Sync once and look the chunks up again.
     # verify leaves this off: it reports the catalog as it is, never repairs it.
     follow_repacks: bool = False
+    # Leave the restored table's merges stopped (verify's scratch tables): a
+    # merge may change what a check then reads, e.g. a TTL merge dropping rows
+    # that had expired at backup time but were still in the parts.
+    keep_merges_stopped: bool = False
 
 
 @dataclass
@@ -752,7 +756,7 @@ class RestoreService:
         try:
             yield
         finally:
-            if paused:
+            if paused and not self.options.keep_merges_stopped:
                 with contextlib.suppress(ClickHouseError):
                     self.server.execute(f"SYSTEM START MERGES {name}")
 
