@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from typing import Protocol, TypeVar
 
+from casbackup.clickhouse.sql import Kind, quote_string, tokenize, unquote_string
+
 
 class Named(Protocol):
     @property
@@ -68,8 +70,27 @@ def spec_applies(spec: str, database: str, table: str) -> bool:
 def spec_selects(spec: str, database: str, table: str, partition_id: str, value: str) -> bool:
     """Whether one spec chooses this table's partition."""
     _, wanted = _split_scope(spec)
-    return spec_applies(spec, database, table) and (
-        wanted in (partition_id, value) or (value.startswith("'") and value.strip("'") == wanted)
+    values = {partition_id, value}
+    if value.startswith(("'", "(")):
+        values.add(_canonical(value))
+    return spec_applies(spec, database, table) and bool({wanted, _canonical(wanted)} & values)
+
+
+def _canonical(value: str) -> str:
+    """A partition value written as SQL, in the form system.parts prints it.
+
+    Both engines print a single string or date key bare (``eu``,
+    ``2024-01-01``) and a tuple without spaces (``('eu',3)``); an operator
+    writes ``'eu'`` or ``('eu', 3)``. Spaces between tokens go and each string
+    literal is written one way; a lone string literal loses its quotes.
+    """
+    tokens = [t for t in tokenize(value.strip()) if t.kind is not Kind.SPACE]
+    literal = [t.kind is Kind.STRING and len(t.text) > 1 and t.text[-1] == "'" for t in tokens]
+    if literal == [True]:
+        return unquote_string(tokens[0].text)
+    return "".join(
+        quote_string(unquote_string(t.text)) if is_literal else t.text
+        for t, is_literal in zip(tokens, literal, strict=True)
     )
 
 

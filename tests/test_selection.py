@@ -43,6 +43,18 @@ def test_split_specs_of_plain_ids_is_a_plain_split(ids: list[str]) -> None:
         ("db.t:202402", "db", "other", "202401", "202401", False),  # restore: nothing
         ("db.*:202401", "db", "other", "202401", "202401", True),
         ("('eu', 3)", "db", "t", "f00", "('eu', 3)", True),
+        # How both engines print values: a lone string or date bare, a tuple without spaces.
+        ("'eu'", "db", "t", "a1b2c3", "eu", True),
+        ("'us'", "db", "t", "a1b2c3", "eu", False),
+        ("'a/b'", "db", "t", "f00", "a/b", True),
+        ("'it\\'s'", "db", "t", "f00", "it's", True),
+        ("'it''s'", "db", "t", "f00", "it's", True),
+        ("''", "db", "t", "f00", "", True),
+        ("'2024-01-01'", "db", "t", "20240101", "2024-01-01", True),
+        ("('eu', 3)", "db", "t", "f00", "('eu',3)", True),
+        ("('eu', -3, '2024-01-01')", "db", "t", "f00", "('eu',-3,'2024-01-01')", True),
+        ("('eu', 4)", "db", "t", "f00", "('eu',3)", False),
+        ("db.t:('us, x', 4)", "db", "t", "f00", "('us, x',4)", True),
         # A time value holds colons; without a db.table scope it is the whole spec.
         ("'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-01 00:00:00'", True),
         ("db.t:'2024-01-01 00:00:00'", "db", "t", "f00", "'2024-01-01 00:00:00'", True),

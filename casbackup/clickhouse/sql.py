@@ -28,6 +28,12 @@ def quote_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def unquote_string(literal: str) -> str:
+    """The value of a quoted string literal (``'it\\'s'`` or ``'it''s'``)."""
+    quote = literal[0]
+    return _unescape(literal[1:-1].replace(quote * 2, "\\" + quote))
+
+
 def qualified(database: str, table: str) -> str:
     return f"{quote_identifier(database)}.{quote_identifier(table)}"
 

@@ -456,6 +456,46 @@ def test_scoped_partitions_leave_other_tables_whole_and_a_spec_choosing_nothing_
     assert "--partitions '202403' chose no partition of the tables restored" in nothing.stderr
 
 
+def test_partitions_by_value_as_operations_md_writes_them(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """`--partitions "'eu'"` and `"('eu', 3)"`: both engines print such values as `eu` and
+    `('eu',3)` in system.parts, and those forms chose nothing (exit 1, nothing restored)."""
+    db = q(dbname)
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(
+        f"CREATE TABLE {db}.s (r String, v UInt8) ENGINE = MergeTree PARTITION BY r ORDER BY v"
+    )
+    engine.sql(
+        f"INSERT INTO {db}.s SELECT 'eu', 1 UNION ALL SELECT 'a/b', 2 UNION ALL SELECT 'it''s', 3"
+    )
+    engine.sql(
+        f"CREATE TABLE {db}.t (r String, n Int16, v UInt8) "
+        "ENGINE = MergeTree PARTITION BY (r, n) ORDER BY v"
+    )
+    engine.sql(f"INSERT INTO {db}.t SELECT 'eu', 3, 1 UNION ALL SELECT 'us, x', -4, 2")
+    cli(engine, "init")
+    created = cli(
+        engine, "create", "b", "--tables", f"{dbname}.*", "--partitions", "'eu',('eu', 3)"
+    )
+    assert created.code == 0, created.stderr
+    assert engine.sql(f"SELECT count() FROM {db}.s") == [(3,)]  # the backup holds less
+    assert [t["rows"] for t in cli(engine, "show", "b", "--json").json()["tables"]] == [1, 1]
+    assert cli(engine, "create", "full", "--tables", f"{dbname}.*").code == 0
+    for spec, table, rows in (
+        ("'a/b'", "s", [("a/b", 2)]),
+        ("'it\\'s'", "s", [("it's", 3)]),
+        ("('us, x', -4)", "t", [("us, x", -4, 2)]),
+    ):
+        copy = f"{dbname}_copy"
+        drop = f"DROP DATABASE IF EXISTS {q(copy)}"
+        engine.sql(drop)
+        restored = cli(engine, "restore", "full", "--as", f"{dbname}:{copy}", "--partitions", spec)
+        assert restored.code == 0, (spec, restored.stderr)
+        assert engine.sql(f"SELECT * FROM {q(copy)}.{table}") == rows
+        engine.sql(drop)
+
+
 def test_ignore_dependencies_restores_what_it_can(engine: Engine, dbname: str, cli: Any) -> None:
     engine.sql(f"CREATE DATABASE {q(dbname)}")
     engine.sql(f"CREATE TABLE {q(dbname)}.base (x UInt8) ENGINE = MergeTree ORDER BY x")
