@@ -386,13 +386,15 @@ class Verifier:
                 )
                 checked = service.checked
                 outcome = service.run()
-                target = (
-                    outcome.tables[0].target.split(".", 1)
+                # The restored name differs for an inner table (its new view's UUID);
+                # the database is the scratch one, whose name may hold dots.
+                restored = (
+                    outcome.tables[0].target.removeprefix(f"{scratch_db}.")
                     if outcome.tables
-                    else [scratch_db, table.name]
+                    else table.name
                 )
                 self._record_checksums(check, table, checked)
-                self._check_table(check, table, target[0], target[1])
+                self._check_table(check, table, scratch_db, restored)
             except TargetUnwritable:
                 raise  # the scratch disk's fault, not the backup's: every table would fail alike
             except CasbackupError as exc:

@@ -557,3 +557,22 @@ def test_fingerprint_a_server_now_hashes_differently_is_not_comparable(
     [table] = report["tables"]
     assert code == 0 and report["problems"] == []
     assert table["fingerprint"] == "not comparable" and table["rows_found"] == 20_000
+
+
+def test_a_database_whose_name_holds_a_dot_verifies(engine: Engine, dbname: str, cli: Any) -> None:
+    """The restored table's name was read back by splitting `db.table` at its first dot:
+    every table of database `shop.eu` failed as `..._shop does not exist`."""
+    db = f"{dbname}.eu"
+    engine.sql(f"CREATE DATABASE `{db}`")
+    engine.sql(f"CREATE TABLE `{db}`.t (k UInt32) ENGINE = MergeTree ORDER BY k")
+    engine.sql(f"INSERT INTO `{db}`.t SELECT number FROM numbers(10)")
+    engine.sql(
+        f"CREATE MATERIALIZED VIEW `{db}`.mv ENGINE = MergeTree ORDER BY k AS SELECT k FROM `{db}`.t"
+    )
+    engine.sql(f"INSERT INTO `{db}`.t SELECT number FROM numbers(5)")
+    assert cli(engine, "init").code == 0
+    assert cli(engine, "create", "b", "--tables", f"{db}.*").code == 0
+    code, report = verify(cli, engine, "b", "--restore")
+    assert code == 0, report["problems"]
+    assert sorted(t["rows_found"] for t in report["tables"]) == [5, 15]
+    assert scratch_databases(engine) == []
