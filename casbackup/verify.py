@@ -75,6 +75,22 @@ class Problem:
         return f"[{self.level}] {self.object}: {self.detail}"
 
 
+@dataclass(frozen=True)
+class Located:
+    """Where and how a chunk is stored in a pack, as the catalog or the trailer says."""
+
+    offset: int
+    length: int
+    raw_size: int
+    compression: int
+
+    def __str__(self) -> str:
+        return (
+            f"offset {self.offset} (+{self.length}), {self.raw_size} bytes raw, "
+            f"compression {self.compression}"
+        )
+
+
 @dataclass
 class TableCheck:
     backup: str
@@ -237,22 +253,31 @@ class Verifier:
             p: self.store_packs[p] for p in self.referenced_packs if p in self.store_packs
         }
         chosen, self.report.subset = choose_subset(candidates, self.options.subset, self.clock())
-        indexed: dict[bytes, dict[bytes, tuple[int, int]]] = defaultdict(dict)
+        # Everything a restore takes from the catalog to read a chunk: offset and
+        # length, and the raw size and compression it decompresses with.
+        indexed: dict[bytes, dict[bytes, Located]] = defaultdict(dict)
         with self.catalog.db.read() as conn:
             for batch in batched(sorted(p.hex() for p in chosen)):
                 rows = conn.execute(
-                    select(Pack.digest, Chunk.digest, Chunk.offset, Chunk.length)
+                    select(
+                        Pack.digest,
+                        Chunk.digest,
+                        Chunk.offset,
+                        Chunk.length,
+                        Chunk.raw_size,
+                        Chunk.compression,
+                    )
                     .join(Pack, Pack.id == Chunk.pack_id)
                     .where(Pack.digest.in_(batch))
                 )
-                for pack, cid, offset, length in rows:
-                    indexed[bytes.fromhex(pack)][bytes.fromhex(cid)] = (offset, length)
+                for pack, cid, *located in rows:
+                    indexed[bytes.fromhex(pack)][bytes.fromhex(cid)] = Located(*located)
         for position, pack_id in enumerate(sorted(chosen), start=1):
             self._check_pack(pack_id, indexed.get(pack_id, {}))
             if position % 50 == 0:
                 self.note(f"read {position} of {len(chosen)} packs")
 
-    def _check_pack(self, pack_id: bytes, indexed: dict[bytes, tuple[int, int]]) -> None:
+    def _check_pack(self, pack_id: bytes, indexed: dict[bytes, Located]) -> None:
         name = pack_id.hex()
         users = ", ".join(sorted(self.referenced_packs.get(pack_id, set()))[:3])
         try:
@@ -278,7 +303,7 @@ class Verifier:
             return
         in_pack = {}
         for e in entries:
-            in_pack[e.chunk_id] = (e.offset, e.length)
+            in_pack[e.chunk_id] = Located(e.offset, e.length, e.raw_size, e.compression)
             try:
                 raw = decompress(
                     e.compression,
@@ -298,7 +323,7 @@ class Verifier:
                     f"chunk {e.chunk_id.hex()} in pack {name}",
                     f"{detail} (used by {affected})",
                 )
-        for cid, (offset, length) in sorted(indexed.items()):
+        for cid, recorded in sorted(indexed.items()):
             actual = in_pack.get(cid)
             if actual is None:
                 self._problem(
@@ -306,12 +331,12 @@ class Verifier:
                     f"chunk {cid.hex()}",
                     f"the catalog locates it in pack {name}, which does not hold it",
                 )
-            elif actual != (offset, length):
+            elif actual != recorded:
                 self._problem(
                     DATA,
                     f"chunk {cid.hex()}",
-                    f"the catalog locates it at offset {offset} (+{length}) in pack {name}, the pack has it at "
-                    f"{actual[0]} (+{actual[1]}) (run `casbackup catalog rebuild`)",
+                    f"the catalog locates it at {recorded} in pack {name}, the pack has it at "
+                    f"{actual} (run `casbackup catalog rebuild`)",
                 )
 
     # --- restore -----------------------------------------------------------------------

@@ -165,6 +165,31 @@ def test_catalog_pointing_at_wrong_offset_is_found_by_read_data(
     )
 
 
+@pytest.mark.parametrize(
+    "damage", ["raw_size = raw_size + 1", "compression = 0"], ids=["raw_size", "compression"]
+)
+def test_catalog_decoding_a_chunk_wrongly_is_found_by_read_data(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, damage: str
+) -> None:
+    """A restore decompresses with the catalog's raw size and compression, so both are checked.
+
+    --read-data compared only offsets and lengths with the trailer: it passed
+    a catalog that made every restore of the backup fail.
+    """
+    backed_up(engine, dbname, cli, rows=20_000)
+    with sqlite3.connect(tmp_path / "repo" / "catalog.sqlite") as raw:
+        (digest,) = raw.execute(
+            "SELECT digest FROM chunks WHERE compression = 1 ORDER BY length DESC LIMIT 1"
+        ).fetchone()
+        raw.execute(f"UPDATE chunks SET {damage} WHERE digest = ?", (digest,))
+    code, report = verify(cli, engine, "--read-data")
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert problem["object"] == f"chunk {digest}"
+    assert "the pack has it at" in problem["detail"]
+    assert "run `casbackup catalog rebuild`" in problem["detail"]
+
+
 def test_part_altered_before_attach_is_found_by_restore(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
