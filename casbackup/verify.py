@@ -37,7 +37,7 @@ from sqlalchemy import select
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.index import batched
-from casbackup.catalog.models import COMMITTED, Backup, Chunk, Pack
+from casbackup.catalog.models import COMMITTED, Backup, Chunk, FileChunk, Pack
 from casbackup.clickhouse.fingerprint import Fingerprint, fingerprint, row_hash
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.clickhouse.sql import qualified
@@ -197,6 +197,7 @@ class Verifier:
             for cid in m.chunk_ids():
                 self.users[cid].add(name)
         self.report.chunks = len(self.users)
+        self._compare_chunk_lists(in_catalog)
         self.locations = self.catalog.index.locate(self.users)
         unindexed = set(self.users) - set(self.locations)
         for name in sorted({n for c in unindexed for n in self.users[c]}):
@@ -245,6 +246,42 @@ class Verifier:
                 f"{len(gone)} packs",
                 f"in the catalog but gone from the store, e.g. {min(gone).hex()} (run `casbackup catalog sync`)",
             )
+
+    def _compare_chunk_lists(self, in_catalog: set[str]) -> None:
+        """The catalog's chunk list of each file of the backups it knows, against the manifests'.
+
+        A restore takes the lists from the manifest, but gc decides from the
+        catalog's which packs backups still need, and create reuses them for
+        unchanged files: a wrong list lets gc free a pack a backup needs.
+        """
+        expected = {
+            f.id: f.chunks
+            for name, m in self.manifests.items()
+            if name in in_catalog
+            for f in m.files
+        }
+        found: dict[bytes, list[bytes]] = defaultdict(list)
+        with self.catalog.db.read() as conn:
+            for batch in batched(sorted(fid.hex() for fid in expected)):
+                rows = conn.execute(
+                    select(FileChunk.file_digest, FileChunk.chunk_digest)
+                    .where(FileChunk.file_digest.in_(batch))
+                    .order_by(FileChunk.file_digest, FileChunk.seq)
+                )
+                for file_digest, chunk_digest in rows:
+                    found[bytes.fromhex(file_digest)].append(bytes.fromhex(chunk_digest))
+        wrong = {fid for fid, chunks in expected.items() if found.get(fid, []) != chunks}
+        for name in sorted(in_catalog & set(self.manifests)):
+            count = sum(1 for f in self.manifests[name].files if f.id in wrong)
+            if count:
+                example = min(f.id for f in self.manifests[name].files if f.id in wrong)
+                self._problem(
+                    CATALOG,
+                    f"backup {name}",
+                    f"{count} of its files have a chunk list in the catalog that differs from the "
+                    f"manifest's, e.g. file {example.hex()} (gc would free what they need: run "
+                    "`casbackup catalog rebuild`)",
+                )
 
     # --- data --------------------------------------------------------------------------
 

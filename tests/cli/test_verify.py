@@ -190,6 +190,36 @@ def test_catalog_decoding_a_chunk_wrongly_is_found_by_read_data(
     assert "run `casbackup catalog rebuild`" in problem["detail"]
 
 
+def test_catalog_chunk_list_differing_from_the_manifest_is_found_by_structure(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """gc and create trust the catalog's chunk lists of files; restore the manifest's.
+
+    A list pointing at another indexed chunk (same count, so gc's checks of an
+    incomplete index pass) passed every verify level, restores included.
+    """
+    backed_up(engine, dbname, cli, rows=20_000)
+    with sqlite3.connect(tmp_path / "repo" / "catalog.sqlite") as raw:
+        (file_digest,) = raw.execute(
+            "SELECT file_digest FROM file_chunks ORDER BY file_digest LIMIT 1"
+        ).fetchone()
+        raw.execute(
+            "UPDATE file_chunks SET chunk_digest = "
+            "(SELECT max(digest) FROM chunks WHERE digest NOT IN "
+            " (SELECT chunk_digest FROM file_chunks WHERE file_digest = ?)) "
+            "WHERE file_digest = ?",
+            (file_digest, file_digest),
+        )
+    code, report = verify(cli, engine)
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert problem["level"] == "catalog" and problem["object"] == "backup b1"
+    assert f"differs from the manifest's, e.g. file {file_digest}" in problem["detail"]
+    assert "run `casbackup catalog rebuild`" in problem["detail"]
+    assert cli(engine, "catalog", "rebuild").code == 0
+    assert verify(cli, engine)[0] == 0
+
+
 def test_part_altered_before_attach_is_found_by_restore(
     engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
