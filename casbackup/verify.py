@@ -45,6 +45,7 @@ from casbackup.errors import (
     BackupNotFound,
     CasbackupError,
     ClickHouseError,
+    IntegrityError,
     NothingSelected,
     ObjectTooLarge,
     PackMissing,
@@ -217,6 +218,8 @@ class Verifier:
             referenced[location.pack_id] |= self.users[cid]
         self.referenced_packs = referenced
         self.report.packs = len(referenced)
+        unknown = set(self.store_packs) - set(catalog_packs)
+        _, unreadable = self._unknown_packs(unknown)
         for pack_id, users in sorted(referenced.items()):
             used_by = ", ".join(sorted(users)[:3]) + (" …" if len(users) > 3 else "")
             if pack_id not in self.store_packs:
@@ -232,12 +235,20 @@ class Verifier:
                     f"is {self.store_packs[pack_id]} bytes in the store, the catalog recorded "
                     f"{catalog_packs.get(pack_id)} (truncated or replaced; needed by {used_by})",
                 )
-        unknown = set(self.store_packs) - set(catalog_packs)
-        if unknown:
+        for pack_id, message in sorted(unreadable.items()):
+            self._problem(
+                STRUCTURE,
+                f"pack {pack_id.hex()}",
+                f"in the store but unreadable ({message}); `casbackup catalog sync` cannot index "
+                "it, so no backup can use it: move it away, or restore it from a copy if a "
+                "backup needs it",
+            )
+        indexable = unknown - set(unreadable)
+        if indexable:
             self._problem(
                 CATALOG,
-                f"{len(unknown)} packs",
-                f"in the store but not in the catalog, e.g. {min(unknown).hex()} (run `casbackup catalog sync`)",
+                f"{len(indexable)} packs",
+                f"in the store but not in the catalog, e.g. {min(indexable).hex()} (run `casbackup catalog sync`)",
             )
         gone = {p for p in set(catalog_packs) - set(self.store_packs) if p not in referenced}
         if gone:
@@ -282,6 +293,25 @@ class Verifier:
                     f"manifest's, e.g. file {example.hex()} (gc would free what they need: run "
                     "`casbackup catalog rebuild`)",
                 )
+
+    def _unknown_packs(self, unknown: set[bytes]) -> tuple[set[bytes], dict[bytes, str]]:
+        """The chunks in packs the catalog does not know, and those packs that do not parse.
+
+        Only their trailers are read. A sync indexes the readable ones (another
+        host's packs); the others it cannot, so advising it would never help.
+        """
+        chunks: set[bytes] = set()
+        unreadable: dict[bytes, str] = {}
+        for pack_id in sorted(unknown):
+            try:
+                entries = self.repo.read_trailer(pack_id, self.store_packs[pack_id])
+            except PackMissing:
+                continue  # deleted since the listing (a gc elsewhere)
+            except IntegrityError as exc:  # corrupt, or no pack at all
+                unreadable[pack_id] = exc.message
+                continue
+            chunks.update(e.chunk_id for e in entries)
+        return chunks, unreadable
 
     # --- data --------------------------------------------------------------------------
 

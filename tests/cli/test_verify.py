@@ -148,6 +148,25 @@ def test_deleted_manifest_is_found_by_structure(
     }
 
 
+def test_an_unreadable_stray_pack_is_not_sent_to_catalog_sync(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """A stray object under packs/ that no sync can index failed verify for ever, saying "sync"."""
+    backed_up(engine, dbname, cli, rows=20_000)
+    stray = tmp_path / "repo" / "packs" / "ab" / ("ab" * 32)
+    stray.parent.mkdir(exist_ok=True)
+    stray.write_bytes(b"not a pack" * 100)
+    assert cli(engine, "catalog", "sync").code == ExitCode.WARNING  # cannot index it
+    code, report = verify(cli, engine)
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert problem["level"] == "structure" and problem["object"] == f"pack {'ab' * 32}"
+    assert "footer magic missing" in problem["detail"] and "move it away" in problem["detail"]
+    assert "run `casbackup catalog sync`" not in problem["detail"]
+    stray.unlink()
+    assert verify(cli, engine)[0] == 0
+
+
 def test_catalog_pointing_at_wrong_offset_is_found_by_read_data(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
