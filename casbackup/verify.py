@@ -179,7 +179,12 @@ class Verifier:
                 raise BackupNotFound(name=name)  # a typo, not a failed verification
         for name in names:
             if name not in in_store:  # so in the catalog: the check above
-                self._problem(STRUCTURE, f"backup {name}", "its manifest is missing from the store")
+                self._problem(
+                    STRUCTURE,
+                    f"backup {name}",
+                    "its manifest is missing from the store (if another host deleted the backup, "
+                    "`casbackup catalog sync` forgets it; if not, the backup is lost)",
+                )
                 continue
             if name not in in_catalog:
                 self._problem(
@@ -214,15 +219,26 @@ class Verifier:
                 bytes.fromhex(d): s for d, s in conn.execute(select(Pack.digest, Pack.size)).all()
             }
         referenced: dict[bytes, set[str]] = defaultdict(set)
+        located_in: dict[bytes, set[bytes]] = defaultdict(set)
         for cid, location in self.locations.items():
             referenced[location.pack_id] |= self.users[cid]
+            located_in[location.pack_id].add(cid)
         self.referenced_packs = referenced
         self.report.packs = len(referenced)
         unknown = set(self.store_packs) - set(catalog_packs)
-        _, unreadable = self._unknown_packs(unknown)
+        elsewhere, unreadable = self._unknown_packs(unknown)
         for pack_id, users in sorted(referenced.items()):
             used_by = ", ".join(sorted(users)[:3]) + (" …" if len(users) > 3 else "")
-            if pack_id not in self.store_packs:
+            if pack_id not in self.store_packs and located_in[pack_id] <= elsewhere:
+                # Not damage: another host's gc repacked them since this catalog synced.
+                self._problem(
+                    CATALOG,
+                    f"pack {pack_id.hex()}",
+                    f"gone from the store, but the chunks {used_by} need from it are in packs the "
+                    "catalog does not know yet (another host's gc repacked them; run "
+                    "`casbackup catalog sync`)",
+                )
+            elif pack_id not in self.store_packs:
                 self._problem(
                     STRUCTURE,
                     f"pack {pack_id.hex()}",

@@ -144,8 +144,43 @@ def test_deleted_manifest_is_found_by_structure(
     assert report["problems"][0] == {
         "level": "structure",
         "object": "backup b1",
-        "detail": "its manifest is missing from the store",
+        "detail": "its manifest is missing from the store (if another host deleted the backup, "
+        "`casbackup catalog sync` forgets it; if not, the backup is lost)",
     }
+
+
+def test_another_hosts_gc_is_a_stale_catalog_not_a_lost_pack(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another host deleted b1 and its gc repacked what b2 still needs, then deleted the pack.
+
+    This catalog still locates b2's chunks in the deleted pack: verify called
+    that `missing from the store (needed by b2)`, as if data were lost, with
+    no word of the sync that fixes it (operations.md promises that advice).
+    """
+    backed_up(engine, dbname, cli, rows=20_000)
+    engine.sql(f"ALTER TABLE `{dbname}`.events DROP PARTITION 202401")
+    assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
+    monkeypatch.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'other-host.sqlite'}")
+    assert cli(engine, "catalog", "rebuild").code == 0
+    assert cli(engine, "delete", "b1").code == 0
+    for _ in range(2):  # repack and condemn, then delete
+        assert cli(engine, "gc", "--min-age", "0s", "--repack-below", "0.99").code == 0
+    monkeypatch.delenv("CASBACKUP_CATALOG")
+
+    code, report = verify(cli, engine)
+    assert code == ExitCode.VERIFY_FAILED
+    packs_said = [p for p in report["problems"] if p["object"].startswith("pack ")]
+    assert packs_said and all(p["level"] == "catalog" for p in packs_said), packs_said
+    assert any(
+        "in packs the catalog does not know yet" in p["detail"]
+        and "run `casbackup catalog sync`" in p["detail"]
+        for p in packs_said
+    )
+    [manifest] = [p for p in report["problems"] if p["object"] == "backup b1"]
+    assert "`casbackup catalog sync` forgets it" in manifest["detail"]
+    assert cli(engine, "catalog", "sync").code == 0
+    assert verify(cli, engine, "--read-data")[0] == 0
 
 
 def test_an_unreadable_stray_pack_is_not_sent_to_catalog_sync(
