@@ -136,6 +136,13 @@ class ConfigMissing(RepositoryError):
     # repository a new id and cut every existing backup off from it.
 
 
+class ConfigChanged(RepositoryError):
+    """the `config` object of {location} names repository {config_id}, but manifest {name} and the catalog record {recorded}: the config was changed or replaced; restore it from a copy, or move it away and run `casbackup init --recover`, which writes it back with the id the manifests record"""
+
+    # Not CatalogMismatch: its advice, `casbackup catalog rebuild`, would index
+    # the repository under the wrong id and leave every backup out.
+
+
 class UnsupportedFormat(RepositoryError):
     """{what} has format version {found}, this casbackup reads version {supported}; {advice}"""
 

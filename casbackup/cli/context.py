@@ -12,6 +12,7 @@ from casbackup.clickhouse.client import connect, parse_url
 from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.config import Settings, load_settings
 from casbackup.errors import (
+    CatalogMismatch,
     ClickHouseAuthFailed,
     ClickHouseError,
     ClickHouseUnavailable,
@@ -79,7 +80,11 @@ class AppContext:
     def catalog(self) -> Catalog:
         if self._catalog is None:
             repo = self.repository
-            self._catalog = Catalog.open(self.settings.catalog_url(repo.id), repo.id)
+            try:
+                self._catalog = Catalog.open(self.settings.catalog_url(repo.id), repo.id)
+            except CatalogMismatch as exc:
+                repo.refuse_changed_config(exc.fields["catalog_repo"])
+                raise
         return self._catalog
 
     def synced_catalog(self) -> Catalog:

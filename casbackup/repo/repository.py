@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from casbackup.errors import (
     BackupExists,
     BackupNotFound,
+    ConfigChanged,
     ConfigMissing,
     IntegrityError,
     ObjectExists,
@@ -345,6 +346,21 @@ class Repository:
 
     def delete_manifest(self, name: str) -> None:
         self.store.delete(keys.manifest_key(name))
+
+    def refuse_changed_config(self, recorded: str) -> None:
+        """Raise ``ConfigChanged`` if a manifest records ``recorded``, the catalog's id, not ours.
+
+        For a catalog that names another repository than the config: when the
+        manifests agree with the catalog, the config is the object that changed.
+        """
+        manifests = _readable_manifests(self.store, limit=1)
+        if manifests and manifests[0].repository_id == recorded != self.id:
+            raise ConfigChanged(
+                location=self.store.describe(),
+                config_id=self.id,
+                name=manifests[0].name,
+                recorded=recorded,
+            )
 
 
 def manifest_object(store: ObjectStore, name: str) -> bytes:

@@ -119,3 +119,36 @@ def test_init_refused_by_the_catalog_leaves_no_config(cli: Any, tmp_path: Path) 
     refused = cli(None, "init", repo=tmp_path / "second")
     assert refused.code == ExitCode.CATALOG
     assert not (tmp_path / "second" / "config").exists()
+
+
+def test_a_changed_config_id_is_named_as_the_damage_not_the_catalog(
+    cli: Any, tmp_path: Path, two_backups: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config's id changed (an edit, a copy of another repository's config).
+
+    The catalog and every manifest still record the old id, so every command
+    stopped with exit 17 advising `casbackup catalog rebuild`, which would
+    index the repository under the new id and leave every backup out.
+    """
+    config = tmp_path / "repo" / "config"
+    doc = json.loads(config.read_text())
+    doc["id"] = "0" * 32
+    config.write_text(json.dumps(doc))
+
+    for command in (["verify"], ["list"]):
+        result = cli(None, *command)
+        assert result.code == ExitCode.INTEGRITY, result.stderr
+        one_line_error(result.stderr)
+        assert f"names repository {'0' * 32}, but manifest b1 and the catalog record " in (
+            result.stderr
+        )
+        assert two_backups in result.stderr and "catalog rebuild" not in result.stderr
+
+    config.rename(tmp_path / "config.changed")  # as the error says
+    assert cli(None, "init", "--recover").code == 0
+    assert cli(None, "verify", "--read-data").code == 0
+    assert backup_names(cli) == ["b1", "b2"]
+    # A catalog of another repository is still that, not a changed config.
+    assert cli(None, "init", repo=tmp_path / "other").code == 0
+    monkeypatch.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'other' / 'catalog.sqlite'}")
+    assert cli(None, "verify").code == ExitCode.CATALOG
