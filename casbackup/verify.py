@@ -65,6 +65,12 @@ from casbackup.subset import parse_subset
 
 STRUCTURE, DATA, RESTORE, CATALOG = "structure", "data", "restore", "catalog"
 
+# What to do about a pack that is damaged or gone: nothing casbackup can rebuild.
+PACK_ADVICE = (
+    "restore the pack from a copy of the repository; without one, the backups that need it "
+    "cannot be restored whole (`casbackup delete` them)"
+)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -195,7 +201,12 @@ class Verifier:
             try:
                 self.manifests[name] = self.repo.read_manifest(name)
             except CasbackupError as exc:
-                self._problem(STRUCTURE, f"backup {name}", exc.message)
+                self._problem(
+                    STRUCTURE,
+                    f"backup {name}",
+                    f"{exc.message} (restore the manifest from a copy of the repository, or "
+                    f"`casbackup delete {name}` if the backup is lost)",
+                )
         self.report.backups = names
         self.report.files = sum(len(m.files) for m in self.manifests.values())
         self.users: dict[bytes, set[str]] = defaultdict(set)  # chunk -> backups using it
@@ -242,14 +253,15 @@ class Verifier:
                 self._problem(
                     STRUCTURE,
                     f"pack {pack_id.hex()}",
-                    f"missing from the store (needed by {used_by})",
+                    f"missing from the store (needed by {used_by}); {PACK_ADVICE}",
                 )
             elif self.store_packs[pack_id] != catalog_packs.get(pack_id):
                 self._problem(
                     STRUCTURE,
                     f"pack {pack_id.hex()}",
                     f"is {self.store_packs[pack_id]} bytes in the store, the catalog recorded "
-                    f"{catalog_packs.get(pack_id)} (truncated or replaced; needed by {used_by})",
+                    f"{catalog_packs.get(pack_id)} (truncated or replaced; needed by {used_by}); "
+                    f"{PACK_ADVICE}",
                 )
         for pack_id, message in sorted(unreadable.items()):
             self._problem(
@@ -377,7 +389,7 @@ class Verifier:
             self._problem(
                 DATA,
                 f"pack {name}",
-                f"content does not match its name (damaged; needed by {users})",
+                f"content does not match its name (damaged; needed by {users}); {PACK_ADVICE}",
             )
         try:
             entries = parse_pack(data, name)

@@ -134,6 +134,30 @@ def test_deleted_pack_is_found_by_structure(
     )
 
 
+def test_damage_findings_say_what_to_do(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """A damaged manifest or pack was named with no word of a remedy."""
+    backed_up(engine, dbname, cli, rows=20_000)
+    manifest = tmp_path / "repo" / "manifests" / "b1"
+    good = manifest.read_bytes()
+    flip_byte(manifest, len(good) // 2)
+    code, report = verify(cli, engine)
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert "digest mismatch" in problem["detail"]
+    assert "restore the manifest from a copy" in problem["detail"]
+    assert "`casbackup delete b1` if the backup is lost" in problem["detail"]
+    manifest.write_bytes(good)
+    target = packs(tmp_path / "repo")[0]
+    for damage, args in ((lambda: flip_byte(target, 100), ["--read-data"]), (target.unlink, [])):
+        damage()
+        code, report = verify(cli, engine, *args)
+        assert code == ExitCode.VERIFY_FAILED
+        said = [p["detail"] for p in report["problems"] if p["object"] == f"pack {target.name}"]
+        assert said and all("restore the pack from a copy" in d for d in said), said
+
+
 def test_deleted_manifest_is_found_by_structure(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
