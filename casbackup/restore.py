@@ -45,6 +45,7 @@ from casbackup.clickhouse.sql import (
 from casbackup.errors import (
     ClickHouseError,
     DetachedPartExists,
+    IntegrityError,
     ManifestCorrupt,
     NothingSelected,
     PackMissing,
@@ -398,6 +399,8 @@ class RestoreService:
             id(i): TableOutcome(f"{i.entry.database}.{i.entry.name}", i.target, i.entry.engine)
             for i in items
         }
+        if self.options.drop_existing and not self.options.schema_only:
+            self._check_data_reachable(items)
         if not self.options.data_only:
             if self.options.functions:  # before tables: views may call them
                 self._restore_objects(
@@ -635,6 +638,38 @@ class RestoreService:
                 detail=f"{after - before} rows after attaching, the backup recorded {expected}",
             )
         return len(parts), expected
+
+    def _check_data_reachable(self, items: list[_Item]) -> None:
+        """Before ``--drop-existing`` destroys anything: every chunk indexed, every pack there.
+
+        A backup whose data cannot be fetched would otherwise leave the tables
+        it replaces empty (the drop comes first, the fetch after). One listing
+        of the store's packs; no data is read, so a pack damaged inside still
+        fails after the drop, which ``verify --read-data`` finds beforehand.
+        """
+        chunks = self._chunks_of(
+            [p for i in items if i.entry.has_data for p in self._parts(i.entry)]
+        )
+        if not chunks:
+            return
+        for attempt in range(2):
+            located = self.catalog.index.locate(chunks)
+            in_store = {pack_id for pack_id, _ in self.repo.list_packs()}
+            gone = {loc.pack_id for loc in located.values()} - in_store
+            if not gone or attempt or not self._follow_repack(PackMissing(pack=min(gone).hex())):
+                break
+        if len(located) < len(chunks):
+            raise IntegrityError(
+                detail=f"backup {self.manifest.name}: {len(chunks) - len(located)} chunks the "
+                "restored tables need are in no indexed pack (run `casbackup catalog sync`, "
+                "then `casbackup verify`); nothing was dropped"
+            )
+        if gone:
+            raise IntegrityError(
+                detail=f"backup {self.manifest.name}: {len(gone)} packs the restored tables need "
+                f"are missing from the store, e.g. {min(gone).hex()} (`casbackup verify` lists "
+                "them); nothing was dropped"
+            )
 
     def _follow_repack(self, missing: PackMissing) -> bool:
         """Sync the catalog once per restore, so chunks are located where they are now.

@@ -203,3 +203,20 @@ def test_a_recorded_statement_that_is_no_create_is_damage_found_before_any_chang
     assert f"manifest of backup b9 is corrupt: {dbname}.events" in restored.stderr
     assert not engine.value(f"SELECT count() FROM system.databases WHERE name = '{dbname}_copy'")
     assert engine.value(f"SELECT count() FROM {q(dbname)}.events") == 20_000
+
+
+def test_restore_drop_existing_of_a_backup_missing_a_pack_drops_nothing(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """--drop-existing drops first and fetches after: a backup whose pack is gone left the
+    live table it was to replace empty, and only then failed."""
+    two_backups(engine, dbname, cli)
+    live = fingerprints(engine, [dbname])
+    biggest = max((tmp_path / "repo" / "packs").rglob("*"), key=lambda p: p.stat().st_size)
+    biggest.unlink()
+    result = cli(engine, "restore", "b1", "--drop-existing")
+    assert result.code == ExitCode.INTEGRITY, result.stderr
+    one_line_error(result.stderr)
+    assert "packs the restored tables need are missing from the store" in result.stderr
+    assert "nothing was dropped" in result.stderr
+    assert fingerprints(engine, [dbname]) == live
