@@ -496,3 +496,26 @@ def test_another_hosts_repack_is_followed_by_this_catalog(
         repo, catalog, repo.read_manifest("b1"), tmp_path / "out"
     ) == tree_contents(tmp_path / "t1")
     assert gc(repo, catalog, clock).plan is not None  # this host's gc runs too
+
+
+def test_a_name_another_host_deleted_and_used_again_is_indexed_anew(
+    repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock
+) -> None:
+    """Host B deleted b and made a new b of other data. Host A's backup list still matched the
+    store by name, so its catalog kept the old b's rows: its gc saw the new b's packs as
+    garbage and deleted them, and its restores read the old chunk lists."""
+    from casbackup.catalog.rebuild import sync
+
+    random_tree(tmp_path / "old", seed=60, parts=2)
+    snapshot_directory(repo, catalog, "b", tmp_path / "old", pack_size=SMALL_PACKS)
+    with Catalog.open(f"sqlite:///{tmp_path / 'b.sqlite'}", repo.id) as other:
+        sync(repo, other)
+        delete_backups(repo, other, ["b"])
+        random_tree(tmp_path / "new", seed=61, parts=5)
+        snapshot_directory(repo, other, "b", tmp_path / "new", pack_size=SMALL_PACKS)
+    for _ in range(2):  # condemn, then delete
+        gc(repo, catalog, clock)
+        clock.advance(1)
+    assert restore_manifest(
+        repo, catalog, repo.read_manifest("b"), tmp_path / "out"
+    ) == tree_contents(tmp_path / "new")

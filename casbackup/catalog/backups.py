@@ -10,7 +10,7 @@ so a concurrent gc already sees what the backup references) to ``committed``
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -196,6 +196,14 @@ class BackupRecords:
         with self.db.read() as conn:
             return set(conn.scalars(select(Backup.name).where(Backup.state == COMMITTED)))
 
+    def committed_sizes(self) -> dict[str, int | None]:
+        """Committed backups and the size of the manifest each was indexed from."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(Backup.name, Backup.manifest_size).where(Backup.state == COMMITTED)
+            )
+            return {name: size for name, size in rows}
+
     def state_of(self, name: str) -> str | None:
         with self.db.read() as conn:
             return conn.scalar(select(Backup.state).where(Backup.name == name))
@@ -350,3 +358,20 @@ def _insert_returning_ids(
 def _utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything we store is UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def out_of_step(indexed: Mapping[str, int | None], in_store: Mapping[str, int]) -> set[str]:
+    """Backups the catalog (``committed_sizes``) and the store disagree on.
+
+    Present in one only, or replaced: a name another host deleted and used
+    again holds a different manifest, and the catalog's rows would describe
+    the old backup's files (gc would free what the new one needs). The
+    manifests' sizes tell them apart, as they vary with every part and file
+    listed; the same size with other content is not told apart here. A row
+    without a recorded size (catalogs before manifest sizes) is taken as is.
+    """
+    return (indexed.keys() ^ in_store.keys()) | {
+        name
+        for name in indexed.keys() & in_store.keys()
+        if indexed[name] is not None and indexed[name] != in_store[name]
+    }

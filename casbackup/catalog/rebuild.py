@@ -34,6 +34,7 @@ from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.engine import make_url
 
 from casbackup.catalog import Catalog
+from casbackup.catalog.backups import out_of_step
 from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.index import batched, record_pack, repoint
 from casbackup.catalog.models import COMMITTED, REFERENCED_FILES_SQL, Backup, Base, Chunk, Pack
@@ -71,7 +72,8 @@ def sync(
     2. forget packs gone from the store (gc elsewhere), if nothing here still
        needs them: afterwards no dedupe lookup can pick a deleted pack;
     3. index packs the catalog has not seen (their trailers);
-    4. import manifests the catalog has not seen.
+    4. import manifests the catalog has not seen, or indexed from another
+       manifest of the same name (deleted and made again elsewhere).
     """
     db = catalog.db
     report = SyncReport()
@@ -84,11 +86,16 @@ def sync(
     # round, a pack or backup recorded between the two reads would look
     # deleted, and be forgotten under a running backup (a race the concurrent
     # backup/gc test caught).
-    committed = records.committed_names()
+    indexed = records.committed_sizes()
     with db.read() as conn:
         catalog_packs = {bytes.fromhex(d) for d in conn.scalars(select(Pack.digest))}
-    store_names = set(repo.list_backup_names())
+    in_store = repo.list_backups()
+    store_names = set(in_store)
     store_packs = dict(repo.list_packs())
+    # A name another host deleted and used again: its rows describe the old
+    # backup; importing the manifest in the store replaces them (step 4).
+    replaced = out_of_step(indexed, in_store) & indexed.keys() & store_names
+    committed = set(indexed) - replaced
 
     for name in sorted(committed - store_names):
         with db.write() as conn:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from casbackup.catalog import Catalog
+from casbackup.catalog.backups import out_of_step
 from casbackup.catalog.rebuild import sync
 from casbackup.clickhouse.client import connect, parse_url
 from casbackup.clickhouse.server import ClickHouseServer
@@ -94,7 +95,8 @@ class AppContext:
         between commit and catalog update) left them out of step.
         """
         catalog = self.catalog
-        if set(self.repository.list_backup_names()) != catalog.backups.committed_names():
+        indexed = catalog.backups.committed_sizes()  # the catalog first: see catalog.rebuild.sync
+        if out_of_step(indexed, self.repository.list_backups()):
             sync(self.repository, catalog)
         return catalog
 

@@ -280,19 +280,23 @@ class Repository:
     # --- manifests -----------------------------------------------------------
 
     def list_backup_names(self) -> list[str]:
-        """Committed backups: the manifests. Other objects there are reported, not fatal.
+        return list(self.list_backups())
+
+    def list_backups(self) -> dict[str, int]:
+        """Committed backups: their manifests' sizes by name. Other objects there are reported.
 
         casbackup never writes such an object (backup names are checked before
         a manifest is), so it references nothing and no command should stop
-        for it.
+        for it. The size tells a manifest another host wrote under a name it
+        deleted before from the one this host's catalog indexed.
         """
-        names = []
+        found = {}
         for info in self.store.list(keys.MANIFESTS_PREFIX):
             try:
-                names.append(keys.backup_name_from_key(info.key))
+                found[keys.backup_name_from_key(info.key)] = info.size
             except IntegrityError:
                 self._stray(info.key, "manifest")
-        return names
+        return found
 
     def _stray(self, key: str, kind: str) -> None:
         if key not in self._strays:
