@@ -25,6 +25,7 @@ from casbackup.catalog import Catalog
 from casbackup.catalog.packs import set_states
 from casbackup.catalog.rebuild import sync
 from casbackup.errors import BackupExists, IntegrityError, LockLost
+from casbackup.lifecycle import abandoned_runs, forget_abandoned
 from casbackup.repo.archiver import FileArchiver, StoredFile
 from casbackup.repo.compression import DEFAULT_LEVEL, ChunkCompressor
 from casbackup.repo.keys import validate_backup_name
@@ -84,9 +85,7 @@ class SnapshotWriter:
             self.sync_report = sync(repo, catalog, strict=False)
             condemned = frozenset(condemned_packs(repo.store))
             set_states(catalog.db, condemned, self.started_at)
-            self.backup_id = catalog.backups.start(
-                name, self.started_at, socket.gethostname(), __version__, run_id=self.lease.id
-            )
+            self.backup_id = self._start_row()
         except BaseException:
             self.lease.release()
             raise
@@ -104,6 +103,38 @@ class SnapshotWriter:
         self.files: dict[bytes, FileContent] = {}
         self.reused_bytes = 0  # bytes of files whose chunk list was reused without reading
         self._finished = False
+
+    def _start_row(self) -> int:
+        """Insert this backup's ``running`` row, taking its name back from a dead run.
+
+        A run killed before its manifest (SIGKILL, power loss) leaves a
+        ``running`` row of its name, and the name must not stay taken: no
+        backup of that name exists, and a retry under the same name is what
+        a scheduler does. Only a run whose lease is gone or provably dead
+        gives its name up; its packs become garbage for gc, as after any
+        failed run. A live run of the same name keeps it (exit 14).
+        """
+        start = partial(
+            self.catalog.backups.start,
+            self.name,
+            self.started_at,
+            socket.gethostname(),
+            __version__,
+            run_id=self.lease.id,
+        )
+        try:
+            return start()
+        except BackupExists:
+            dead = [
+                run
+                for run in abandoned_runs(self.repo, self.catalog, margin=0.0)
+                if run.name == self.name
+            ]
+            if not dead:
+                raise
+            log.info("backup %s: forgetting the running row of a run that died", self.name)
+            forget_abandoned(self.catalog, dead)
+            return start()
 
     def add_file(self, stored: StoredFile) -> None:
         """Remember a stored file's content for the manifest's file table."""

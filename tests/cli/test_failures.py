@@ -195,6 +195,43 @@ def test_kill_9_then_clean_removes_the_shadow(server_engine: ServerEngine, tmp_p
     server_engine.sql(f"DROP DATABASE {db}")
 
 
+# A backup that dies by SIGKILL once its catalog row says `running`, before
+# its manifest: the commit never happened, the row stays.
+_DIE_BEFORE_COMMIT = (
+    "import os, signal\n"
+    "from casbackup.catalog.backups import BackupRecords\n"
+    "BackupRecords.record_contents = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "from casbackup.launch import main\n"
+    "main()\n"
+)
+
+
+def test_a_name_a_killed_backup_never_committed_is_free_again(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """`create NAME` after a SIGKILLed `create NAME`: no backup NAME exists, so it is no conflict."""
+    db = "t_kill_name"
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    server_engine.sql(f"CREATE DATABASE {db}")
+    server_engine.sql(f"CREATE TABLE {db}.t (x UInt64) ENGINE = MergeTree ORDER BY x")
+    server_engine.sql(f"INSERT INTO {db}.t SELECT number FROM numbers(1000)")
+    repo = tmp_path / "repo"
+    base = ["--repo", str(repo), "--clickhouse", server_engine.url]
+    subprocess.run([*CASBACKUP, *base, "init"], check=True, capture_output=True)
+    create = ["create", "nightly", "--tables", f"{db}.*"]
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_BEFORE_COMMIT, *base, *create], capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert catalog_rows(repo, "SELECT name, state FROM backups") == [("nightly", "running")]
+    # What a scheduler does next: the same command again, no `clean` in between.
+
+    again = subprocess.run([*CASBACKUP, *base, *create], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert catalog_rows(repo, "SELECT name, state FROM backups") == [("nightly", "committed")]
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
 # A restore that dies by SIGKILL the moment it would run ATTACH PART: the part
 # is already renamed to the name ATTACH expects under detached/.
 _DIE_AT_ATTACH = (
