@@ -3,7 +3,8 @@
 Only debris whose maker is provably gone is touched: shadow directories and
 temporary part directories carry the pid and start time of the process that
 made them (``casbackup.process``), as do this host's locks and leases, and
-store temporaries must be older than an hour. A concurrent backup or restore
+store temporaries must be older than an hour. The file of a killed
+`catalog rebuild` carries its process's tag too. A concurrent backup or restore
 in progress is never disturbed.
 """
 
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from casbackup.catalog.rebuild import stale_rebuild_files
 from casbackup.clickhouse.freeze import shadow_root, stale_shadows
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.errors import ObjectNotFound, StorePermissionDenied
@@ -32,6 +34,7 @@ class CleanReport:
     scratch_databases: list[str] = field(default_factory=list)
     store_temporaries: int = 0
     stale_locks: list[str] = field(default_factory=list)
+    catalog_temporaries: list[str] = field(default_factory=list)
     skipped_live: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -133,6 +136,14 @@ def clean_store(
             report.stale_locks.append(record.key)
             if not dry_run:
                 _delete_if_still(store, record)
+
+
+def clean_catalog(url: str, report: CleanReport, *, dry_run: bool = False) -> None:
+    """The new catalog file of a `catalog rebuild` killed before it renamed it over the old."""
+    for path in stale_rebuild_files(url):
+        report.catalog_temporaries.append(str(path))
+        if not dry_run:
+            path.unlink(missing_ok=True)
 
 
 def _delete_if_still(store: ObjectStore, record: LockRecord) -> None:

@@ -46,12 +46,16 @@ from casbackup.errors import (
     ManifestCorrupt,
     RepositoryError,
 )
+from casbackup.process import ProcessTag
 from casbackup.repo import manifest as manifest_codec
 from casbackup.repo.repository import Repository
 
 Progress = Callable[[str], None]
 
 log = logging.getLogger(__name__)
+
+# ``.catalog.sqlite.rebuild-<pid>_<start>_<rand>``: the new catalog until it is renamed over the old.
+REBUILD_INFIX = ".rebuild-"
 
 
 @dataclass
@@ -229,7 +233,10 @@ def rebuild(repo: Repository, url: str, progress: Progress | None = None) -> Syn
             _empty(catalog.db)
             return sync(repo, catalog, progress)
     target = Path(parsed.database)
-    temp = target.with_name(f".{target.name}.rebuild-{secrets.token_hex(4)}")
+    # Named by its process, so that `clean` can remove it when a kill left it.
+    temp = target.with_name(
+        f".{target.name}{REBUILD_INFIX}{ProcessTag.current()}_{secrets.token_hex(4)}"
+    )
     try:
         with Catalog.open(str(parsed.set(database=str(temp))), repo.id) as catalog:
             report = sync(repo, catalog, progress)
@@ -245,6 +252,27 @@ def rebuild(repo: Repository, url: str, progress: Progress | None = None) -> Syn
         for suffix in ("", "-wal", "-shm"):
             _remove(Path(f"{temp}{suffix}"))
     return report
+
+
+def stale_rebuild_files(url: str) -> list[Path]:
+    """Files of SQLite catalog rebuilds whose process is gone (killed before its rename).
+
+    Each is a partial copy of the catalog, as large as the catalog itself;
+    nothing else would ever remove it. A rebuild still running is left alone.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return []
+    target = Path(parsed.database)
+    stale = []
+    for path in sorted(target.parent.glob(f".{target.name}{REBUILD_INFIX}*")):
+        tag = path.name.removeprefix(f".{target.name}{REBUILD_INFIX}")
+        for suffix in ("-wal", "-shm", "-journal"):
+            tag = tag.removesuffix(suffix)
+        owner = ProcessTag.parse("_".join(tag.split("_")[:2]))
+        if owner is not None and not owner.alive():
+            stale.append(path)
+    return stale
 
 
 def _empty(db: CatalogDatabase) -> None:

@@ -11,13 +11,19 @@ import typer
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.rebuild import rebuild, sync
-from casbackup.clean import STORE_TEMP_MIN_AGE_S, CleanReport, clean_clickhouse, clean_store
+from casbackup.clean import (
+    STORE_TEMP_MIN_AGE_S,
+    CleanReport,
+    clean_catalog,
+    clean_clickhouse,
+    clean_store,
+)
 from casbackup.cli.backups import JsonOption
 from casbackup.cli.context import AppContext
 from casbackup.cli.lifecycle import duration_seconds_cli
 from casbackup.cli.output import emit_json, human_bytes, note
 from casbackup.config import duration_seconds, render_default_config
-from casbackup.errors import CasbackupError, ClickHouseError, ExitCode
+from casbackup.errors import CasbackupError, ClickHouseError, ExitCode, RepositoryError
 from casbackup.gc import collect_garbage
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
 from casbackup.nightly import gc_settings
@@ -93,6 +99,12 @@ def clean(
     for warning in report.warnings:
         note(f"warning: {warning}")
         status = ExitCode.WARNING
+    try:
+        catalog_url: str | None = app.settings.catalog_url(app.repository.id)
+    except RepositoryError:
+        catalog_url = None  # no repository here, so no catalog of it either
+    if catalog_url is not None:
+        clean_catalog(catalog_url, report, dry_run=dry_run)
     broken_document: dict[str, object] | None = None
     if broken:
         broken_document = _clean_broken(app, margin_s, dry_run)
@@ -105,6 +117,7 @@ def clean(
                 "scratch_databases": report.scratch_databases,
                 "store_temporaries": report.store_temporaries,
                 "stale_locks": report.stale_locks,
+                "catalog_temporaries": report.catalog_temporaries,
                 "in_use": report.skipped_live,
                 "broken": broken_document,
             }
@@ -121,6 +134,8 @@ def clean(
         print(f"{verb} {report.store_temporaries} temporary files in the store")
     for key in report.stale_locks:
         print(f"{verb} lock {key} (its process is gone)")
+    for path in report.catalog_temporaries:
+        print(f"{verb} {path} (a catalog rebuild that was killed)")
     for path in report.skipped_live:
         note(f"left alone (its run is still going): {path}")
     if not (
@@ -129,6 +144,7 @@ def clean(
         or report.scratch_databases
         or report.store_temporaries
         or report.stale_locks
+        or report.catalog_temporaries
     ):
         print("nothing to clean")
     return status

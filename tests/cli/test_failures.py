@@ -232,6 +232,39 @@ def test_a_name_a_killed_backup_never_committed_is_free_again(
     server_engine.sql(f"DROP DATABASE {db}")
 
 
+# A catalog rebuild that dies by SIGKILL while it fills its new file.
+_DIE_IN_REBUILD = (
+    "import os, signal\n"
+    "import casbackup.catalog.rebuild as rebuild\n"
+    "rebuild.sync = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+    "from casbackup.launch import main\n"
+    "main()\n"
+)
+
+
+def test_clean_removes_the_file_a_killed_catalog_rebuild_was_writing(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    base = ["--repo", str(repo), "--clickhouse", server_engine.url]
+    subprocess.run([*CASBACKUP, *base, "init"], check=True, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_IN_REBUILD, *base, "catalog", "rebuild"], capture_output=True
+    )
+    assert killed.returncode == -signal.SIGKILL
+    left = sorted(p.name for p in repo.glob(".catalog.sqlite.rebuild-*"))
+    assert left  # the half-written catalog, as large as the real one
+
+    cleaned = subprocess.run(
+        [*CASBACKUP, *base, "clean", "--json"], capture_output=True, text=True, check=True
+    )
+    assert sorted(Path(p).name for p in json.loads(cleaned.stdout)["catalog_temporaries"]) == left
+    assert not list(repo.glob(".catalog.sqlite.rebuild-*"))
+    assert (repo / "catalog.sqlite").exists()
+    rebuilt = subprocess.run([*CASBACKUP, *base, "catalog", "rebuild"], capture_output=True)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+
+
 # A restore that dies by SIGKILL the moment it would run ATTACH PART: the part
 # is already renamed to the name ATTACH expects under detached/.
 _DIE_AT_ATTACH = (
