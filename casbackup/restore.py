@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from casbackup import interrupts
 from casbackup.catalog import Catalog
 from casbackup.catalog.rebuild import sync
 from casbackup.clickhouse.part_check import check_part
@@ -765,15 +766,19 @@ class RestoreService:
         with writing(marker):
             marker.mkdir()
         try:
-            with writing(final):
-                os.rename(temp, final)
-            try:
-                self.server.attach_part(item.database, item.name, part.name)
-            except ClickHouseError as exc:
-                shutil.rmtree(final, ignore_errors=True)
-                raise RestoreFailed(
-                    table=item.target, detail=f"ATTACH PART {part.name}: {exc.message}"
-                ) from None
+            # A signal taken between the rename and ATTACH would leave the part
+            # under its final name and remove the marker that says whose it is:
+            # neither `clean` nor the next restore could then remove it.
+            with interrupts.deferred():
+                with writing(final):
+                    os.rename(temp, final)
+                try:
+                    self.server.attach_part(item.database, item.name, part.name)
+                except ClickHouseError as exc:
+                    shutil.rmtree(final, ignore_errors=True)
+                    raise RestoreFailed(
+                        table=item.target, detail=f"ATTACH PART {part.name}: {exc.message}"
+                    ) from None
         finally:
             with contextlib.suppress(OSError):
                 marker.rmdir()

@@ -374,6 +374,52 @@ def test_clean_never_removes_a_part_detached_later_under_a_killed_restores_name(
         server_engine.sql(f"DROP DATABASE {name}")
 
 
+# systemd's SIGTERM landing after a part was renamed for ATTACH PART, before ATTACH ran.
+_TERM_BEFORE_ATTACH = (
+    "import os, signal\n"
+    "from casbackup.clickhouse.server import ClickHouseServer\n"
+    "real = ClickHouseServer.attach_part\n"
+    "def term_then_attach(*a, **k):\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "    real(*a, **k)\n"
+    "ClickHouseServer.attach_part = term_then_attach\n"
+    "from casbackup.launch import main\n"
+    "main()\n"
+)
+
+
+def test_sigterm_between_rename_and_attach_leaves_no_part_in_detached(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """Renamed parts are attached before the signal is taken: none is left under its final name."""
+    db, copy = "t_term_attach", "t_term_attach_copy"
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
+    server_engine.sql(f"CREATE DATABASE {db}")
+    server_engine.sql(
+        f"CREATE TABLE {db}.t (d Date, x UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY x"
+    )
+    server_engine.sql(
+        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 40, number FROM numbers(4000)"
+    )
+    base = ["--repo", str(tmp_path / "repo"), "--clickhouse", server_engine.url]
+    for args in (["init"], ["create", "b", "--tables", f"{db}.*"]):
+        subprocess.run([*CASBACKUP, *base, *args], check=True, capture_output=True)
+    interrupted = subprocess.run(
+        [sys.executable, "-c", _TERM_BEFORE_ATTACH, *base, "restore", "b", "--as", f"{db}:{copy}"],
+        capture_output=True,
+        text=True,
+    )
+    assert interrupted.returncode == ExitCode.INTERRUPTED, interrupted.stderr
+    data_path = server_engine.value(
+        f"SELECT data_path FROM system.tables WHERE database = '{copy}'"
+    )
+    assert list((Path(data_path) / "detached").iterdir()) == []
+    assert server_engine.value(f"SELECT count() FROM {copy}.t") > 0  # the part was attached
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
 def test_clean_leaves_a_running_backups_shadow_alone(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
