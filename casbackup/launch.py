@@ -33,4 +33,14 @@ def load_cli() -> Callable[[list[str] | None], int]:
 
 
 def main() -> NoReturn:
-    sys.exit(load_cli()(None))
+    try:
+        run = load_cli()
+    except KeyboardInterrupt:
+        # Ctrl-C before the command line installed its handlers: Python's
+        # default would print a traceback of whatever import it hit.
+        from casbackup.errors import Interrupted
+
+        error = Interrupted(signal="SIGINT")
+        sys.stderr.write(f"casbackup: error: {error.message}\n")
+        sys.exit(error.exit_code)
+    sys.exit(run(None))

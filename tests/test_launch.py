@@ -67,3 +67,26 @@ def test_module_and_script_run_the_cli(tmp_path: Path) -> None:
         assert missing.returncode == ExitCode.NOT_FOUND
         assert missing.stderr.startswith("casbackup: error: no casbackup repository")
         assert "Traceback" not in missing.stderr
+
+
+# Ctrl-C while the command line is still being imported (about half a second
+# of every run, before casbackup's own signal handling is installed).
+CTRL_C_DURING_IMPORT = """
+import os, signal, sys
+class CtrlC:
+    def find_spec(self, name, path, target=None):
+        if name == "casbackup.cli.main":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlC())
+from casbackup.launch import main
+main()
+"""
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_DURING_IMPORT, "list"], capture_output=True, text=True
+    )
+    assert result.returncode == ExitCode.INTERRUPTED
+    assert result.stderr == "casbackup: error: interrupted by SIGINT; partial work was cleaned up\n"
