@@ -26,10 +26,12 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from casbackup import interrupts
 from casbackup.catalog import Catalog
 from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import Kind, quote_identifier, rename_databases, tokenize
@@ -397,24 +399,43 @@ def restore_directory(
     *,
     overwrite: bool,
 ) -> list[Path]:
-    """Write a stored directory's files under ``target``; existing files only with ``overwrite``."""
-    destinations = [(target / f.path, f) for f in fileset.files]
-    for path in replaced_files(fileset, target, overwrite=overwrite):
-        with writing(path):
-            path.unlink()
+    """Write a stored directory's files under ``target``; existing files only with ``overwrite``.
+
+    Every file is written beside its destination under a temporary name and
+    renamed over it only when all are written, so a restore stopped half-way
+    (a signal, a full disk) leaves each file as it was: with ``overwrite``
+    into a live config directory, deleting the old files first left the
+    server with none. Half-written files would also make the next attempt
+    need ``--overwrite``.
+    """
+    replaced_files(fileset, target, overwrite=overwrite)
+    prefix = f".casbackup_tmp_{secrets.token_hex(4)}_"  # short: names stay within NAME_MAX
+    staged = [
+        ((target / f.path).with_name(prefix + Path(f.path).name), target / f.path, f)
+        for f in fileset.files
+    ]
+    placed: list[Path] = []
     try:
         write_files(
             ChunkFetcher(repo.store, threads=2),
             catalog.index.locate,
-            [FileTarget(path, files[f.file_id], f.mode) for path, f in destinations],
+            [FileTarget(temp, files[f.file_id], f.mode) for temp, _, f in staged],
         )
+        with interrupts.deferred():  # the renames are the commit: all of them, once begun
+            for temp, path, _ in staged:
+                with writing(path):
+                    os.replace(temp, path)
+                placed.append(path)
     except BaseException:
-        # Half-written files would make the next attempt need --overwrite.
-        for path, _ in destinations:
+        for temp, _, _ in staged:
             with contextlib.suppress(OSError):
-                path.unlink()
+                temp.unlink()
+        if not overwrite:  # nothing was there before: leave nothing
+            for path in placed:
+                with contextlib.suppress(OSError):
+                    path.unlink()
         raise
-    return [p for p, _ in destinations]
+    return [path for _, path, _ in staged]
 
 
 def replaced_files(fileset: mf.FileSet, target: Path, *, overwrite: bool) -> list[Path]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from casbackup import interrupts
 from casbackup.errors import ExitCode
 from casbackup.repo.repository import Repository
 from casbackup.store.local import LocalStore
@@ -593,5 +595,40 @@ def test_a_failed_config_restore_leaves_no_half_written_files(
     assert tree(staging) == {}
     monkeypatch.setattr(os, "pwrite", real_pwrite)
     again = cli(engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables")
+    assert again.code == 0, again.stderr
+    assert tree(staging / "configs") == expected
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "disk full"])
+def test_an_interrupted_overwrite_leaves_every_file_old_or_restored(
+    engine: Engine,
+    dbname: str,
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stop: str,
+) -> None:
+    """restore --configs --overwrite into a live directory, stopped mid-write: the live files stay."""
+    expected = backed_up_with_configs(engine, dbname, cli, tmp_path)
+    staging = tmp_path / "live"
+    live = {rel: b"live " + data for rel, data in expected.items() if rel != "config.d/linked.xml"}
+    for rel, data in live.items():
+        (staging / "configs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staging / "configs" / rel).write_bytes(data)
+    real_pwrite = os.pwrite
+
+    def stopped(fd: int, data: Any, offset: int) -> int:
+        if stop == "sigterm":
+            raise interrupts.SignalReceived(signal.SIGTERM)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", stopped)
+    failed = restore_configs(engine, cli, staging, "--overwrite")
+    assert failed.code == (ExitCode.INTERRUPTED if stop == "sigterm" else ExitCode.TARGET_FILES), (
+        failed.stderr
+    )
+    assert tree(staging / "configs") == live  # not one file lost, none half-written
+    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    again = restore_configs(engine, cli, staging, "--overwrite")
     assert again.code == 0, again.stderr
     assert tree(staging / "configs") == expected
