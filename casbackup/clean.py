@@ -18,10 +18,18 @@ from pathlib import Path
 from casbackup.catalog.rebuild import stale_rebuild_files
 from casbackup.clickhouse.freeze import shadow_root, stale_shadows
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
+from casbackup.clickhouse.sql import qualified
 from casbackup.errors import ObjectNotFound, StorePermissionDenied
 from casbackup.process import ProcessTag
 from casbackup.repo.locks import LockRecord, machine_id, read_lock, read_locks
-from casbackup.restore import ATTACHING_PREFIX, TEMP_PREFIX, attaching_part, temp_part_owner
+from casbackup.restore import (
+    ATTACHING_PREFIX,
+    MERGES_PAUSED_PREFIX,
+    TEMP_PREFIX,
+    attaching_part,
+    merges_marker_owner,
+    temp_part_owner,
+)
 from casbackup.store.base import LeavesTemporaries, ObjectStore
 
 STORE_TEMP_MIN_AGE_S = 3600
@@ -35,6 +43,7 @@ class CleanReport:
     store_temporaries: int = 0
     stale_locks: list[str] = field(default_factory=list)
     catalog_temporaries: list[str] = field(default_factory=list)
+    merges_resumed: list[str] = field(default_factory=list)
     skipped_live: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -88,6 +97,15 @@ def clean_clickhouse(
                 if not dry_run:
                     for path in debris:
                         shutil.rmtree(path, ignore_errors=True)
+            for marker in sorted(detached.glob(f"{MERGES_PAUSED_PREFIX}*")):
+                owner = merges_marker_owner(marker.name)
+                if owner is not None and owner.alive():
+                    report.skipped_live.append(str(marker))
+                    continue
+                report.merges_resumed.append(table.qualified)  # a killed restore stopped them
+                if not dry_run:
+                    server.execute(f"SYSTEM START MERGES {qualified(table.database, table.name)}")
+                    shutil.rmtree(marker, ignore_errors=True)
 
 
 # A rename into detached/ happens right after its marker is made; a part

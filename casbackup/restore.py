@@ -181,6 +181,23 @@ def attaching_part(marker: str) -> str | None:
         return None
 
 
+# An empty directory under detached/ while a restore has the table's merges
+# stopped (``casbackup_merges_paused_<pid>_<start>_<rand>``): `clean` resumes
+# the merges of a table whose marker's process is gone.
+MERGES_PAUSED_PREFIX = "casbackup_merges_paused_"
+
+
+def merges_marker_name() -> str:
+    return f"{MERGES_PAUSED_PREFIX}{ProcessTag.current()}_{secrets.token_hex(4)}"
+
+
+def merges_marker_owner(name: str) -> ProcessTag | None:
+    fields = name.removeprefix(MERGES_PAUSED_PREFIX).split("_")
+    if not name.startswith(MERGES_PAUSED_PREFIX) or len(fields) != 3:
+        return None
+    return ProcessTag.parse(f"{fields[0]}_{fields[1]}")
+
+
 class RestoreService:
     def __init__(
         self,
@@ -623,7 +640,7 @@ class RestoreService:
             clock = time.monotonic()
             expected = sum(p.rows for p in parts)
             before = self.server.part_rows(item.database, item.name)
-            with self._merges_paused(item):
+            with self._merges_paused(item, detached):
                 while staged:
                     part, temp = staged[0]
                     self._attach(item, part, temp, detached / part.name)
@@ -784,21 +801,40 @@ class RestoreService:
                 marker.rmdir()
 
     @contextlib.contextmanager
-    def _merges_paused(self, item: _Item) -> Iterator[None]:
+    def _merges_paused(self, item: _Item, detached: Path) -> Iterator[None]:
+        """Stop the table's merges while its parts are attached and counted.
+
+        The server keeps merges stopped until told otherwise or restarted, so
+        a restore killed in between would leave the table never merging
+        (parts pile up until inserts fail with "Too many parts"). A marker
+        under detached/ names the process for as long as merges may be
+        stopped, and `clean` resumes them when that process is gone.
+        """
         name = qualified(item.database, item.name)
+        marker = detached / merges_marker_name()
+        with writing(marker):
+            marker.mkdir()
+        # Whether the marker may go: merges running again, never stopped, or
+        # left stopped on purpose (verify's scratch tables, dropped at its end).
+        settled = False
         try:
-            self.server.execute(f"SYSTEM STOP MERGES {name}")
-            paused = True
-        except ClickHouseError:
-            paused = (
-                False  # servers without per-table STOP MERGES: the count check may race a merge
-            )
-        try:
-            yield
+            try:
+                self.server.execute(f"SYSTEM STOP MERGES {name}")
+            except ClickHouseError:
+                settled = True  # servers without per-table STOP MERGES: the count may race a merge
+            try:
+                yield
+            finally:
+                if self.options.keep_merges_stopped:
+                    settled = True
+                elif not settled:
+                    with contextlib.suppress(ClickHouseError):
+                        self.server.execute(f"SYSTEM START MERGES {name}")
+                        settled = True
         finally:
-            if paused and not self.options.keep_merges_stopped:
-                with contextlib.suppress(ClickHouseError):
-                    self.server.execute(f"SYSTEM START MERGES {name}")
+            if settled:  # else `clean` tries again
+                with contextlib.suppress(OSError):
+                    marker.rmdir()
 
 
 # A batch of parts is staged with one fetch (write_files holds at most

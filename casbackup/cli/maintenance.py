@@ -118,6 +118,7 @@ def clean(
                 "store_temporaries": report.store_temporaries,
                 "stale_locks": report.stale_locks,
                 "catalog_temporaries": report.catalog_temporaries,
+                "merges_resumed": report.merges_resumed,
                 "in_use": report.skipped_live,
                 "broken": broken_document,
             }
@@ -134,6 +135,10 @@ def clean(
         print(f"{verb} {report.store_temporaries} temporary files in the store")
     for key in report.stale_locks:
         print(f"{verb} lock {key} (its process is gone)")
+    for table in report.merges_resumed:
+        print(
+            f"{'would resume' if dry_run else 'resumed'} merges of {table} (a killed restore paused them)"
+        )
     for path in report.catalog_temporaries:
         print(f"{verb} {path} (a catalog rebuild that was killed)")
     for path in report.skipped_live:
@@ -145,6 +150,7 @@ def clean(
         or report.store_temporaries
         or report.stale_locks
         or report.catalog_temporaries
+        or report.merges_resumed
     ):
         print("nothing to clean")
     return status

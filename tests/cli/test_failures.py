@@ -311,9 +311,10 @@ def test_restore_killed_before_attach_leaves_what_clean_removes(
     db, copy = "t_kill_attach", "t_kill_attach_copy"
     base, detached = _restore_killed(server_engine, tmp_path, db, 40, _DIE_AT_ATTACH)
     left = sorted(p.name for p in detached.iterdir())
-    # The part renamed for ATTACH, the marker saying whose it is, the next part still staged.
+    # The part renamed for ATTACH, the marker saying whose it is, the marker of the
+    # table's paused merges, the next part still staged.
     assert left[0] == "202401_1_1_0"
-    assert [n.split("_")[1] for n in left[1:]] == ["attaching", "tmp"]
+    assert [n.split("_")[1] for n in left[1:]] == ["attaching", "merges", "tmp"]
 
     refused = subprocess.run(
         [*CASBACKUP, *base, "restore", "b", "--as", f"{db}:{copy}"], capture_output=True, text=True
@@ -324,7 +325,11 @@ def test_restore_killed_before_attach_leaves_what_clean_removes(
     cleaned = subprocess.run(
         [*CASBACKUP, *base, "clean", "--json"], capture_output=True, text=True, check=True
     )
-    assert sorted(Path(p).name for p in json.loads(cleaned.stdout)["temp_parts"]) == left
+    report = json.loads(cleaned.stdout)
+    assert sorted(Path(p).name for p in report["temp_parts"]) == [
+        n for n in left if "_merges_" not in n
+    ]
+    assert report["merges_resumed"] == [f"{copy}.t"]
     assert list(detached.iterdir()) == []
     again = subprocess.run(
         [*CASBACKUP, *base, "restore", "b", "--as", f"{db}:{copy}"], capture_output=True, text=True
@@ -354,7 +359,7 @@ def test_clean_never_removes_a_part_detached_later_under_a_killed_restores_name(
     """Killed after ATTACH: only the marker is left. A DETACH later recreates detached/<part>."""
     db, copy = "t_kill_attached", "t_kill_attached_copy"
     base, detached = _restore_killed(server_engine, tmp_path, db, 20, _DIE_AFTER_ATTACH)
-    (marker,) = detached.iterdir()
+    (marker,) = detached.glob("casbackup_attaching_*")
     assert marker.name.startswith("casbackup_attaching_") and marker.name.endswith("202401_1_1_0")
     # Well after the kill (the marker made an hour ago), the operator detaches the part.
     os.utime(marker, (time.time() - 3600, time.time() - 3600))
@@ -416,6 +421,30 @@ def test_sigterm_between_rename_and_attach_leaves_no_part_in_detached(
     )
     assert list((Path(data_path) / "detached").iterdir()) == []
     assert server_engine.value(f"SELECT count() FROM {copy}.t") > 0  # the part was attached
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
+def test_clean_resumes_the_merges_a_killed_restore_paused(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """Restore pauses the table's merges while it attaches; killed, it cannot resume them."""
+    db, copy = "t_kill_merges", "t_kill_merges_copy"
+    base, detached = _restore_killed(server_engine, tmp_path, db, 20, _DIE_AFTER_ATTACH)
+    cleaned = subprocess.run(
+        [*CASBACKUP, *base, "clean", "--json"], capture_output=True, text=True, check=True
+    )
+    for x in range(3):
+        server_engine.sql(f"INSERT INTO {copy}.t SELECT toDate('2024-01-05'), {x}")
+    server_engine.sql(f"OPTIMIZE TABLE {copy}.t FINAL")  # "Cancelled merging parts" if paused
+    assert (
+        server_engine.value(
+            f"SELECT count() FROM system.parts WHERE database = '{copy}' AND active"
+        )
+        == 1
+    )
+    assert json.loads(cleaned.stdout)["merges_resumed"] == [f"{copy}.t"]
+    assert list(detached.iterdir()) == []
     for name in (db, copy):
         server_engine.sql(f"DROP DATABASE {name}")
 
