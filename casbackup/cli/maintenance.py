@@ -151,6 +151,13 @@ def clean(
         or report.stale_locks
         or report.catalog_temporaries
         or report.merges_resumed
+        or (  # --broken says what it did in its notes
+            broken_document is not None
+            and any(
+                broken_document[k]
+                for k in ("abandoned_backups", "packs_deleted", "packs_condemned")
+            )
+        )
     ):
         print("nothing to clean")
     return status

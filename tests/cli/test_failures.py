@@ -232,6 +232,34 @@ def test_a_name_a_killed_backup_never_committed_is_free_again(
     server_engine.sql(f"DROP DATABASE {db}")
 
 
+def test_clean_broken_never_says_nothing_to_clean_when_it_forgot_a_run(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    db = "t_kill_broken_text"
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    server_engine.sql(f"CREATE DATABASE {db}")
+    server_engine.sql(f"CREATE TABLE {db}.t (x UInt64) ENGINE = MergeTree ORDER BY x")
+    server_engine.sql(f"INSERT INTO {db}.t SELECT number FROM numbers(1000)")
+    repo = tmp_path / "repo"
+    base = ["--repo", str(repo), "--clickhouse", server_engine.url]
+    subprocess.run([*CASBACKUP, *base, "init"], check=True, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_BEFORE_COMMIT, *base, "create", "b", "--tables", f"{db}.*"],
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    # The nightly clean after a failed run (it removes the dead lease), then the weekly one.
+    subprocess.run([*CASBACKUP, *base, "clean"], check=True, capture_output=True)
+    cleaned = subprocess.run(
+        [*CASBACKUP, *base, "clean", "--broken", "--margin", "0s"], capture_output=True, text=True
+    )
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "forgot abandoned backup b" in cleaned.stderr
+    assert "nothing to clean" not in cleaned.stdout
+    assert catalog_rows(repo, "SELECT name FROM backups") == []
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
 # A catalog rebuild that dies by SIGKILL while it fills its new file.
 _DIE_IN_REBUILD = (
     "import os, signal\n"
