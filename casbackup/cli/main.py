@@ -77,7 +77,7 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    _refuse_empty(config=config, repo=repo, clickhouse=clickhouse)
+    _refuse_empty(ctx, config=config, repo=repo, clickhouse=clickhouse)
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="casbackup: %(levelname)s: %(message)s",
@@ -102,22 +102,40 @@ def main(
     ctx.call_on_close(context.close)
 
 
-def _refuse_empty(*, config: str | None, repo: str | None, clickhouse: str | None) -> None:
+def _refuse_empty(
+    ctx: typer.Context, *, config: str | None, repo: str | None, clickhouse: str | None
+) -> None:
     """An empty value on the command line is a mistake, typically `--repo "$REPO"` with REPO unset.
 
     click ignores empty environment variables (CASBACKUP_REPO= means "not
-    set"), so an empty value here was typed. Taken literally, `--repo ""` is
-    the current directory, where `init` would write a repository.
+    set"), so an empty value from an option was typed. Taken literally,
+    `--repo ""` is the current directory, where `init` would write a
+    repository. A blank variable (spaces only) does reach here; it is named
+    as the variable it came from, since the operator typed no option.
     """
-    empty = [
-        option
-        for option, value in (("--config", config), ("--repo", repo), ("--clickhouse", clickhouse))
-        if value is not None and not value.strip()
-    ]
-    if empty:
+    typed: list[str] = []
+    blank_variables: list[str] = []
+    for name, option, variable, value in (
+        ("config", "--config", "CASBACKUP_CONFIG", config),
+        ("repo", "--repo", "CASBACKUP_REPO", repo),
+        ("clickhouse", "--clickhouse", "CASBACKUP_CLICKHOUSE", clickhouse),
+    ):
+        if value is None or value.strip():
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name == "ENVIRONMENT":
+            blank_variables.append(variable)
+        else:
+            typed.append(option)
+    if typed:
         raise ConfigError(
-            detail=f"{' and '.join(empty)} given an empty value (an unset shell variable?); "
+            detail=f"{' and '.join(typed)} given an empty value (an unset shell variable?); "
             "give a value or leave the option out"
+        )
+    if blank_variables:
+        raise ConfigError(
+            detail=f"{' and '.join(blank_variables)} holds only spaces; "
+            "give a value or unset it (an empty variable counts as not set)"
         )
 
 

@@ -952,3 +952,31 @@ def test_a_missing_chdb_config_file_is_a_configuration_error(cli: Any, tmp_path:
     assert result.code == ExitCode.CONFIG
     one_line_error(result.stderr)
     assert f"no config file {tmp_path / 'absent.xml'}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "option"),
+    [
+        ("CASBACKUP_REPO", "--repo"),
+        ("CASBACKUP_CLICKHOUSE", "--clickhouse"),
+        ("CASBACKUP_CONFIG", "--config"),
+    ],
+)
+def test_a_blank_environment_variable_is_named_in_the_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variable: str,
+    option: str,
+) -> None:
+    """CASBACKUP_REPO=' ' was refused as '--repo given an empty value', an option nobody typed."""
+    from casbackup.cli.main import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, "  ")
+    code = run(["init"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.CONFIG
+    one_line_error(err)
+    assert variable in err and f"{option} " not in err
+    assert list(tmp_path.iterdir()) == []
