@@ -272,7 +272,7 @@ def run(
     ctx: typer.Context,
     json_output: JsonOption = False,
 ) -> int:
-    """The nightly job: create, forget (configured policy), gc; under a repository lock."""
+    """The nightly job: create, forget (configured policy), gc, verify ([verify]); under a lock."""
     app: AppContext = ctx.obj
     settings = app.settings
     options = backup_options(settings)
