@@ -209,7 +209,7 @@ def locks(ctx: typer.Context, json_output: JsonOption = False) -> None:
                     "pid": r.pid,
                     "command": r.command,
                     "created_at": r.created_at,
-                    "heartbeat_age_s": round(now - r.heartbeat_at, 1),
+                    "heartbeat_age_s": _age(now, r.heartbeat_at),
                     "stale": r.stale(now, ttl),
                 }
                 for r in records
@@ -225,13 +225,23 @@ def locks(ctx: typer.Context, json_output: JsonOption = False) -> None:
             [
                 r.key,
                 f"{r.command} (pid {r.pid} on {r.host})",
-                f"{now - r.created_at:.0f} s",
-                f"{now - r.heartbeat_at:.0f} s ago",
+                _shown_age(now, r.created_at, "s"),
+                _shown_age(now, r.heartbeat_at, "s ago"),
                 "yes" if r.stale(now, ttl) else "no",
             ]
             for r in records
         ],
     )
+
+
+def _age(now: float, at: float) -> float | None:
+    """Seconds since ``at``; None for an unreadable lock, which records no time (0.0, 1970)."""
+    return round(now - at, 1) if at else None
+
+
+def _shown_age(now: float, at: float, unit: str) -> str:
+    age = _age(now, at)
+    return "?" if age is None else f"{age:.0f} {unit}"
 
 
 def unlock(

@@ -186,6 +186,19 @@ def test_locks_and_unlock(cli: Any, tmp_path: Path) -> None:
     assert cli(None, "locks", "--json").json() == []
 
 
+def test_an_unreadable_lock_shows_no_age(cli: Any, tmp_path: Path) -> None:
+    """A garbage lock records no time: locks showed it as created 56 years ago (epoch 0)."""
+    cli(None, "init")
+    (tmp_path / "repo" / "locks").mkdir(exist_ok=True)
+    (tmp_path / "repo" / "locks" / "exclusive-gc").write_bytes(b"not a lock")
+    [shown] = cli(None, "locks", "--json").json()
+    assert (shown["kind"], shown["stale"], shown["heartbeat_age_s"]) == ("unreadable", True, None)
+    text = cli(None, "locks")
+    assert text.code == 0, text.stderr
+    [row] = [line for line in text.stdout.splitlines() if line.startswith("locks/exclusive-gc")]
+    assert row.split()[-3:] == ["?", "?", "yes"], row
+
+
 def test_a_live_exclusive_lock_stops_a_second_run(
     server_engine: ServerEngine, cli: Any, tmp_path: Path
 ) -> None:
