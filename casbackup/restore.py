@@ -46,6 +46,7 @@ from casbackup.clickhouse.sql import (
 from casbackup.errors import (
     ClickHouseError,
     DetachedPartExists,
+    FilesConflict,
     IntegrityError,
     ManifestCorrupt,
     NothingSelected,
@@ -323,11 +324,21 @@ class RestoreService:
         ]
         if wanted and self.options.files_target is None:
             raise UsageError(detail="restoring configs or access files needs a target directory")
-        return [
+        restores = [
             (fileset, self.options.files_target / sub)
             for fileset, sub in wanted
             if self.options.files_target
         ]
+        for _, target in restores:
+            # replaced_files checks the directories below target; target itself
+            # is made by casbackup under --files-target, and a link there would
+            # put every file outside --files-target.
+            if target.is_symlink():
+                raise FilesConflict(
+                    detail=f"{target} is a symbolic link: restoring there would write outside "
+                    f"{target.parent} (restore into an empty --files-target instead)"
+                )
+        return restores
 
     @staticmethod
     def _owner_view(table: mf.Table, views: dict[tuple[str, str], mf.Table]) -> mf.Table | None:

@@ -120,6 +120,25 @@ def test_a_config_restore_never_writes_through_a_symlinked_directory(
     ) == ["config.d"]
 
 
+def test_a_config_restore_never_writes_through_a_symlinked_configs_directory(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """The configs directory under --files-target was followed when it was a link: the files
+    landed in the link's target, outside --files-target, though operations.md says a directory
+    of the target that is a symbolic link is refused."""
+    backed_up_with_configs(engine, dbname, cli, tmp_path)
+    staging, shared = tmp_path / "staging", tmp_path / "shared"
+    shared.mkdir()
+    staging.mkdir()
+    (staging / "configs").symlink_to(shared)
+    for extra in ([], ["--overwrite"]):
+        refused = restore_configs(engine, cli, staging, *extra)
+        assert refused.code == ExitCode.CONFLICT, refused.stderr
+        assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("casbackup: error:")
+        assert f"{staging / 'configs'} is a symbolic link" in refused.stderr
+    assert list(shared.iterdir()) == []
+
+
 def test_what_a_config_backup_cannot_store_is_said(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
