@@ -108,8 +108,8 @@ def restore(
         Path | None,
         typer.Option(
             "--files-target",
-            help="Where --configs and access files go (default: a staging directory "
-            "under the state directory; live files only if you point it there).",
+            help="Directory whose configs/ and access/ subdirectories receive the files "
+            "(default: a staging directory under the state directory).",
         ),
     ] = None,
     overwrite: Annotated[
