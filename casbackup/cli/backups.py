@@ -19,7 +19,7 @@ from casbackup.cli.context import AppContext
 from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table, ratio
 from casbackup.clickhouse.server import TableInfo
 from casbackup.config import Settings
-from casbackup.errors import ExitCode
+from casbackup.errors import ExitCode, UsageError
 from casbackup.repo.manifest import FileSet
 from casbackup.selection import split_specs
 from casbackup.server_state import redact
@@ -40,9 +40,22 @@ JsonOption = Annotated[
 
 
 def patterns(values: list[str] | None, default: list[str]) -> tuple[str, ...]:
+    """Command-line patterns; one that can match no ``db.table`` name is a mistake, not a no-op.
+
+    ``--exclude shop`` would exclude nothing and ``--tables shop`` choose
+    nothing, silently or as "no tables match": every name has a dot. A glob
+    without one (``*``, ``shop*``) still matches and is kept.
+    """
     if not values:
         return tuple(default)
-    return tuple(p.strip() for value in values for p in value.split(",") if p.strip())
+    chosen = tuple(p.strip() for value in values for p in value.split(",") if p.strip())
+    for pattern in chosen:
+        if "." not in pattern and not any(c in pattern for c in "*?["):
+            raise UsageError(
+                detail=f"pattern {pattern!r} names no table: patterns look like database.table "
+                f"(globs allowed), e.g. {pattern}.*"
+            )
+    return chosen
 
 
 class _BackupBar(BackupProgress):

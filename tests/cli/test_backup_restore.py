@@ -421,6 +421,22 @@ def test_tables_lists_what_create_would_back_up(
         assert listed.index(f"{dbname}.agg") < listed.index(f"{dbname}.mv")  # creation order
 
 
+@pytest.mark.parametrize("option", ["--tables", "--exclude"])
+def test_a_pattern_without_a_table_part_is_refused(
+    engine: Engine, dbname: str, cli: Any, option: str
+) -> None:
+    """`--exclude shop` excluded nothing (every name is db.table) and create backed shop up;
+    `--tables shop` said only 'no tables match'. The config file refuses such a pattern."""
+    create_realistic(engine, dbname, rows=100)
+    cli(engine, "init")
+    for command in (["tables"], ["create", "b"]):
+        result = cli(engine, *command, "--tables", f"{dbname}.*", option, dbname)
+        assert result.code == ExitCode.USAGE, result.stderr
+        assert result.stderr.count("\n") == 1
+        assert f"{dbname}.*" in result.stderr and "database.table" in result.stderr
+    assert cli(engine, "list", "--json").json() == []
+
+
 def test_show_reads_the_manifest(engine: Engine, dbname: str, cli: Any) -> None:
     create_realistic(engine, dbname, rows=1000)
     cli(engine, "init")
