@@ -313,8 +313,14 @@ def run(
             _print_gc(report.gc, False)
         if report.verify is not None:
             verdict = "OK" if report.verify.ok else f"{len(report.verify.problems)} problems"
+            # With [verify] restore, the log must show the drill ran, not only the read.
+            drill = (
+                f", {len(report.verify.tables)} tables test-restored"
+                if report.verify.tables
+                else ""
+            )
             print(
-                f"verify: {verdict} ({report.verify.packs_read} packs read, {report.verify.subset or 'structure'})"
+                f"verify: {verdict} ({report.verify.packs_read} packs read, {report.verify.subset or 'structure'}{drill})"
             )
             for problem in report.verify.problems:
                 note(f"problem: {problem}")

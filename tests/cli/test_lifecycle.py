@@ -264,6 +264,22 @@ def test_nightly_run_applies_retention_and_collects(
     assert cli(engine, "restore", latest).code == 0
 
 
+def test_nightly_run_reports_its_test_restore(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """With [verify] restore = true the text report said only 'verify: OK (n packs read, ...)',
+    so a log could not tell whether the drill ran; the tables it restored are counted now."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[backup]\ntables = ["{dbname}.*"]\n[verify]\nrestore = true\n')
+    cli(engine, "--config", str(config), "init")
+    result = cli(engine, "--config", str(config), "run")
+    assert result.code == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("verify:")]
+    assert line.startswith("verify: OK (") and "1 tables test-restored" in line, line
+
+
 def test_clean_broken_removes_what_a_killed_backup_left(
     server_engine: ServerEngine, cli: Any, tmp_path: Path
 ) -> None:
