@@ -304,13 +304,11 @@ _DIE_AT_ATTACH = (
 )
 
 
-def _restore_killed(
-    server_engine: ServerEngine, tmp_path: Path, db: str, days: int, script: str
-) -> tuple[list[str], Path]:
-    """Back up table db.t (4000 rows over ``days`` days), then restore it --as <db>_copy in a
-    process that ``script`` kills; returns the CLI's base arguments and the copy's detached/."""
-    copy = f"{db}_copy"
-    for name in (db, copy):
+def _backed_up_table(server_engine: ServerEngine, tmp_path: Path, db: str, days: int) -> list[str]:
+    """Table db.t (4000 rows over ``days`` days) backed up as b; returns the CLI's base arguments.
+
+    Its copy, <db>_copy, is dropped too, for a restore --as to make afresh."""
+    for name in (db, f"{db}_copy"):
         server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
     server_engine.sql(f"CREATE DATABASE {db}")
     server_engine.sql(
@@ -322,6 +320,16 @@ def _restore_killed(
     base = ["--repo", str(tmp_path / "repo"), "--clickhouse", server_engine.url]
     for args in (["init"], ["create", "b", "--tables", f"{db}.*"]):
         subprocess.run([*CASBACKUP, *base, *args], check=True, capture_output=True)
+    return base
+
+
+def _restore_killed(
+    server_engine: ServerEngine, tmp_path: Path, db: str, days: int, script: str
+) -> tuple[list[str], Path]:
+    """Restore ``_backed_up_table`` --as <db>_copy in a process that ``script`` kills;
+    returns the CLI's base arguments and the copy's detached/."""
+    copy = f"{db}_copy"
+    base = _backed_up_table(server_engine, tmp_path, db, days)
     killed = subprocess.run(
         [sys.executable, "-c", script, *base, "restore", "b", "--as", f"{db}:{copy}"],
         capture_output=True,
@@ -426,18 +434,7 @@ def test_sigterm_between_rename_and_attach_leaves_no_part_in_detached(
 ) -> None:
     """Renamed parts are attached before the signal is taken: none is left under its final name."""
     db, copy = "t_term_attach", "t_term_attach_copy"
-    for name in (db, copy):
-        server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
-    server_engine.sql(f"CREATE DATABASE {db}")
-    server_engine.sql(
-        f"CREATE TABLE {db}.t (d Date, x UInt64) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY x"
-    )
-    server_engine.sql(
-        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 40, number FROM numbers(4000)"
-    )
-    base = ["--repo", str(tmp_path / "repo"), "--clickhouse", server_engine.url]
-    for args in (["init"], ["create", "b", "--tables", f"{db}.*"]):
-        subprocess.run([*CASBACKUP, *base, *args], check=True, capture_output=True)
+    base = _backed_up_table(server_engine, tmp_path, db, 40)
     interrupted = subprocess.run(
         [sys.executable, "-c", _TERM_BEFORE_ATTACH, *base, "restore", "b", "--as", f"{db}:{copy}"],
         capture_output=True,
