@@ -42,11 +42,21 @@ class NativeClient:
             password=spec.password,
             secure=spec.secure,
             connect_timeout=spec.connect_timeout,
-            send_receive_timeout=spec.send_receive_timeout,
+            # The greeting too is bounded by connect_timeout: a port that
+            # accepts and never answers (the HTTP port, a proxy) would hold
+            # the first read for send_receive_timeout, an hour by default.
+            send_receive_timeout=spec.connect_timeout,
             sync_request_timeout=spec.connect_timeout,
             settings={"use_client_time_zone": False},
         )
+        self._greeted = False
         self.query("SELECT 1")  # fail here, with a clear error, if we cannot reach or log in
+        self._greeted = True
+        # Connected: queries may wait long for their first packet (FREEZE of a big table).
+        connection = self._client.connection
+        connection.send_receive_timeout = spec.send_receive_timeout
+        if connection.socket is not None:
+            connection.socket.settimeout(spec.send_receive_timeout)
 
     def describe(self) -> str:
         return self.spec.describe()
@@ -72,10 +82,20 @@ class NativeClient:
             if exc.code in _AUTH_CODES:
                 raise ClickHouseAuthFailed(target=self.describe(), user=self.spec.user) from None
             raise ClickHouseError(detail=first_line(exc.message)) from None
+        except driver_errors.SocketTimeoutError:
+            if self._greeted:
+                detail = (
+                    f"no answer within send_receive_timeout ({self.spec.send_receive_timeout:g} s)"
+                )
+            else:
+                detail = (
+                    f"no greeting within connect_timeout ({self.spec.connect_timeout:g} s); "
+                    "is this ClickHouse's native protocol port (9000 by default, 8123 is HTTP)?"
+                )
+            raise ClickHouseUnavailable(target=self.describe(), detail=detail) from None
         except (
             OSError,
             driver_errors.NetworkError,
-            driver_errors.SocketTimeoutError,
             EOFError,
         ) as exc:
             raise ClickHouseUnavailable(

@@ -576,6 +576,27 @@ def test_unreachable_server_is_one_line_from_a_real_process(tmp_path: Path) -> N
     assert f"cannot reach ClickHouse at {url}" in result.stderr
 
 
+def test_the_http_port_is_refused_within_the_connect_timeout(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """The HTTP port accepts the connection and never answers the native greeting: the
+    command waited send_receive_timeout (an hour by default) without a word. The timeout
+    below only keeps a regression from hanging the suite; nothing is timed."""
+    repo = tmp_path / "repo"
+    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
+    url = f"clickhouse://default@127.0.0.1:{server_engine.http_port}?connect_timeout=2"
+    result = subprocess.run(
+        [*CASBACKUP, "--repo", str(repo), "--clickhouse", url, "tables"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == ExitCode.CLICKHOUSE_CONNECT, result.stderr
+    one_line_error(result.stderr)
+    assert "no greeting within connect_timeout (2 s)" in result.stderr
+    assert "native protocol port" in result.stderr
+
+
 def test_wrong_password_is_refused_and_never_printed(server_engine: ServerEngine, cli: Any) -> None:
     cli(None, "init")
     url = f"clickhouse://{PROTECTED_USER}:wrong-{PROTECTED_PASSWORD}@127.0.0.1:{server_engine.tcp_port}"
