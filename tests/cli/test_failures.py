@@ -557,20 +557,28 @@ def test_unreachable_server(cli: Any, tmp_path: Path) -> None:
     assert f"cannot reach ClickHouse at clickhouse://default@127.0.0.1:{port}" in result.stderr
 
 
+def _in_a_new_repository(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``casbackup --clickhouse URL ARGS`` in a process of its own, on a new repository.
+
+    The timeout only keeps a regression that hangs from hanging the suite."""
+    repo = tmp_path / "repo"
+    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
+    return subprocess.run(
+        [*CASBACKUP, "--repo", str(repo), "--clickhouse", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_unreachable_server_is_one_line_from_a_real_process(tmp_path: Path) -> None:
     """In a process of its own, where no test harness has taken over logging first.
 
     clickhouse-driver logs every failed connection attempt with a traceback;
     in-process, pytest's log capture swallowed it, so only a real process shows it.
     """
-    repo = tmp_path / "repo"
-    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
     url = f"clickhouse://default@127.0.0.1:{free_port()}"
-    result = subprocess.run(
-        [*CASBACKUP, "--repo", str(repo), "--clickhouse", url, "create"],
-        capture_output=True,
-        text=True,
-    )
+    result = _in_a_new_repository(tmp_path, url, "create")
     assert result.returncode == ExitCode.CLICKHOUSE_CONNECT
     one_line_error(result.stderr)
     assert f"cannot reach ClickHouse at {url}" in result.stderr
@@ -580,17 +588,9 @@ def test_the_http_port_is_refused_within_the_connect_timeout(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
     """The HTTP port accepts the connection and never answers the native greeting: the
-    command waited send_receive_timeout (an hour by default) without a word. The timeout
-    below only keeps a regression from hanging the suite; nothing is timed."""
-    repo = tmp_path / "repo"
-    subprocess.run([*CASBACKUP, "--repo", str(repo), "init"], check=True, capture_output=True)
+    command waited send_receive_timeout (an hour by default) without a word."""
     url = f"clickhouse://default@127.0.0.1:{server_engine.http_port}?connect_timeout=2"
-    result = subprocess.run(
-        [*CASBACKUP, "--repo", str(repo), "--clickhouse", url, "tables"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _in_a_new_repository(tmp_path, url, "tables")
     assert result.returncode == ExitCode.CLICKHOUSE_CONNECT, result.stderr
     one_line_error(result.stderr)
     assert "no greeting within connect_timeout (2 s)" in result.stderr
