@@ -206,11 +206,10 @@ _DIE_BEFORE_COMMIT = (
 )
 
 
-def test_a_name_a_killed_backup_never_committed_is_free_again(
-    server_engine: ServerEngine, tmp_path: Path
-) -> None:
-    """`create NAME` after a SIGKILLed `create NAME`: no backup NAME exists, so it is no conflict."""
-    db = "t_kill_name"
+def _small_table_and_repository(
+    server_engine: ServerEngine, tmp_path: Path, db: str
+) -> tuple[Path, list[str]]:
+    """Table db.t of 1000 rows and a new repository; returns it and the CLI's base arguments."""
     server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
     server_engine.sql(f"CREATE DATABASE {db}")
     server_engine.sql(f"CREATE TABLE {db}.t (x UInt64) ENGINE = MergeTree ORDER BY x")
@@ -218,6 +217,15 @@ def test_a_name_a_killed_backup_never_committed_is_free_again(
     repo = tmp_path / "repo"
     base = ["--repo", str(repo), "--clickhouse", server_engine.url]
     subprocess.run([*CASBACKUP, *base, "init"], check=True, capture_output=True)
+    return repo, base
+
+
+def test_a_name_a_killed_backup_never_committed_is_free_again(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """`create NAME` after a SIGKILLed `create NAME`: no backup NAME exists, so it is no conflict."""
+    db = "t_kill_name"
+    repo, base = _small_table_and_repository(server_engine, tmp_path, db)
     create = ["create", "nightly", "--tables", f"{db}.*"]
     killed = subprocess.run(
         [sys.executable, "-c", _DIE_BEFORE_COMMIT, *base, *create], capture_output=True
@@ -236,13 +244,7 @@ def test_clean_broken_never_says_nothing_to_clean_when_it_forgot_a_run(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
     db = "t_kill_broken_text"
-    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
-    server_engine.sql(f"CREATE DATABASE {db}")
-    server_engine.sql(f"CREATE TABLE {db}.t (x UInt64) ENGINE = MergeTree ORDER BY x")
-    server_engine.sql(f"INSERT INTO {db}.t SELECT number FROM numbers(1000)")
-    repo = tmp_path / "repo"
-    base = ["--repo", str(repo), "--clickhouse", server_engine.url]
-    subprocess.run([*CASBACKUP, *base, "init"], check=True, capture_output=True)
+    repo, base = _small_table_and_repository(server_engine, tmp_path, db)
     killed = subprocess.run(
         [sys.executable, "-c", _DIE_BEFORE_COMMIT, *base, "create", "b", "--tables", f"{db}.*"],
         capture_output=True,
