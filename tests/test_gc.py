@@ -519,3 +519,28 @@ def test_a_name_another_host_deleted_and_used_again_is_indexed_anew(
     assert restore_manifest(
         repo, catalog, repo.read_manifest("b"), tmp_path / "out"
     ) == tree_contents(tmp_path / "new")
+
+
+def test_a_replaced_backups_old_packs_are_forgotten_before_a_backup_dedupes_against_them(
+    repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock
+) -> None:
+    """Host B deleted b, its gc deleted the old b's packs, and it made a new b of other data.
+    Host A's sync kept the old b's rows until it imported the new b, so the packs only they
+    needed stayed in A's catalog though gone from the store: A's next backup of the same data
+    deduplicated against them and committed chunks no pack holds."""
+    random_tree(tmp_path / "old", seed=60, parts=2)
+    snapshot_directory(repo, catalog, "b", tmp_path / "old", pack_size=SMALL_PACKS)
+    with Catalog.open(f"sqlite:///{tmp_path / 'b.sqlite'}", repo.id) as other:
+        from casbackup.catalog.rebuild import sync
+
+        sync(repo, other)
+        delete_backups(repo, other, ["b"])
+        for _ in range(2):  # condemn, then delete the old b's packs
+            gc(repo, other, clock)
+            clock.advance(1)
+        random_tree(tmp_path / "new", seed=61, parts=5)
+        snapshot_directory(repo, other, "b", tmp_path / "new", pack_size=SMALL_PACKS)
+    snapshot_directory(repo, catalog, "c", tmp_path / "old", pack_size=SMALL_PACKS)
+    assert restore_manifest(
+        repo, catalog, repo.read_manifest("c"), tmp_path / "out"
+    ) == tree_contents(tmp_path / "old")

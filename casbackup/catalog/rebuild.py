@@ -105,6 +105,13 @@ def sync(
         with db.write() as conn:
             conn.execute(delete(Backup).where(Backup.name == name, Backup.state == COMMITTED))
         report.backups_forgotten += 1
+    # A replaced backup's rows go now too, not at its import: kept through step
+    # 2, they would keep the packs only the old backup needed (gone from the
+    # store with it) indexed, and a backup taken after this sync would dedupe
+    # against them.
+    for name in sorted(replaced):
+        with db.write() as conn:
+            conn.execute(delete(Backup).where(Backup.name == name, Backup.state == COMMITTED))
 
     gone = catalog_packs - set(store_packs)
     kept: set[bytes] = set()
