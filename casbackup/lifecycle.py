@@ -86,6 +86,13 @@ def abandoned_runs(
 
 
 def forget_abandoned(catalog: Catalog, runs: list[AbandonedRun]) -> None:
+    """Delete the rows of these runs; a row a newer run of the same name holds is left alone."""
     with catalog.db.write() as conn:
         for run in runs:
-            conn.execute(delete(Backup).where(Backup.name == run.name, Backup.state == RUNNING))
+            conn.execute(
+                delete(Backup).where(
+                    Backup.name == run.name,
+                    Backup.state == RUNNING,
+                    Backup.run_id == run.run_id,  # IS NULL for rows older than leases
+                )
+            )

@@ -544,3 +544,23 @@ def test_a_replaced_backups_old_packs_are_forgotten_before_a_backup_dedupes_agai
     assert restore_manifest(
         repo, catalog, repo.read_manifest("c"), tmp_path / "out"
     ) == tree_contents(tmp_path / "old")
+
+
+def test_forgetting_a_dead_run_spares_the_run_that_took_its_name_since(
+    repo: Repository, catalog: Catalog
+) -> None:
+    """`clean --broken` lists the runs that died, then deletes their rows. By name alone, a
+    `create` of the same name that took the name back in between (it forgets the dead row and
+    starts its own) lost its running row: gc no longer saw what that backup references."""
+    from datetime import UTC, datetime
+
+    from casbackup.lifecycle import abandoned_runs, forget_abandoned
+
+    started = datetime(2020, 1, 1, tzinfo=UTC)
+    catalog.backups.start("b", started, "host", "0", run_id="dead")
+    listed = abandoned_runs(repo, catalog, margin=0.0)
+    assert [r.run_id for r in listed] == ["dead"]
+    forget_abandoned(catalog, listed)  # the create taking the name back...
+    catalog.backups.start("b", started, "host", "0", run_id="live")
+    forget_abandoned(catalog, listed)  # ...and clean, with what it listed before
+    assert catalog.backups.state_of("b") == "running"
