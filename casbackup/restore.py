@@ -19,6 +19,7 @@ Order of work, so a refusal never leaves anything half-done:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -480,7 +481,8 @@ class RestoreService:
                 "this backup holds no configuration files (made without --configs?)"
             )
         for fileset, target in self._file_restores():
-            report.files += restore_directory(
+            restore = functools.partial(
+                restore_directory,
                 self.repo,
                 self.catalog,
                 self.files,
@@ -488,6 +490,14 @@ class RestoreService:
                 target,
                 overwrite=self.options.overwrite_files,
             )
+            try:
+                report.files += restore()
+            except PackMissing as exc:
+                # Met while fetching, before any file is renamed into place:
+                # restore_directory has removed what it wrote.
+                if not self._follow_repack(exc):
+                    raise
+                report.files += restore()
             report.notes.append(
                 f"{len(fileset.files)} files from {fileset.source} restored to {target}; copy what "
                 "you need into place and restart ClickHouse for it to take effect"

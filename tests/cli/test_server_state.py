@@ -651,3 +651,39 @@ def test_an_interrupted_overwrite_leaves_every_file_old_or_restored(
     again = restore_configs(engine, cli, staging, "--overwrite")
     assert again.code == 0, again.stderr
     assert tree(staging / "configs") == expected
+
+
+def test_a_config_restore_follows_a_repack_by_another_hosts_gc(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a table's data does (test_restore_follows_a_repack_by_another_hosts_gc): this host
+    deleted b, so its backup list agrees with the store; another host's gc then moved the
+    config files c shares with b to a new pack and deleted the old one. restore --configs
+    met "pack … missing" though a restore of tables syncs and goes on."""
+    expected = backed_up_with_configs(engine, dbname, cli, tmp_path)
+    changed = tmp_path / "etc-clickhouse" / "config.d" / "storage.xml"
+    changed.write_bytes(b"<clickhouse><!-- c's own --></clickhouse>\n")
+    expected["config.d/storage.xml"] = changed.read_bytes()
+    made = cli(
+        engine,
+        "create",
+        "c",
+        "--tables",
+        f"{dbname}.*",
+        "--configs",
+        "--configs-path",
+        str(tmp_path / "etc-clickhouse"),
+    )
+    assert made.code == 0, made.stderr
+    assert cli(engine, "delete", "b").code == 0
+    with monkeypatch.context() as other_host:
+        other_host.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'other.sqlite'}")
+        condemned = cli(engine, "gc", "--min-age", "0s", "--repack-below", "1.0", "--json")
+        assert condemned.json()["repack_bytes_written"] > 0, condemned.stderr
+        assert cli(engine, "gc", "--min-age", "0s", "--json").json()["bytes_freed"] > 0
+    staging = tmp_path / "staging"
+    restored = cli(
+        engine, "restore", "c", "--configs", "--files-target", str(staging), "--no-tables"
+    )
+    assert restored.code == 0, restored.stderr
+    assert tree(staging / "configs") == expected
