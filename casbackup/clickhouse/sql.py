@@ -353,7 +353,8 @@ def rename_dictionary_source(sql: str, mapping: Mapping[str, str]) -> str:
 # Table engines whose arguments name a database, and which argument it is
 # (0-based): the server keeps it as a string literal (26.x writes
 # `Buffer('db', 't', …)` whatever was typed) or as a bare identifier (18.16).
-# Dictionary's one argument is the string 'db.dictionary'.
+# Dictionary's one argument is the string 'db.dictionary'; a bare name is the
+# dictionary's own (18.16's dictionaries have no database).
 _ENGINE_DATABASE_ARGUMENT = {"Buffer": 0, "Merge": 0, "Distributed": 1, "Dictionary": 0}
 
 
@@ -403,6 +404,8 @@ def rename_engine_database(sql: str, mapping: Mapping[str, str]) -> str:
                     tokens[i] = Token(Kind.STRING, quote_string(f"{mapping[database]}.{rest}"))
             elif value in mapping:
                 tokens[i] = Token(Kind.STRING, quote_string(mapping[value]))
+        elif engine == "Dictionary":
+            pass  # a lone identifier names the dictionary: 18.16's have no database
         elif (name := token.identifier) is not None and name in mapping:
             tokens[i] = Token(Kind.QUOTED, quote_identifier(mapping[name]))
     return "".join(t.text for t in tokens)

@@ -205,6 +205,7 @@ def test_rename_engine_database(engine: str, renamed: str) -> None:
         "Merge(REGEXP('^shop'), '^base$')",  # an expression: left alone
         "Buffer('other', 'shop', 1, 10, 100, 10, 100, 10000, 100000)",  # a table named shop
         "Distributed('shop', 'other', 'shop')",  # a cluster named shop
+        "Dictionary(shop)",  # 18.16: a dictionary named shop (its dictionaries have no database)
         "MergeTree ORDER BY tuple() SETTINGS storage_policy = 'shop'",
         "Log COMMENT 'shop'",
     ],
