@@ -299,9 +299,11 @@ class Verifier:
             if name in in_catalog
             for f in m.files
         }
-        found: dict[bytes, list[bytes]] = defaultdict(list)
+        wrong: set[bytes] = set()
         with self.catalog.db.read() as conn:
+            # Batch by batch, so that only one batch's lists are held beside the manifests'.
             for batch in batched(sorted(fid.hex() for fid in expected)):
+                found: dict[bytes, list[bytes]] = defaultdict(list)
                 rows = conn.execute(
                     select(FileChunk.file_digest, FileChunk.chunk_digest)
                     .where(FileChunk.file_digest.in_(batch))
@@ -309,7 +311,9 @@ class Verifier:
                 )
                 for file_digest, chunk_digest in rows:
                     found[bytes.fromhex(file_digest)].append(bytes.fromhex(chunk_digest))
-        wrong = {fid for fid, chunks in expected.items() if found.get(fid, []) != chunks}
+                wrong.update(
+                    fid for fid in map(bytes.fromhex, batch) if found.get(fid, []) != expected[fid]
+                )
         for name in sorted(in_catalog & set(self.manifests)):
             count = sum(1 for f in self.manifests[name].files if f.id in wrong)
             if count:
