@@ -321,3 +321,9 @@ class Interrupted(CasbackupError):
     """interrupted by {signal}; partial work was cleaned up"""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class InterruptedAfterCommit(CasbackupError):
+    """interrupted by {signal} after backup {backup} was committed: the backup is complete"""
+
+    exit_code = ExitCode.INTERRUPTED

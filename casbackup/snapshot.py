@@ -20,11 +20,11 @@ from functools import partial
 
 import blake3
 
-from casbackup import __version__
+from casbackup import __version__, interrupts
 from casbackup.catalog import Catalog
 from casbackup.catalog.packs import set_states
 from casbackup.catalog.rebuild import sync
-from casbackup.errors import BackupExists, IntegrityError, LockLost
+from casbackup.errors import BackupExists, IntegrityError, InterruptedAfterCommit, LockLost
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
 from casbackup.repo.archiver import FileArchiver, StoredFile
 from casbackup.repo.compression import DEFAULT_LEVEL, ChunkCompressor
@@ -186,11 +186,21 @@ class SnapshotWriter:
             partitions=extras.partitions,
         )
         self.catalog.backups.record_contents(self.backup_id, manifest)
-        data = self.repo.write_manifest(manifest)
-        self.catalog.backups.mark_committed(
-            self.backup_id, manifest, blake3.blake3(data).digest(), len(data)
-        )
-        self._finished = True
+        # The manifest is the commit point. From its write to the catalog's
+        # record of it a signal waits: the catalog then agrees with the store,
+        # and a run stopped there says its backup is complete, not "cleaned up".
+        try:
+            with interrupts.deferred():
+                data = self.repo.write_manifest(manifest)
+                self.catalog.backups.mark_committed(
+                    self.backup_id, manifest, blake3.blake3(data).digest(), len(data)
+                )
+                self._finished = True
+        except interrupts.SignalReceived as received:
+            if not self._finished:
+                raise
+            self._shutdown()
+            raise InterruptedAfterCommit(signal=received.name, backup=self.name) from None
         self._shutdown()
         return manifest
 

@@ -240,6 +240,40 @@ def test_a_name_a_killed_backup_never_committed_is_free_again(
     server_engine.sql(f"DROP DATABASE {db}")
 
 
+# A backup that receives SIGTERM the moment its manifest (the commit point) is written.
+_TERM_AFTER_MANIFEST = (
+    "import os, signal\n"
+    "from casbackup.repo.repository import Repository\n"
+    "write = Repository.write_manifest\n"
+    "def written(self, manifest):\n"
+    "    data = write(self, manifest)\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "    return data\n"
+    "Repository.write_manifest = written\n"
+    "from casbackup.launch import main\n"
+    "main()\n"
+)
+
+
+def test_sigterm_after_the_manifest_says_the_backup_is_complete(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """It said "partial work was cleaned up" of a committed backup, and left the catalog
+    row `running` (gone: the run forgot it) until a sync imported the manifest."""
+    db = "t_term_manifest"
+    repo, base = _small_table_and_repository(server_engine, tmp_path, db)
+    stopped = subprocess.run(
+        [sys.executable, "-c", _TERM_AFTER_MANIFEST, *base, "create", "b", "--tables", f"{db}.*"],
+        capture_output=True,
+        text=True,
+    )
+    assert stopped.returncode == ExitCode.INTERRUPTED, stopped.stderr
+    one_line_error(stopped.stderr)
+    assert "after backup b was committed: the backup is complete" in stopped.stderr
+    assert catalog_rows(repo, "SELECT name, state FROM backups") == [("b", "committed")]
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
 def test_clean_broken_never_says_nothing_to_clean_when_it_forgot_a_run(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
