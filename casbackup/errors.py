@@ -271,6 +271,14 @@ class RestoreConflict(CasbackupError):
     exit_code = ExitCode.CONFLICT
 
 
+class NewerServerBackup(CasbackupError):
+    """backup {backup} was made on ClickHouse {made_on}, newer than this server's {version}, which cannot read its parts or schema; restore it into ClickHouse {release} or later; nothing was changed"""
+
+    # ClickHouse upgrades in place but does not downgrade: 18.16 creates a
+    # 26.x table (or not: Atomic databases) and then refuses every part.
+    exit_code = ExitCode.CONFLICT
+
+
 class FilesConflict(CasbackupError):
     """{detail}; nothing was changed"""
 

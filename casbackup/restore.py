@@ -33,7 +33,12 @@ from casbackup import interrupts
 from casbackup.catalog import Catalog
 from casbackup.catalog.rebuild import sync
 from casbackup.clickhouse.part_check import check_part
-from casbackup.clickhouse.server import ClickHouseServer, TableInfo, holds_rows_not_backed_up
+from casbackup.clickhouse.server import (
+    ClickHouseServer,
+    TableInfo,
+    holds_rows_not_backed_up,
+    version_tuple,
+)
 from casbackup.clickhouse.sql import (
     create_target,
     qualified,
@@ -50,6 +55,7 @@ from casbackup.errors import (
     FilesConflict,
     IntegrityError,
     ManifestCorrupt,
+    NewerServerBackup,
     NothingSelected,
     PackMissing,
     PartDamaged,
@@ -242,6 +248,7 @@ class RestoreService:
         self._check_server_state()
         if not self.options.restore_tables:
             return []
+        self._check_server_version()
         chosen = select(self.manifest.tables, self.options.tables, self.options.exclude)
         if not chosen:
             raise NothingSelected(patterns=", ".join(self.options.tables))
@@ -277,6 +284,17 @@ class RestoreService:
             )
         ]
         return items
+
+    def _check_server_version(self) -> None:
+        """Tables of a backup made on a newer ClickHouse release are refused before any change."""
+        made_on = version_tuple(self.manifest.clickhouse_version)[:2]
+        if made_on > version_tuple(self.server.info.version)[:2]:
+            raise NewerServerBackup(
+                backup=self.manifest.name,
+                made_on=self.manifest.clickhouse_version,
+                version=self.server.info.version,
+                release=".".join(map(str, made_on)),
+            )
 
     def _check_statements(self, items: list[_Item]) -> None:
         """Every recorded CREATE this restore may run parses, checked before anything changes.

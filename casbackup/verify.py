@@ -46,6 +46,7 @@ from casbackup.errors import (
     CasbackupError,
     ClickHouseError,
     IntegrityError,
+    NewerServerBackup,
     NothingSelected,
     ObjectTooLarge,
     PackMissing,
@@ -483,8 +484,8 @@ class Verifier:
             RestoreService(
                 self.server, self.repo, self.catalog, manifest, replace(base, schema_only=True)
             ).run()
-        except TargetUnwritable:
-            raise
+        except (TargetUnwritable, NewerServerBackup):
+            raise  # this server's fault, not the backup's: every table would fail alike
         except CasbackupError as exc:
             self._problem(RESTORE, f"backup {name}", f"schema: {exc.message}")
             return
