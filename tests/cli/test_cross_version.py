@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from casbackup.errors import ExitCode
+from tests.cli.test_verify import set_fingerprints
+from tests.clickhouse.schema import fingerprints
 from tests.engines import ChdbEngine, ServerEngine
 
 
@@ -52,3 +57,96 @@ def test_a_backup_of_a_newer_server_is_refused_by_an_older_one_before_any_change
     finally:
         for engine in (server_engine, chdb_engine):
             engine.sql(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_a_backup_of_18_16_restores_and_verifies_on_26(
+    server_engine: ServerEngine,
+    chdb_engine: ChdbEngine,
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upgrade path: 18.16's old-syntax tables, views and Ordinary database into 26.x."""
+    set_fingerprints(tmp_path, monkeypatch, "true")
+    db, copy = "xv_older", "xv_older_copy"
+    s = server_engine.sql
+    for engine in (server_engine, chdb_engine):
+        for name in (db, copy):
+            engine.sql(f"DROP DATABASE IF EXISTS {name}")
+    s(f"CREATE DATABASE {db}")
+    s(
+        f"CREATE TABLE {db}.old (d Date, k UInt64, s String, n Nullable(Int32), a Array(UInt16)) "
+        "ENGINE = MergeTree(d, (k), 8192)"
+    )
+    s(
+        f"INSERT INTO {db}.old SELECT toDate('2024-01-01') + number % 60, number, toString(number), "
+        "if(number % 3 = 0, NULL, toInt32(number)), [toUInt16(number % 7)] FROM system.numbers LIMIT 3000"
+    )
+    s(
+        f"CREATE TABLE {db}.sampled (d Date, k UInt64) "
+        "ENGINE = MergeTree(d, intHash32(k), (k, intHash32(k)), 8192)"
+    )
+    s(f"INSERT INTO {db}.sampled SELECT toDate('2024-02-01'), number FROM system.numbers LIMIT 500")
+    s(
+        f"CREATE TABLE {db}.new (d Date, k UInt64, v Float64) ENGINE = MergeTree "
+        "PARTITION BY toYYYYMM(d) ORDER BY k"
+    )
+    s(
+        f"INSERT INTO {db}.new SELECT toDate('2024-01-01') + number % 90, number, number / 3 FROM system.numbers LIMIT 2000"
+    )
+    s(
+        f"CREATE TABLE {db}.rep (d Date, k UInt64, ver UInt32) ENGINE = ReplacingMergeTree(d, (k), 8192, ver)"
+    )
+    s(
+        f"CREATE TABLE {db}.col (d Date, k UInt64, sign Int8) ENGINE = CollapsingMergeTree(d, (k), 8192, sign)"
+    )
+    s(
+        f"CREATE TABLE {db}.agg (d Date, c UInt64) ENGINE = SummingMergeTree PARTITION BY toYYYYMM(d) ORDER BY d"
+    )
+    s(
+        f"CREATE MATERIALIZED VIEW {db}.mv TO {db}.agg AS SELECT d, count() AS c FROM {db}.new GROUP BY d"
+    )
+    s(
+        f"CREATE MATERIALIZED VIEW {db}.mv_inner ENGINE = SummingMergeTree(d, (d), 8192) "
+        f"AS SELECT d, count() AS c FROM {db}.old GROUP BY d"
+    )
+    s(f"CREATE VIEW {db}.v AS SELECT k, s FROM {db}.old WHERE k < 10")
+    s(
+        f"INSERT INTO {db}.rep SELECT toDate('2024-01-01'), number % 100, number FROM system.numbers LIMIT 1000"
+    )
+    s(f"INSERT INTO {db}.col SELECT toDate('2024-01-01'), number, 1 FROM system.numbers LIMIT 300")
+    s(
+        f"INSERT INTO {db}.old (d, k, s) SELECT toDate('2024-03-01'), 100000 + number, 'x' FROM system.numbers LIMIT 50"
+    )
+    s(
+        f"INSERT INTO {db}.new SELECT toDate('2024-03-01'), 100000 + number, 0 FROM system.numbers LIMIT 50"
+    )
+    before = fingerprints(server_engine, [db])
+    assert len(before) == 7 and all(f.rows for f in before.values())
+    try:
+        assert cli(server_engine, "init").code == 0
+        assert cli(server_engine, "create", "old", "--tables", f"{db}.*").code == 0
+        restored = cli(chdb_engine, "restore", "old")
+        assert restored.code == 0, restored.stderr
+        assert fingerprints(chdb_engine, [db]) == before
+        assert chdb_engine.value(f"SELECT count() FROM {db}.v") == 10
+        assert (
+            chdb_engine.value(f"SELECT engine FROM system.databases WHERE name = '{db}'")
+            == "Ordinary"
+        )
+        copied = cli(chdb_engine, "restore", "old", "--as", f"{db}:{copy}")
+        assert copied.code == 0, copied.stderr
+        assert list(fingerprints(chdb_engine, [copy]).values()) == list(before.values())
+        # The copy's views read the copy, and live: new rows flow into their targets.
+        chdb_engine.sql(f"INSERT INTO {copy}.old (d, k) VALUES ('2024-05-05', 9999999)")
+        chdb_engine.sql(f"INSERT INTO {copy}.new (d, k) VALUES ('2024-05-05', 9999999)")
+        assert chdb_engine.value(f"SELECT sum(c) FROM {copy}.mv_inner") == 51
+        assert chdb_engine.value(f"SELECT sum(c) FROM {copy}.agg") == 51
+        assert chdb_engine.value(f"SELECT count() FROM {copy}.v") == 10
+        drill = cli(chdb_engine, "verify", "old", "--restore", "--json")
+        assert drill.code == 0, drill.stderr
+        assert {t["fingerprint"] for t in drill.json()["tables"]} == {"match"}
+    finally:
+        for engine in (server_engine, chdb_engine):
+            for name in (db, copy):
+                engine.sql(f"DROP DATABASE IF EXISTS {name}")
