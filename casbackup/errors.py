@@ -272,7 +272,7 @@ class RestoreConflict(CasbackupError):
 
 
 class NewerServerBackup(CasbackupError):
-    """backup {backup} was made on ClickHouse {made_on}, newer than this server's {version}, which cannot read its parts or schema; restore it into ClickHouse {release} or later; nothing was changed"""
+    """backup {backup} was made on ClickHouse {made_on}, newer than this server's {version}, which may not read its parts or schema; restore it into ClickHouse {release} or later (or, after rolling an upgrade back, try --allow-older-server); nothing was changed"""
 
     # ClickHouse upgrades in place but does not downgrade: 18.16 creates a
     # 26.x table (or not: Atomic databases) and then refuses every part.

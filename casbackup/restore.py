@@ -109,6 +109,10 @@ class RestoreOptions:
     # synced before the restore). Sync once and look the chunks up again.
     # verify leaves this off: it reports the catalog as it is, never repairs it.
     follow_repacks: bool = False
+    # Restore tables of a backup made on a newer ClickHouse release all the same
+    # (an upgrade rolled back within a few releases): ClickHouse itself then
+    # refuses what it cannot read.
+    allow_older_server: bool = False
     # Leave the restored table's merges stopped (verify's scratch tables): a
     # merge may change what a check then reads, e.g. a TTL merge dropping rows
     # that had expired at backup time but were still in the parts.
@@ -288,7 +292,10 @@ class RestoreService:
     def _check_server_version(self) -> None:
         """Tables of a backup made on a newer ClickHouse release are refused before any change."""
         made_on = version_tuple(self.manifest.clickhouse_version)[:2]
-        if made_on > version_tuple(self.server.info.version)[:2]:
+        if (
+            made_on > version_tuple(self.server.info.version)[:2]
+            and not self.options.allow_older_server
+        ):
             raise NewerServerBackup(
                 backup=self.manifest.name,
                 made_on=self.manifest.clickhouse_version,

@@ -123,6 +123,14 @@ def restore(
             "(about 1 s per GB more).",
         ),
     ] = False,
+    allow_older_server: Annotated[
+        bool,
+        typer.Option(
+            "--allow-older-server",
+            help="Restore tables of a backup made on a newer ClickHouse release all the same "
+            "(after rolling an upgrade back); ClickHouse refuses what it cannot read.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
 ) -> int:
     """Restore tables (schema and data) from a backup; with --rbac/--configs, server state too."""
@@ -152,6 +160,7 @@ def restore(
         overwrite_files=overwrite,
         check_parts=check,
         follow_repacks=True,
+        allow_older_server=allow_older_server,
     )
     manifest = app.repository.read_manifest(name)
     catalog = app.synced_catalog()

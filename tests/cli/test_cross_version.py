@@ -46,6 +46,13 @@ def test_a_backup_of_a_newer_server_is_refused_by_an_older_one_before_any_change
                 server_engine.sql(f"SELECT name FROM system.databases WHERE name = '{db}_copy'")
                 == []
             )
+        # After a rolled-back upgrade the operator may try all the same.
+        forced = cli(server_engine, "restore", "modern", "--schema-only", "--allow-older-server")
+        assert forced.code == 0, forced.stderr
+        assert server_engine.sql(f"SELECT name FROM system.tables WHERE database = '{db}'") == [
+            ("t",)
+        ]
+        server_engine.sql(f"DROP TABLE {db}.t")
         drill = cli(server_engine, "verify", "modern", "--restore")
         assert drill.code == ExitCode.CONFLICT, drill.stderr
         assert "nothing was changed" in drill.stderr and "Traceback" not in drill.stderr
