@@ -57,6 +57,18 @@ def dead_lock(repo: Path, kind: str, exclusive: bool) -> Path:
     return path
 
 
+def another_hosts_gc_repacks(
+    engine: Engine, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc run twice from another host's catalog: it repacks live chunks, then deletes the old
+    packs, which this host's catalog still locates them in."""
+    with monkeypatch.context() as other_host:
+        other_host.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'other.sqlite'}")
+        condemned = cli(engine, "gc", "--min-age", "0s", "--repack-below", "1.0", "--json")
+        assert condemned.json()["repack_bytes_written"] > 0, condemned.stderr
+        assert cli(engine, "gc", "--min-age", "0s", "--json").json()["bytes_freed"] > 0
+
+
 def test_delete_then_gc_frees_space_and_keeps_the_rest(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
@@ -111,11 +123,7 @@ def test_restore_follows_a_repack_by_another_hosts_gc(
     tuesday = fingerprints(engine, [dbname])
     assert cli(engine, "delete", "mon").code == 0
 
-    with monkeypatch.context() as other_host:
-        other_host.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'other.sqlite'}")
-        condemned = cli(engine, "gc", "--min-age", "0s", "--repack-below", "1.0", "--json")
-        assert condemned.json()["repack_bytes_written"] > 0, condemned.stderr
-        assert cli(engine, "gc", "--min-age", "0s", "--json").json()["bytes_freed"] > 0
+    another_hosts_gc_repacks(engine, cli, tmp_path, monkeypatch)
 
     engine.sql(f"DROP DATABASE {q(dbname)}")
     result = cli(engine, "restore", "tue")

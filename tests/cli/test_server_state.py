@@ -26,6 +26,7 @@ from casbackup.errors import ExitCode
 from casbackup.repo.repository import Repository
 from casbackup.store.local import LocalStore
 from tests.cli.test_incremental import mutate
+from tests.cli.test_lifecycle import another_hosts_gc_repacks
 from tests.clickhouse.schema import fingerprints, q
 from tests.engines import ChdbEngine, Engine, ServerEngine
 
@@ -676,11 +677,7 @@ def test_a_config_restore_follows_a_repack_by_another_hosts_gc(
     )
     assert made.code == 0, made.stderr
     assert cli(engine, "delete", "b").code == 0
-    with monkeypatch.context() as other_host:
-        other_host.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'other.sqlite'}")
-        condemned = cli(engine, "gc", "--min-age", "0s", "--repack-below", "1.0", "--json")
-        assert condemned.json()["repack_bytes_written"] > 0, condemned.stderr
-        assert cli(engine, "gc", "--min-age", "0s", "--json").json()["bytes_freed"] > 0
+    another_hosts_gc_repacks(engine, cli, tmp_path, monkeypatch)
     staging = tmp_path / "staging"
     restored = cli(
         engine, "restore", "c", "--configs", "--files-target", str(staging), "--no-tables"
