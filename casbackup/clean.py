@@ -20,7 +20,7 @@ from casbackup.clickhouse.freeze import shadow_root, stale_shadows
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.clickhouse.sql import qualified
 from casbackup.errors import ObjectNotFound, StorePermissionDenied
-from casbackup.process import ProcessTag
+from casbackup.process import name_owner
 from casbackup.repo.locks import LockRecord, machine_id, read_lock, read_locks
 from casbackup.restore import (
     ATTACHING_PREFIX,
@@ -62,9 +62,7 @@ def clean_clickhouse(
     for database in server.databases():
         if not database.name.startswith(SCRATCH_PREFIX):
             continue
-        owner = ProcessTag.parse(
-            "_".join(database.name.removeprefix(SCRATCH_PREFIX).split("_")[:2])
-        )
+        owner = name_owner(database.name, SCRATCH_PREFIX)
         if owner is not None and owner.alive():
             report.skipped_live.append(database.name)
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,3 +48,15 @@ class ProcessTag:
 
     def __str__(self) -> str:
         return f"{self.pid}_{self.start}"
+
+
+def tagged_name(prefix: str) -> str:
+    """``<prefix><pid>_<start>_<rand>``: unique, and naming this process for cleanup."""
+    return f"{prefix}{ProcessTag.current()}_{secrets.token_hex(4)}"
+
+
+def name_owner(name: str, prefix: str) -> ProcessTag | None:
+    """The process a name made by ``tagged_name(prefix)`` (maybe with more after it) names."""
+    if not name.startswith(prefix):
+        return None
+    return ProcessTag.parse("_".join(name.removeprefix(prefix).split("_")[:2]))

@@ -22,7 +22,6 @@ import contextlib
 import functools
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -66,7 +65,7 @@ from casbackup.errors import (
 )
 from casbackup.file_errors import writing
 from casbackup.ordering import is_inner_table
-from casbackup.process import ProcessTag
+from casbackup.process import ProcessTag, name_owner, tagged_name
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write_files
 from casbackup.repo.repository import Repository
@@ -165,14 +164,13 @@ class _Item:
 
 def temp_part_name(part: str, prefix: str = TEMP_PREFIX) -> str:
     """``casbackup_tmp_<pid>_<start>_<rand>_<part>``: `clean` removes those whose process is gone."""
-    return f"{prefix}{ProcessTag.current()}_{secrets.token_hex(4)}_{part}"
+    return f"{tagged_name(prefix)}_{part}"
 
 
 def temp_part_owner(name: str, prefix: str = TEMP_PREFIX) -> ProcessTag | None:
-    fields = name.removeprefix(prefix).split("_")
-    if not name.startswith(prefix) or len(fields) < 4:
+    if len(name.removeprefix(prefix).split("_")) < 4:
         return None
-    return ProcessTag.parse(f"{fields[0]}_{fields[1]}")
+    return name_owner(name, prefix)
 
 
 # An empty directory beside detached/<part> while a part goes from its staging
@@ -200,14 +198,13 @@ MERGES_PAUSED_PREFIX = "casbackup_merges_paused_"
 
 
 def merges_marker_name() -> str:
-    return f"{MERGES_PAUSED_PREFIX}{ProcessTag.current()}_{secrets.token_hex(4)}"
+    return tagged_name(MERGES_PAUSED_PREFIX)
 
 
 def merges_marker_owner(name: str) -> ProcessTag | None:
-    fields = name.removeprefix(MERGES_PAUSED_PREFIX).split("_")
-    if not name.startswith(MERGES_PAUSED_PREFIX) or len(fields) != 3:
+    if len(name.removeprefix(MERGES_PAUSED_PREFIX).split("_")) != 3:
         return None
-    return ProcessTag.parse(f"{fields[0]}_{fields[1]}")
+    return name_owner(name, MERGES_PAUSED_PREFIX)
 
 
 class RestoreService:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -46,7 +45,7 @@ from casbackup.errors import (
     ManifestCorrupt,
     RepositoryError,
 )
-from casbackup.process import ProcessTag
+from casbackup.process import name_owner, tagged_name
 from casbackup.repo import manifest as manifest_codec
 from casbackup.repo.repository import Repository
 
@@ -241,9 +240,7 @@ def rebuild(repo: Repository, url: str, progress: Progress | None = None) -> Syn
             return sync(repo, catalog, progress)
     target = Path(parsed.database)
     # Named by its process, so that `clean` can remove it when a kill left it.
-    temp = target.with_name(
-        f".{target.name}{REBUILD_INFIX}{ProcessTag.current()}_{secrets.token_hex(4)}"
-    )
+    temp = target.with_name(tagged_name(f".{target.name}{REBUILD_INFIX}"))
     try:
         with Catalog.open(str(parsed.set(database=str(temp))), repo.id) as catalog:
             report = sync(repo, catalog, progress)
@@ -273,10 +270,7 @@ def stale_rebuild_files(url: str) -> list[Path]:
     target = Path(parsed.database)
     stale = []
     for path in sorted(target.parent.glob(f".{target.name}{REBUILD_INFIX}*")):
-        tag = path.name.removeprefix(f".{target.name}{REBUILD_INFIX}")
-        for suffix in ("-wal", "-shm", "-journal"):
-            tag = tag.removesuffix(suffix)
-        owner = ProcessTag.parse("_".join(tag.split("_")[:2]))
+        owner = name_owner(path.name, f".{target.name}{REBUILD_INFIX}")
         if owner is not None and not owner.alive():
             stale.append(path)
     return stale

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from casbackup.clickhouse.server import ClickHouseServer, Disk, TableInfo
 from casbackup.errors import ClickHouseError
-from casbackup.process import ProcessTag
+from casbackup.process import ProcessTag, tagged_name
 
 FREEZE_PREFIX = "casbackup_"
 _FREEZE_NAME = re.compile(r"^casbackup_(\d+)_(\d+)_([0-9a-f]{8})$")
@@ -37,7 +36,7 @@ class FreezeName:
 
     @classmethod
     def for_this_process(cls) -> FreezeName:
-        return cls(f"{FREEZE_PREFIX}{ProcessTag.current()}_{secrets.token_hex(4)}")
+        return cls(tagged_name(FREEZE_PREFIX))
 
     @classmethod
     def parse(cls, value: str) -> FreezeName | None:
