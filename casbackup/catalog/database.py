@@ -171,7 +171,7 @@ class CatalogDatabase:
     def open(cls, url: str, repository_id: str) -> CatalogDatabase:
         engine = make_engine(url)
         location = redact_url(url)
-        file = _sqlite_file(engine)
+        file = sqlite_file(engine.url)
         existed = file is None or file.exists()
         try:
             with database_errors(engine, location):
@@ -244,8 +244,7 @@ class CatalogDatabase:
             self.bound_now = False
         self.close()
         if self.created_file is not None:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{self.created_file}{suffix}").unlink(missing_ok=True)
+            remove_sqlite_file(self.created_file)
 
 
 def migrate(engine: Engine, location: str) -> None:
@@ -315,10 +314,18 @@ def database_errors(engine: Engine, location: str, advice: str = REBUILD_ADVICE)
         raise CatalogError(detail=f"{location}: {first}; {advice}") from exc
 
 
-def _sqlite_file(engine: Engine) -> Path | None:
-    """The file of a SQLite catalog; None for other databases."""
-    url = engine.url
-    return Path(url.database) if url.get_backend_name() == "sqlite" and url.database else None
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite catalog; None for other databases and for one in memory."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
+
+
+def remove_sqlite_file(path: Path) -> None:
+    """A SQLite database file and the journal files SQLite keeps beside it, if there."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _first_line(exc: BaseException) -> str:

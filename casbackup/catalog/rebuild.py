@@ -18,7 +18,6 @@ as gc deletes only indexed packs, so packs are reported in both forms.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -34,7 +33,7 @@ from sqlalchemy.engine import make_url
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.backups import out_of_step
-from casbackup.catalog.database import CatalogDatabase
+from casbackup.catalog.database import CatalogDatabase, remove_sqlite_file, sqlite_file
 from casbackup.catalog.index import batched, record_pack, repoint
 from casbackup.catalog.models import COMMITTED, REFERENCED_FILES_SQL, Backup, Base, Chunk, Pack
 from casbackup.catalog.packs import forget_packs
@@ -229,32 +228,26 @@ def _unindexed_chunks(db: CatalogDatabase, chunk_ids: set[bytes]) -> set[bytes]:
 
 def rebuild(repo: Repository, url: str, progress: Progress | None = None) -> SyncReport:
     """Rebuild the catalog at ``url`` from the store alone."""
-    parsed = make_url(url)
-    if (
-        parsed.get_backend_name() != "sqlite"
-        or not parsed.database
-        or parsed.database == ":memory:"
-    ):
+    target = sqlite_file(url)
+    if target is None:
         with Catalog.open(url, repo.id) as catalog:
             _empty(catalog.db)
             return sync(repo, catalog, progress)
-    target = Path(parsed.database)
     # Named by its process, so that `clean` can remove it when a kill left it.
     temp = target.with_name(tagged_name(f".{target.name}{REBUILD_INFIX}"))
     try:
-        with Catalog.open(str(parsed.set(database=str(temp))), repo.id) as catalog:
+        with Catalog.open(str(make_url(url).set(database=str(temp))), repo.id) as catalog:
             report = sync(repo, catalog, progress)
         # Fold the WAL into the main file so the rename moves one complete file.
         with closing(sqlite3.connect(temp, isolation_level=None)) as raw:
             raw.execute("PRAGMA journal_mode = DELETE")
         for suffix in ("-wal", "-shm"):
-            _remove(Path(f"{target}{suffix}"))
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
         os.replace(temp, target)
     except OSError as exc:
         raise CatalogError(detail=f"cannot write {target}: {exc.strerror}") from None
     finally:
-        for suffix in ("", "-wal", "-shm"):
-            _remove(Path(f"{temp}{suffix}"))
+        remove_sqlite_file(temp)
     return report
 
 
@@ -264,10 +257,9 @@ def stale_rebuild_files(url: str) -> list[Path]:
     Each is a partial copy of the catalog, as large as the catalog itself;
     nothing else would ever remove it. A rebuild still running is left alone.
     """
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+    target = sqlite_file(url)
+    if target is None:
         return []
-    target = Path(parsed.database)
     stale = []
     for path in sorted(target.parent.glob(f".{target.name}{REBUILD_INFIX}*")):
         owner = name_owner(path.name, f".{target.name}{REBUILD_INFIX}")
@@ -281,8 +273,3 @@ def _empty(db: CatalogDatabase) -> None:
         for table in reversed(Base.metadata.sorted_tables):
             if table.name != "catalog_meta":
                 conn.execute(table.delete())
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
