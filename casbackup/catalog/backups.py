@@ -361,16 +361,21 @@ def _utc(value: datetime) -> datetime:
 
 
 def out_of_step(indexed: Mapping[str, int | None], in_store: Mapping[str, int]) -> set[str]:
-    """Backups the catalog (``committed_sizes``) and the store disagree on.
+    """Backups the catalog (``committed_sizes``) and the store disagree on: in one only, or replaced."""
+    return (indexed.keys() ^ in_store.keys()) | replaced(indexed, in_store)
 
-    Present in one only, or replaced: a name another host deleted and used
-    again holds a different manifest, and the catalog's rows would describe
-    the old backup's files (gc would free what the new one needs). The
-    manifests' sizes tell them apart, as they vary with every part and file
-    listed; the same size with other content is not told apart here. A row
-    without a recorded size (catalogs before manifest sizes) is taken as is.
+
+def replaced(indexed: Mapping[str, int | None], in_store: Mapping[str, int]) -> set[str]:
+    """Backups in both whose manifest in the store is not the one the catalog indexed.
+
+    A name another host deleted and used again holds a different manifest,
+    and the catalog's rows would describe the old backup's files (gc would
+    free what the new one needs). The manifests' sizes tell them apart, as
+    they vary with every part and file listed; the same size with other
+    content is not told apart here. A row without a recorded size (catalogs
+    before manifest sizes) is taken as is.
     """
-    return (indexed.keys() ^ in_store.keys()) | {
+    return {
         name
         for name in indexed.keys() & in_store.keys()
         if indexed[name] is not None and indexed[name] != in_store[name]

@@ -32,7 +32,7 @@ from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.engine import make_url
 
 from casbackup.catalog import Catalog
-from casbackup.catalog.backups import out_of_step
+from casbackup.catalog.backups import replaced
 from casbackup.catalog.database import CatalogDatabase, remove_sqlite_file, sqlite_file
 from casbackup.catalog.index import batched, record_pack, repoint
 from casbackup.catalog.models import COMMITTED, REFERENCED_FILES_SQL, Backup, Base, Chunk, Pack
@@ -95,21 +95,17 @@ def sync(
     store_names = set(in_store)
     store_packs = dict(repo.list_packs())
     # A name another host deleted and used again: its rows describe the old
-    # backup; importing the manifest in the store replaces them (step 4).
-    replaced = out_of_step(indexed, in_store) & indexed.keys() & store_names
-    committed = set(indexed) - replaced
-
-    for name in sorted(committed - store_names):
+    # backup. They go now, with those of deleted backups, not at the import of
+    # the new manifest (step 4): kept through step 2, they would keep the packs
+    # only the old backup needed (gone from the store with it) indexed, and a
+    # backup taken after this sync would dedupe against them.
+    renewed = replaced(indexed, in_store)
+    deleted = set(indexed) - store_names
+    for name in sorted(deleted | renewed):
         with db.write() as conn:
             conn.execute(delete(Backup).where(Backup.name == name, Backup.state == COMMITTED))
-        report.backups_forgotten += 1
-    # A replaced backup's rows go now too, not at its import: kept through step
-    # 2, they would keep the packs only the old backup needed (gone from the
-    # store with it) indexed, and a backup taken after this sync would dedupe
-    # against them.
-    for name in sorted(replaced):
-        with db.write() as conn:
-            conn.execute(delete(Backup).where(Backup.name == name, Backup.state == COMMITTED))
+    report.backups_forgotten += len(deleted)
+    committed = set(indexed) - renewed
 
     gone = catalog_packs - set(store_packs)
     kept: set[bytes] = set()
