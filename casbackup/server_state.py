@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import Kind, quote_identifier, rename_databases, tokenize
 from casbackup.errors import ClickHouseError, FilesConflict, RestoreConflict, UsageError
 from casbackup.file_errors import writing
+from casbackup.process import name_owner, tagged_name
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
@@ -409,11 +409,13 @@ def restore_directory(
     need ``--overwrite``.
     """
     replaced_files(fileset, target, overwrite=overwrite)
-    prefix = f".casbackup_tmp_{secrets.token_hex(4)}_"  # short: names stay within NAME_MAX
+    prefix = f"{tagged_name(TEMP_FILE_PREFIX)}_"
     staged = [
         ((target / f.path).with_name(prefix + Path(f.path).name), target / f.path, f)
         for f in fileset.files
     ]
+    for directory in sorted({temp.parent for temp, _, _ in staged}):
+        _remove_stale_temporaries(directory)
     placed: list[Path] = []
     try:
         write_files(
@@ -436,6 +438,23 @@ def restore_directory(
                     path.unlink()
         raise
     return [path for _, path, _ in staged]
+
+
+# Files being restored are written beside their destinations under
+# ``.casbackup_tmp_<pid>_<start>_<rand>_<name>``: hidden, and naming their
+# process, so the next restore into that directory removes what a SIGKILLed
+# one left (`clean` does not know where files were restored to).
+TEMP_FILE_PREFIX = ".casbackup_tmp_"
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    with writing(directory):
+        if not directory.is_dir():
+            return
+        for path in directory.glob(f"{TEMP_FILE_PREFIX}*"):
+            owner = name_owner(path.name, TEMP_FILE_PREFIX)
+            if owner is not None and not owner.alive() and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
 
 
 def replaced_files(fileset: mf.FileSet, target: Path, *, overwrite: bool) -> list[Path]:

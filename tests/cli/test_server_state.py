@@ -23,6 +23,7 @@ import pytest
 
 from casbackup import interrupts
 from casbackup.errors import ExitCode
+from casbackup.process import ProcessTag
 from casbackup.repo.repository import Repository
 from casbackup.store.local import LocalStore
 from tests.cli.test_incremental import mutate
@@ -652,6 +653,27 @@ def test_an_interrupted_overwrite_leaves_every_file_old_or_restored(
     again = restore_configs(engine, cli, staging, "--overwrite")
     assert again.code == 0, again.stderr
     assert tree(staging / "configs") == expected
+
+
+def test_a_config_restore_removes_what_a_killed_one_left_in_its_directories(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """SIGKILL leaves hidden temporaries beside the destinations; only a dead process's go."""
+    expected = backed_up_with_configs(engine, dbname, cli, tmp_path)
+    config_d = tmp_path / "staging" / "configs" / "config.d"
+    config_d.mkdir(parents=True)
+    dead = config_d / ".casbackup_tmp_999999999_1_ab12cd34_storage.xml"  # no such pid
+    live = config_d / f".casbackup_tmp_{ProcessTag.current()}_ab12cd34_storage.xml"
+    unknown = config_d / ".casbackup_tmp_ab12cd34_storage.xml"  # no process in its name
+    for path in (dead, live, unknown):
+        path.write_bytes(b"<clickhouse><half")
+    restored = restore_configs(engine, cli, tmp_path / "staging")
+    assert restored.code == 0, restored.stderr
+    assert tree(tmp_path / "staging" / "configs") == {
+        **expected,
+        f"config.d/{live.name}": b"<clickhouse><half",
+        f"config.d/{unknown.name}": b"<clickhouse><half",
+    }
 
 
 def test_a_config_restore_follows_a_repack_by_another_hosts_gc(
