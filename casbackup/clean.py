@@ -19,15 +19,16 @@ from casbackup.catalog.rebuild import stale_rebuild_files
 from casbackup.clickhouse.freeze import shadow_root, stale_shadows
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.clickhouse.sql import qualified
-from casbackup.errors import ObjectNotFound, StorePermissionDenied
+from casbackup.errors import ClickHouseError, ObjectNotFound, StorePermissionDenied
 from casbackup.process import name_owner
 from casbackup.repo.locks import LockRecord, machine_id, read_lock, read_locks
 from casbackup.restore import (
     ATTACHING_PREFIX,
     MERGES_PAUSED_PREFIX,
+    PARTIAL_PREFIX,
     TEMP_PREFIX,
     attaching_part,
-    merges_marker_owner,
+    stale_markers,
     temp_part_owner,
 )
 from casbackup.store.base import LeavesTemporaries, ObjectStore
@@ -44,6 +45,7 @@ class CleanReport:
     stale_locks: list[str] = field(default_factory=list)
     catalog_temporaries: list[str] = field(default_factory=list)
     merges_resumed: list[str] = field(default_factory=list)
+    partial_restores: list[str] = field(default_factory=list)
     skipped_live: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -95,14 +97,31 @@ def clean_clickhouse(
                 if not dry_run:
                     for path in debris:
                         shutil.rmtree(path, ignore_errors=True)
-            for marker in sorted(detached.glob(f"{MERGES_PAUSED_PREFIX}*")):
-                owner = merges_marker_owner(marker.name)
-                if owner is not None and owner.alive():
+            for marker, alive in stale_markers(detached, MERGES_PAUSED_PREFIX):
+                if alive:
                     report.skipped_live.append(str(marker))
                     continue
-                report.merges_resumed.append(table.qualified)  # a killed restore stopped them
                 if not dry_run:
-                    server.execute(f"SYSTEM START MERGES {qualified(table.database, table.name)}")
+                    try:
+                        server.execute(
+                            f"SYSTEM START MERGES {qualified(table.database, table.name)}"
+                        )
+                    except ClickHouseError as exc:  # the marker stays for the next clean
+                        report.warnings.append(
+                            f"could not resume the merges of {table.qualified}: {exc.message}"
+                        )
+                        continue
+                    shutil.rmtree(marker, ignore_errors=True)
+                report.merges_resumed.append(table.qualified)  # a killed restore stopped them
+            for marker, alive in stale_markers(detached, PARTIAL_PREFIX):
+                if alive or table.database.startswith(SCRATCH_PREFIX):
+                    continue  # a restore attaching now; verify drops its scratch copies itself
+                report.partial_restores.append(table.qualified)
+                report.warnings.append(
+                    f"{table.qualified} holds only some of the parts a restore was attaching when "
+                    "it stopped: run that restore again with --drop-existing to restore it whole"
+                )
+                if not dry_run:
                     shutil.rmtree(marker, ignore_errors=True)
 
 

@@ -331,6 +331,12 @@ class Interrupted(CasbackupError):
     exit_code = ExitCode.INTERRUPTED
 
 
+class InterruptedLeaving(CasbackupError):
+    """interrupted by {signal}; {left}"""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
 class InterruptedAfterCommit(CasbackupError):
     """interrupted by {signal} after backup {backup} was committed: the backup is complete"""
 

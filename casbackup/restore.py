@@ -197,14 +197,54 @@ def attaching_part(marker: str) -> str | None:
 MERGES_PAUSED_PREFIX = "casbackup_merges_paused_"
 
 
-def merges_marker_name() -> str:
-    return tagged_name(MERGES_PAUSED_PREFIX)
+# An empty directory under detached/ from a table's first ATTACH of a restore
+# until its last (``casbackup_partial_<pid>_<start>_<rand>``). A restore that
+# stops in between leaves the table holding only some of the backup's parts,
+# and a table that looks restored: the marker outlives the run, so `clean`
+# and the next restore into that table can say so.
+PARTIAL_PREFIX = "casbackup_partial_"
 
 
-def merges_marker_owner(name: str) -> ProcessTag | None:
-    if len(name.removeprefix(MERGES_PAUSED_PREFIX).split("_")) != 3:
+def marker_owner(name: str, prefix: str) -> ProcessTag | None:
+    """The process of a whole-table marker (``<prefix><pid>_<start>_<rand>``, nothing after)."""
+    if len(name.removeprefix(prefix).split("_")) != 3:
         return None
-    return name_owner(name, MERGES_PAUSED_PREFIX)
+    return name_owner(name, prefix)
+
+
+def stale_markers(detached: Path, prefix: str) -> Iterator[tuple[Path, bool]]:
+    """Whole-table markers under ``detached`` with ``prefix``, and whether their process runs."""
+    for marker in sorted(detached.glob(f"{prefix}*")):
+        owner = marker_owner(marker.name, prefix)
+        yield marker, owner is not None and owner.alive()
+
+
+def left_partial(table: TableInfo) -> bool:
+    """Whether a restore that is gone stopped while attaching parts to ``table``."""
+    return any(
+        not alive
+        for path in table.data_paths
+        for _, alive in stale_markers(Path(path) / "detached", PARTIAL_PREFIX)
+    )
+
+
+@dataclass
+class _Attaching:
+    """How far a table's ATTACH loop got, for what a stop part-way says."""
+
+    total: int
+    marker: Path
+    done: int = 0
+
+    def attached(self) -> None:
+        self.done += 1
+        if self.done == 1 and self.total > 1:  # from here on the table is part-restored
+            with writing(self.marker):
+                self.marker.mkdir()
+
+    def finished(self) -> None:
+        with contextlib.suppress(OSError):
+            self.marker.rmdir()
 
 
 class RestoreService:
@@ -392,6 +432,7 @@ class RestoreService:
                 ):
                     conflicts.append(
                         f"{item.target} has data{' in those partitions' if partial else ''}"
+                        + _partial_hint(current)
                     )
                 continue
             if current is None or (self.options.drop_existing and not partial):
@@ -399,13 +440,15 @@ class RestoreService:
             if partial and current.has_data and item.entry.has_data:
                 # Restoring some partitions into a table that exists: only overlap conflicts.
                 if self._occupied(item) and not self.options.drop_existing:
-                    conflicts.append(f"{item.target} has data in those partitions")
+                    conflicts.append(
+                        f"{item.target} has data in those partitions{_partial_hint(current)}"
+                    )
             elif partial:
                 continue  # views and other objects that exist are simply kept
             elif not item.entry.has_data or not current.has_data:
                 conflicts.append(f"{item.target} exists")
             elif self.server.count(item.database, item.name):
-                conflicts.append(f"{item.target} has data")
+                conflicts.append(f"{item.target} has data{_partial_hint(current)}")
         if missing:
             raise RestoreConflict(
                 detail=f"--data-only needs existing tables; missing: {', '.join(missing)}"
@@ -684,10 +727,7 @@ class RestoreService:
             expected = sum(p.rows for p in parts)
             before = self.server.part_rows(item.database, item.name)
             with self._merges_paused(item, detached):
-                while staged:
-                    part, temp = staged[0]
-                    self._attach(item, part, temp, detached / part.name)
-                    staged.pop(0)
+                self._attach_all(item, staged, detached)
                 after = self.server.part_rows(item.database, item.name)
             log.info("%s: attached in %.2f s", item.target, time.monotonic() - clock)
         finally:
@@ -821,7 +861,40 @@ class RestoreService:
         )
         return unchecked
 
-    def _attach(self, item: _Item, part: mf.Part, temp: Path, final: Path) -> None:
+    def _attach_all(self, item: _Item, staged: list[tuple[mf.Part, Path]], detached: Path) -> None:
+        """ATTACH the staged parts in order; a stop part-way says what the table now holds.
+
+        What is attached stays: the parts carry new block numbers, so telling
+        them from rows written meanwhile is not possible in general. The
+        partial marker stays with them until a restore of the whole table
+        (``--drop-existing``) or `clean` reports it.
+        """
+        if not self.options.partitions:  # this restore replaces what such a marker was about
+            for marker, alive in stale_markers(detached, PARTIAL_PREFIX):
+                if not alive:
+                    with contextlib.suppress(OSError):
+                        marker.rmdir()
+        progress = _Attaching(len(staged), detached / tagged_name(PARTIAL_PREFIX))
+        try:
+            while staged:
+                part, temp = staged[0]
+                self._attach(item, part, temp, detached / part.name, progress)
+                staged.pop(0)
+        except BaseException as exc:
+            if progress.done == progress.total:  # the signal came with the last ATTACH
+                progress.finished()
+            elif progress.done:
+                exc.add_note(
+                    f"{item.target} holds {progress.done} of the {progress.total} parts this "
+                    "restore attaches: run the same restore again with --drop-existing to "
+                    "restore it whole"
+                )
+            raise
+        progress.finished()
+
+    def _attach(
+        self, item: _Item, part: mf.Part, temp: Path, final: Path, progress: _Attaching
+    ) -> None:
         marker = final.parent / temp_part_name(part.name, ATTACHING_PREFIX)
         with writing(marker):
             marker.mkdir()
@@ -839,6 +912,7 @@ class RestoreService:
                     raise RestoreFailed(
                         table=item.target, detail=f"ATTACH PART {part.name}: {exc.message}"
                     ) from None
+                progress.attached()  # before a deferred signal is delivered
         finally:
             with contextlib.suppress(OSError):
                 marker.rmdir()
@@ -854,7 +928,7 @@ class RestoreService:
         stopped, and `clean` resumes them when that process is gone.
         """
         name = qualified(item.database, item.name)
-        marker = detached / merges_marker_name()
+        marker = detached / tagged_name(MERGES_PAUSED_PREFIX)
         with writing(marker):
             marker.mkdir()
         # Whether the marker may go: merges running again, never stopped, or
@@ -902,6 +976,12 @@ def staging_batches(parts: list[mf.Part]) -> Iterator[list[mf.Part]]:
         files += len(part.files)
     if batch:
         yield batch
+
+
+def _partial_hint(table: TableInfo | None) -> str:
+    if table is None or not left_partial(table):
+        return ""
+    return " (only some of it: a restore stopped while attaching; add --drop-existing)"
 
 
 def _exists(path: Path) -> bool:

@@ -17,7 +17,13 @@ import typer
 from casbackup import __version__, interrupts
 from casbackup.cli import backups, lifecycle, maintenance, restores, verifying
 from casbackup.cli.context import AppContext
-from casbackup.errors import CasbackupError, ConfigError, ExitCode, Interrupted
+from casbackup.errors import (
+    CasbackupError,
+    ConfigError,
+    ExitCode,
+    Interrupted,
+    InterruptedLeaving,
+)
 from casbackup.runtime import tune_allocator
 
 app = typer.Typer(
@@ -157,10 +163,15 @@ def run(argv: list[str] | None = None) -> int:
         result = app(args=argv, prog_name="casbackup", standalone_mode=False)
         return int(result) if isinstance(result, int) else ExitCode.OK
     except CasbackupError as exc:
-        _error(exc.message)
+        _error("; ".join([exc.message, *_notes(exc)]))
         return exc.exit_code
     except interrupts.SignalReceived as received:
-        error = Interrupted(signal=received.name)
+        left = _notes(received)
+        error = (
+            InterruptedLeaving(signal=received.name, left="; ".join(left))
+            if left
+            else Interrupted(signal=received.name)
+        )
         _error(error.message)
         return error.exit_code
     except typer.Exit as exc:
@@ -199,6 +210,11 @@ def _usage_error(exc: typer.TyperException) -> int:
         line += f" (see '{ctx.command_path} {ctx.help_option_names[0]}')"
     _error(line)
     return exc.exit_code or ExitCode.USAGE
+
+
+def _notes(exc: BaseException) -> list[str]:
+    """What a layer below added on the way up (``add_note``): what the failed run left behind."""
+    return list(getattr(exc, "__notes__", ()))
 
 
 def _error(message: str) -> None:

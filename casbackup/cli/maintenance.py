@@ -119,6 +119,7 @@ def clean(
                 "stale_locks": report.stale_locks,
                 "catalog_temporaries": report.catalog_temporaries,
                 "merges_resumed": report.merges_resumed,
+                "partial_restores": report.partial_restores,
                 "in_use": report.skipped_live,
                 "broken": broken_document,
             }
@@ -151,6 +152,7 @@ def clean(
         or report.stale_locks
         or report.catalog_temporaries
         or report.merges_resumed
+        or report.partial_restores
         or (  # --broken says what it did in its notes
             broken_document is not None
             and any(

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from casbackup.clickhouse.server import SCRATCH_PREFIX
-from casbackup.errors import ExitCode, StoreFull
+from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
+from casbackup.errors import ClickHouseError, ExitCode, StoreFull
 from casbackup.store.local import LocalStore
 from tests.clickhouse.schema import create_realistic, fingerprints, q
 from tests.engines import PROTECTED_PASSWORD, PROTECTED_USER, Engine, ServerEngine, free_port
@@ -329,15 +329,26 @@ def test_clean_removes_the_file_a_killed_catalog_rebuild_was_writing(
     assert rebuilt.returncode == 0, rebuilt.stderr
 
 
+def _attach_patched(*body: str) -> str:
+    """A casbackup process whose ATTACH PART runs ``body`` (``attach()`` is the real one)."""
+    lines = [
+        "import os, signal",
+        "from casbackup.clickhouse.server import ClickHouseServer",
+        "real, calls = ClickHouseServer.attach_part, []",
+        "def patched(*a, **k):",
+        "    attach = lambda: real(*a, **k)",
+        "    calls.append(1)",
+        *(f"    {line}" for line in body),
+        "ClickHouseServer.attach_part = patched",
+        "from casbackup.launch import main",
+        "main()",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # A restore that dies by SIGKILL the moment it would run ATTACH PART: the part
 # is already renamed to the name ATTACH expects under detached/.
-_DIE_AT_ATTACH = (
-    "import os, signal\n"
-    "from casbackup.clickhouse.server import ClickHouseServer\n"
-    "ClickHouseServer.attach_part = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-    "from casbackup.launch import main\n"
-    "main()\n"
-)
+_DIE_AT_ATTACH = _attach_patched("os.kill(os.getpid(), signal.SIGKILL)")
 
 
 def _backed_up_table(server_engine: ServerEngine, tmp_path: Path, db: str, days: int) -> list[str]:
@@ -412,17 +423,7 @@ def test_restore_killed_before_attach_leaves_what_clean_removes(
         server_engine.sql(f"DROP DATABASE {name}")
 
 
-_DIE_AFTER_ATTACH = (
-    "import os, signal\n"
-    "from casbackup.clickhouse.server import ClickHouseServer\n"
-    "real = ClickHouseServer.attach_part\n"
-    "def attach_then_die(*a, **k):\n"
-    "    real(*a, **k)\n"
-    "    os.kill(os.getpid(), signal.SIGKILL)\n"
-    "ClickHouseServer.attach_part = attach_then_die\n"
-    "from casbackup.launch import main\n"
-    "main()\n"
-)
+_DIE_AFTER_ATTACH = _attach_patched("attach()", "os.kill(os.getpid(), signal.SIGKILL)")
 
 
 def test_clean_never_removes_a_part_detached_later_under_a_killed_restores_name(
@@ -452,17 +453,7 @@ def test_clean_never_removes_a_part_detached_later_under_a_killed_restores_name(
 
 
 # systemd's SIGTERM landing after a part was renamed for ATTACH PART, before ATTACH ran.
-_TERM_BEFORE_ATTACH = (
-    "import os, signal\n"
-    "from casbackup.clickhouse.server import ClickHouseServer\n"
-    "real = ClickHouseServer.attach_part\n"
-    "def term_then_attach(*a, **k):\n"
-    "    os.kill(os.getpid(), signal.SIGTERM)\n"
-    "    real(*a, **k)\n"
-    "ClickHouseServer.attach_part = term_then_attach\n"
-    "from casbackup.launch import main\n"
-    "main()\n"
-)
+_TERM_BEFORE_ATTACH = _attach_patched("os.kill(os.getpid(), signal.SIGTERM)", "attach()")
 
 
 def test_sigterm_between_rename_and_attach_leaves_no_part_in_detached(
@@ -477,11 +468,67 @@ def test_sigterm_between_rename_and_attach_leaves_no_part_in_detached(
         text=True,
     )
     assert interrupted.returncode == ExitCode.INTERRUPTED, interrupted.stderr
+    # Not "partial work was cleaned up": the table holds the first of its two parts.
+    assert interrupted.stderr.strip() == (
+        f"casbackup: error: interrupted by SIGTERM; {copy}.t holds 1 of the 2 parts this "
+        "restore attaches: run the same restore again with --drop-existing to restore it whole"
+    )
     data_path = server_engine.value(
         f"SELECT data_path FROM system.tables WHERE database = '{copy}'"
     )
-    assert list((Path(data_path) / "detached").iterdir()) == []
+    # Only the marker that says the table is part-restored.
+    assert [p.name[:18] for p in (Path(data_path) / "detached").iterdir()] == ["casbackup_partial_"]
     assert server_engine.value(f"SELECT count() FROM {copy}.t") > 0  # the part was attached
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
+# Killed by the second ATTACH PART, the first part attached.
+_DIE_AT_SECOND_ATTACH = _attach_patched(
+    "if len(calls) == 2:", "    os.kill(os.getpid(), signal.SIGKILL)", "attach()"
+)
+
+
+@pytest.mark.parametrize("then", ["restore whole", "clean"])
+def test_a_restore_killed_part_way_through_attaching_is_reported(
+    server_engine: ServerEngine, tmp_path: Path, then: str
+) -> None:
+    """Killed after the first of two ATTACHes: a table that looks restored holds half the rows.
+
+    The next restore without --drop-existing says so, and `clean` warns of it once."""
+    db = f"t_kill_partial_{then.split()[0]}"
+    copy = f"{db}_copy"
+    base, detached = _restore_killed(server_engine, tmp_path, db, 40, _DIE_AT_SECOND_ATTACH)
+    assert 0 < server_engine.value(f"SELECT count() FROM {copy}.t") < 4000
+    restore = [*CASBACKUP, *base, "restore", "b", "--as", f"{db}:{copy}"]
+    clean = [*CASBACKUP, *base, "clean"]
+
+    refused = subprocess.run(restore, capture_output=True, text=True)
+    assert refused.returncode == ExitCode.CONFLICT
+    assert f"{copy}.t has data (only some of it: a restore stopped while attaching" in (
+        refused.stderr
+    )
+    dry = subprocess.run([*clean, "--dry-run", "--json"], capture_output=True)
+    assert dry.returncode == ExitCode.WARNING
+    assert json.loads(dry.stdout)["partial_restores"] == [f"{copy}.t"]
+    assert len(list(detached.glob("casbackup_partial_*"))) == 1  # a dry run removes nothing
+
+    if then == "clean":
+        cleaned = subprocess.run(clean, capture_output=True, text=True)
+        assert cleaned.returncode == ExitCode.WARNING
+        assert (
+            f"warning: {copy}.t holds only some of the parts a restore was attaching when it "
+            "stopped: run that restore again with --drop-existing to restore it whole"
+        ) in cleaned.stderr
+        assert "nothing to clean" not in cleaned.stdout
+        assert list(detached.iterdir()) == []
+    else:
+        whole = subprocess.run([*restore, "--drop-existing"], capture_output=True, text=True)
+        assert whole.returncode == 0, whole.stderr
+        assert server_engine.value(f"SELECT sum(x) FROM {copy}.t") == sum(range(4000))
+    again = subprocess.run([*clean, "--json"], capture_output=True)
+    assert again.returncode == 0, again.stderr  # reported once, or restored whole
+    assert json.loads(again.stdout)["partial_restores"] == []
     for name in (db, copy):
         server_engine.sql(f"DROP DATABASE {name}")
 
@@ -508,6 +555,38 @@ def test_clean_resumes_the_merges_a_killed_restore_paused(
     assert list(detached.iterdir()) == []
     for name in (db, copy):
         server_engine.sql(f"DROP DATABASE {name}")
+
+
+def test_clean_goes_on_past_merges_it_cannot_resume(
+    server_engine: ServerEngine, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One table's SYSTEM START MERGES failing: a warning, its marker kept, the other resumed."""
+    db = "t_clean_merges_fail"
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    server_engine.sql(f"CREATE DATABASE {db}")
+    markers = {}
+    for name in ("a", "b"):
+        server_engine.sql(f"CREATE TABLE {db}.{name} (x UInt64) ENGINE = MergeTree ORDER BY x")
+        data_path = server_engine.value(
+            f"SELECT data_path FROM system.tables WHERE database = '{db}' AND name = '{name}'"
+        )
+        markers[name] = Path(data_path) / "detached" / "casbackup_merges_paused_999999999_1_ab12"
+        markers[name].mkdir(parents=True)  # a killed restore's, its process long gone
+    real = ClickHouseServer.execute
+
+    def refuse_a(self: ClickHouseServer, sql: str, *args: Any, **kwargs: Any) -> None:
+        if sql.startswith("SYSTEM START MERGES") and sql.endswith(".`a`"):
+            raise ClickHouseError(detail="Not enough privileges")
+        real(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(ClickHouseServer, "execute", refuse_a)
+    assert cli(None, "init").code == 0
+    cleaned = cli(server_engine, "clean", "--json")
+    assert cleaned.code == ExitCode.WARNING, cleaned.stderr
+    assert f"could not resume the merges of {db}.a" in cleaned.stderr
+    assert cleaned.json()["merges_resumed"] == [f"{db}.b"]
+    assert markers["a"].exists() and not markers["b"].exists()  # the next clean tries again
+    server_engine.sql(f"DROP DATABASE {db}")
 
 
 def test_clean_leaves_a_running_backups_shadow_alone(
