@@ -456,29 +456,47 @@ def test_clean_never_removes_a_part_detached_later_under_a_killed_restores_name(
 _TERM_BEFORE_ATTACH = _attach_patched("os.kill(os.getpid(), signal.SIGTERM)", "attach()")
 
 
-def test_sigterm_between_rename_and_attach_leaves_no_part_in_detached(
-    server_engine: ServerEngine, tmp_path: Path
+# The server refusing the second part (after the first was attached).
+_SECOND_ATTACH_REFUSED = _attach_patched(
+    "if len(calls) == 2:",
+    "    from casbackup.errors import ClickHouseError",
+    "    raise ClickHouseError(detail='Too many parts (300)')",
+    "attach()",
+)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "ATTACH refused"])
+def test_a_restore_stopped_while_attaching_says_what_the_table_holds(
+    server_engine: ServerEngine, tmp_path: Path, stop: str
 ) -> None:
-    """Renamed parts are attached before the signal is taken: none is left under its final name."""
-    db, copy = "t_term_attach", "t_term_attach_copy"
+    """Renamed parts are attached before a signal is taken: none is left under its final name.
+
+    Not "partial work was cleaned up": the table holds the first of its two parts."""
+    db = f"t_stop_attach_{stop.split()[-1].lower()}"
+    copy = f"{db}_copy"
     base = _backed_up_table(server_engine, tmp_path, db, 40)
-    interrupted = subprocess.run(
-        [sys.executable, "-c", _TERM_BEFORE_ATTACH, *base, "restore", "b", "--as", f"{db}:{copy}"],
+    script = _TERM_BEFORE_ATTACH if stop == "SIGTERM" else _SECOND_ATTACH_REFUSED
+    stopped = subprocess.run(
+        [sys.executable, "-c", script, *base, "restore", "b", "--as", f"{db}:{copy}"],
         capture_output=True,
         text=True,
     )
-    assert interrupted.returncode == ExitCode.INTERRUPTED, interrupted.stderr
-    # Not "partial work was cleaned up": the table holds the first of its two parts.
-    assert interrupted.stderr.strip() == (
-        f"casbackup: error: interrupted by SIGTERM; {copy}.t holds 1 of the 2 parts this "
-        "restore attaches: run the same restore again with --drop-existing to restore it whole"
+    left = (
+        f"{copy}.t holds 1 of the 2 parts this restore attaches: run the same restore again "
+        "with --drop-existing to restore it whole"
     )
+    if stop == "SIGTERM":
+        assert stopped.returncode == ExitCode.INTERRUPTED, stopped.stderr
+        assert stopped.stderr.strip() == f"casbackup: error: interrupted by SIGTERM; {left}"
+    else:
+        assert stopped.returncode == ExitCode.CLICKHOUSE_QUERY, stopped.stderr
+        assert stopped.stderr.strip().endswith(f": Too many parts (300); {left}")
     data_path = server_engine.value(
         f"SELECT data_path FROM system.tables WHERE database = '{copy}'"
     )
     # Only the marker that says the table is part-restored.
     assert [p.name[:18] for p in (Path(data_path) / "detached").iterdir()] == ["casbackup_partial_"]
-    assert server_engine.value(f"SELECT count() FROM {copy}.t") > 0  # the part was attached
+    assert 0 < server_engine.value(f"SELECT count() FROM {copy}.t") < 4000
     for name in (db, copy):
         server_engine.sql(f"DROP DATABASE {name}")
 
