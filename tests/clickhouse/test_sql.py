@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from casbackup.clickhouse.sql import (
+    _WORD,
     Token,
     bare_identifiers,
     create_target,
@@ -24,6 +27,16 @@ from casbackup.clickhouse.sql import (
 @given(st.text())
 def test_tokenize_is_lossless(sql: str) -> None:
     assert "".join(t.text for t in tokenize(sql)) == sql
+
+
+_WORD_AS_WRITTEN_BEFORE = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
+
+
+@given(st.text(), st.integers(min_value=0, max_value=8))
+def test_bare_identifiers_match_as_the_unicode_range_did(text: str, start: int) -> None:
+    """The identifier pattern was rewritten for its compile time only (see _WORD)."""
+    ours, theirs = _WORD.match(text, start), _WORD_AS_WRITTEN_BEFORE.match(text, start)
+    assert (ours and ours.span()) == (theirs and theirs.span())
 
 
 @given(st.text(min_size=1))
