@@ -33,6 +33,7 @@ from casbackup.catalog import Catalog
 from casbackup.catalog.rebuild import sync
 from casbackup.clickhouse.part_check import check_part
 from casbackup.clickhouse.server import (
+    SCRATCH_PREFIX,
     ClickHouseServer,
     TableInfo,
     holds_rows_not_backed_up,
@@ -883,7 +884,8 @@ class RestoreService:
         except BaseException as exc:
             if progress.done == progress.total:  # the signal came with the last ATTACH
                 progress.finished()
-            elif progress.done:
+            elif progress.done and not item.database.startswith(SCRATCH_PREFIX):
+                # (verify's scratch copies are dropped on the way out: nothing to say of them)
                 exc.add_note(
                     f"{item.target} holds {progress.done} of the {progress.total} parts this "
                     "restore attaches: run the same restore again with --drop-existing to "

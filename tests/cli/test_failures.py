@@ -501,6 +501,25 @@ def test_a_restore_stopped_while_attaching_says_what_the_table_holds(
         server_engine.sql(f"DROP DATABASE {name}")
 
 
+def test_a_verify_drill_stopped_while_attaching_leaves_nothing_to_finish(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """Its scratch copy is dropped on the way out: no "run the same restore again" advice."""
+    db = "t_stop_attach_verify"
+    base = _backed_up_table(server_engine, tmp_path, db, 40)
+    stopped = subprocess.run(
+        [sys.executable, "-c", _TERM_BEFORE_ATTACH, *base, "verify", "b", "--restore"],
+        capture_output=True,
+        text=True,
+    )
+    assert stopped.returncode == ExitCode.INTERRUPTED, stopped.stderr
+    assert stopped.stderr.strip().endswith("interrupted by SIGTERM; partial work was cleaned up"), (
+        stopped.stderr
+    )
+    assert not [d for (d,) in server_engine.sql("SHOW DATABASES") if d.startswith(SCRATCH_PREFIX)]
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
 # Killed by the second ATTACH PART, the first part attached.
 _DIE_AT_SECOND_ATTACH = _attach_patched(
     "if len(calls) == 2:", "    os.kill(os.getpid(), signal.SIGKILL)", "attach()"
