@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,17 @@ class ServerInfo:
     @property
     def has_check_table(self) -> bool:
         return version_tuple(self.version) >= CHECK_TABLE_SINCE
+
+    @property
+    def show_create_is_create_table_query(self) -> bool:
+        """SHOW CREATE TABLE prints system.tables' create_table_query, one line, as it did before 20.4.
+
+        20.4 made SHOW CREATE multi-line (ClickHouse PR 10049). Before it,
+        system.tables also builds that column for every table of the database
+        before filtering by name (18.16: ~20 ms per lookup with 300 tables),
+        while SHOW CREATE reads the one table.
+        """
+        return version_tuple(self.version) < (20, 4)
 
 
 @dataclass(frozen=True)
@@ -244,13 +255,16 @@ class ClickHouseServer:
         rows = self.client.query(f"SHOW CREATE DATABASE {quote_identifier(name)}")
         return str(next(iter(rows[0].values())))
 
-    def tables(self, database: str | None = None) -> list[TableInfo]:
+    def tables(
+        self, database: str | None = None, name: str | None = None, *, create_sql: bool = True
+    ) -> list[TableInfo]:
+        """Tables outside the system databases; without ``create_sql`` their statements are ''."""
         cols = self.info.table_columns
         select = [
             "database",
             "name",
             "engine",
-            "create_table_query",
+            "create_table_query" if create_sql else "'' AS create_table_query",
             "toString(uuid) AS uuid" if "uuid" in cols else "'' AS uuid",
             "data_paths" if self.info.has_data_paths else "[data_path] AS data_paths",
             "dependencies_database"
@@ -263,6 +277,8 @@ class ClickHouseServer:
         where = "is_temporary = 0"
         if database is not None:
             where += f" AND database = {quote_string(database)}"
+        if name is not None:
+            where += f" AND name = {quote_string(name)}"
         rows = self.client.query(
             f"SELECT {', '.join(select)} FROM system.tables WHERE {where} ORDER BY database, name"
         )
@@ -296,10 +312,19 @@ class ClickHouseServer:
         return tables
 
     def table(self, database: str, name: str) -> TableInfo | None:
-        for t in self.tables(database):
-            if t.name == name:
-                return t
-        return None
+        """One table, as ``tables`` lists it.
+
+        A backup looks each table up again after its FREEZE, so this must not
+        cost in proportion to the database: 300 tables once took 300².
+        """
+        if not self.info.show_create_is_create_table_query:
+            found = self.tables(database, name)  # the name filter reaches system.tables
+            return found[0] if found else None
+        found = self.tables(database, name, create_sql=False)
+        if not found:
+            return None
+        rows = self.client.query(f"SHOW CREATE TABLE {qualified(database, name)}")
+        return replace(found[0], create_sql=str(next(iter(rows[0].values()))))
 
     def database_exists(self, name: str) -> bool:
         return bool(
