@@ -243,10 +243,13 @@ def _write_group(
     fds: list[int] = []
     written = 0
     completed = False  # a close's error is raised only if nothing else was
+    made: set[Path] = set()  # a part's files share a few directories: one mkdir each
     try:
         for target in targets:
-            with writing(target.path.parent):
-                target.path.parent.mkdir(parents=True, exist_ok=True)
+            if target.path.parent not in made:
+                with writing(target.path.parent):
+                    target.path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.path.parent)
             with writing(target.path):
                 fd = os.open(
                     target.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
