@@ -82,6 +82,10 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = "casbackup_tmp_"
 
+# Up to this many targets in one database are looked up one by one (a query
+# each, cheap); more, and the database is listed once.
+LOOKUPS_BEFORE_LISTING = 8
+
 
 @dataclass(frozen=True)
 class RestoreOptions:
@@ -418,7 +422,7 @@ class RestoreService:
     def _check_targets(self, items: list[_Item]) -> None:
         conflicts: list[str] = []
         missing: list[str] = []
-        existing = {(t.database, t.name): t for t in self.server.tables()}
+        existing = self._existing([i for i in items if i.owner_view is None])
         partial = bool(self.options.partitions)
         for item in items:
             if item.owner_view is not None:
@@ -456,6 +460,27 @@ class RestoreService:
             )
         if conflicts:
             raise RestoreConflict(detail="target exists: " + "; ".join(conflicts))
+
+    def _existing(self, items: list[_Item]) -> dict[tuple[str, str], TableInfo]:
+        """Those of the targets that exist: a listing per database with many, else a lookup each.
+
+        verify --restore plans one table at a time into a scratch database
+        that grows as it goes; listing every table for each plan made a
+        backup of 300 tables cost 300 listings of up to 600 (13 of 30 s).
+        """
+        by_database: dict[str, list[str]] = {}
+        for item in items:
+            by_database.setdefault(item.database, []).append(item.name)
+        found: dict[tuple[str, str], TableInfo] = {}
+        for database, names in by_database.items():
+            if len(names) > LOOKUPS_BEFORE_LISTING:
+                found.update({(t.database, t.name): t for t in self.server.tables(database)})
+                continue
+            for name in names:
+                table = self.server.table(database, name)
+                if table is not None:
+                    found[(database, name)] = table
+        return found
 
     def _parts(self, entry: mf.Table) -> list[mf.Part]:
         """The parts of a table this restore brings back (all, or those in --partitions)."""

@@ -293,7 +293,12 @@ def test_data_only_into_existing_empty_tables(engine: Engine, dbname: str, cli: 
     }
 
 
-def test_refuses_to_overwrite_and_changes_nothing(engine: Engine, dbname: str, cli: Any) -> None:
+@pytest.mark.parametrize("lookups", [0, 1000], ids=["listed", "looked-up"])
+def test_refuses_to_overwrite_and_changes_nothing(
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch, lookups: int
+) -> None:
+    """Targets found by listing their database or one by one (LOOKUPS_BEFORE_LISTING) alike."""
+    monkeypatch.setattr(restore, "LOOKUPS_BEFORE_LISTING", lookups)
     create_realistic(engine, dbname, rows=2000)
     cli(engine, "init")
     assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
