@@ -505,8 +505,18 @@ class RestoreService:
     def run(self) -> RestoreReport:
         items = self.plan()
         report = RestoreReport(backup=self.manifest.name)
+        # Releases before `--partitions` recorded no partition values (FORMAT.md:
+        # '' if unknown), so only ids can match their parts.
+        unrecorded = any(p.partition == "" for i in items for p in i.entry.parts)
+        hint = (
+            f"; backup {self.manifest.name} does not record partition values (an older "
+            "casbackup made it): name its partitions by id, as its part names begin "
+            f"(casbackup show {self.manifest.name} --parts)"
+            if unrecorded
+            else ""
+        )
         report.warnings += [
-            f"--partitions {spec!r} chose no partition of the tables restored"
+            f"--partitions {spec!r} chose no partition of the tables restored{hint}"
             for spec in self.unused_specs
         ]
         report.warnings += [
