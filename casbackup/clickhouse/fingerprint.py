@@ -19,7 +19,9 @@ server hashes each of them. So every recorded fingerprint names its
 expression (`RowHash.id`), backups reuse a recorded one only under the same
 expression, and verify computes the one it compares with by the recorded
 expression. Fingerprints recorded before expressions were named used the
-``toString`` form for every rejected type (`RowHash` with ``legacy``).
+``toString`` form for every rejected type (`RowHash` with ``legacy``), or,
+in the first releases that took them, before columns were probed, for
+every column where the server cannot hash every type (``first``).
 """
 
 from __future__ import annotations
@@ -153,12 +155,20 @@ def _hashes_natively(
 
 
 def row_hash(
-    server: ClickHouseServer, database: str, table: str, *, legacy: bool = False
+    server: ClickHouseServer,
+    database: str,
+    table: str,
+    *,
+    legacy: bool = False,
+    first: bool = False,
 ) -> RowHash:
     """The expression this server hashes the table's current columns with.
 
     ``legacy``: the form fingerprints were recorded in before they named
     their expression (every type the server rejects through toString).
+    ``first``: the older of the two unnamed forms, from before columns were
+    probed (every column through toString on a server that cannot hash
+    every type; on one that can, the same as ``legacy``).
     """
     rows = server.client.query(
         "SELECT name, type, default_kind, default_expression FROM system.columns "
@@ -175,9 +185,9 @@ def row_hash(
     native = _hashes_every_type(server)
     for name, type_, _kind, _default in columns:
         column = quote_identifier(name)
-        if native or _hashes_natively(server, database, table, name, type_):
+        if native or (not first and _hashes_natively(server, database, table, name, type_)):
             args += _null_safe(column, type_)
-        elif not legacy and (parts := _decimal_parts(column, type_)) is not None:
+        elif not (legacy or first) and (parts := _decimal_parts(column, type_)) is not None:
             args += parts
         else:
             args.append(f"ifNull(toString({column}), '\\\\N')")
