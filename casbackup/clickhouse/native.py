@@ -103,3 +103,10 @@ class NativeClient:
             ) from None
         except driver_errors.Error as exc:
             raise ClickHouseError(detail=first_line(str(exc))) from None
+        except BaseException:
+            # A signal (casbackup.interrupts) taken while the driver waits for
+            # the answer: the driver disconnects on Exception and
+            # KeyboardInterrupt only, and would refuse the cleanup's next query
+            # ('Simultaneous queries on single connection detected').
+            self._client.disconnect()
+            raise
