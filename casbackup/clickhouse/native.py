@@ -88,9 +88,12 @@ class NativeClient:
                     f"no answer within send_receive_timeout ({self.spec.send_receive_timeout:g} s)"
                 )
             else:
+                # The driver raises this for a TCP connect that timed out (a
+                # firewall dropping SYNs) as for a greeting that never came.
                 detail = (
-                    f"no greeting within connect_timeout ({self.spec.connect_timeout:g} s); "
-                    "is this ClickHouse's native protocol port (9000 by default, 8123 is HTTP)?"
+                    "no connection or no greeting within connect_timeout "
+                    f"({self.spec.connect_timeout:g} s); is the host reachable, and is this "
+                    "ClickHouse's native protocol port (9000 by default, 8123 is HTTP)?"
                 )
             raise ClickHouseUnavailable(target=self.describe(), detail=detail) from None
         except (

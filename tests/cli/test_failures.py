@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.util
 import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -745,8 +747,35 @@ def test_the_http_port_is_refused_within_the_connect_timeout(
     result = _in_a_new_repository(tmp_path, url, "tables")
     assert result.returncode == ExitCode.CLICKHOUSE_CONNECT, result.stderr
     one_line_error(result.stderr)
-    assert "no greeting within connect_timeout (2 s)" in result.stderr
+    assert "within connect_timeout (2 s)" in result.stderr
     assert "native protocol port" in result.stderr
+
+
+def test_a_host_that_never_answers_the_connection_is_not_called_the_wrong_port(
+    tmp_path: Path,
+) -> None:
+    """A TCP connect that times out (a firewall dropping SYNs; here a listener whose
+    backlog is full) raises the driver's same SocketTimeoutError as a missing greeting:
+    the error said 'no greeting … is this ClickHouse's native protocol port?' of a host
+    that never accepted the connection."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(3)]
+        try:
+            for filler in fillers:  # fill the accept queue: later SYNs are dropped
+                filler.settimeout(0.5)
+                with contextlib.suppress(TimeoutError):
+                    filler.connect(("127.0.0.1", port))
+            url = f"clickhouse://default@127.0.0.1:{port}?connect_timeout=1"
+            result = _in_a_new_repository(tmp_path, url, "tables")
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert result.returncode == ExitCode.CLICKHOUSE_CONNECT, result.stderr
+    one_line_error(result.stderr)
+    assert "no connection or no greeting within connect_timeout (1 s)" in result.stderr
 
 
 def test_wrong_password_is_refused_and_never_printed(server_engine: ServerEngine, cli: Any) -> None:
