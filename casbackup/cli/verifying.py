@@ -9,7 +9,7 @@ import typer
 from casbackup.cli.backups import JsonOption, TablesOption, patterns
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import emit_json, human_bytes, note, print_table
-from casbackup.errors import UsageError, VerifyFailed
+from casbackup.errors import ExitCode, UsageError, VerifyFailed
 from casbackup.verify import Verifier, VerifyOptions, VerifyReport
 
 
@@ -28,6 +28,7 @@ def report_document(report: VerifyReport) -> dict[str, object]:
         "problems": [
             {"level": p.level, "object": p.object, "detail": p.detail} for p in report.problems
         ],
+        "skipped": report.skipped,
     }
 
 
@@ -61,7 +62,7 @@ def verify(
     ] = False,
     tables: TablesOption = None,
     json_output: JsonOption = False,
-) -> None:
+) -> int:
     """Check that backups restore: structure, optionally data, optionally a real test restore."""
     app: AppContext = ctx.obj
     if tables and not restore:
@@ -114,9 +115,12 @@ def verify(
             )
         for problem in report.problems:
             note(f"problem: {problem}")
+        for skipped in report.skipped:
+            note(f"warning: {skipped}")
         if report.ok:
-            print("verify OK")
+            print("verify OK" + (" (with warnings)" if report.skipped else ""))
     raise_if_failed(report)
+    return ExitCode.WARNING if report.skipped else ExitCode.OK
 
 
 def register(app: typer.Typer) -> None:
