@@ -201,7 +201,10 @@ class SnapshotWriter:
                 raise
             self._shutdown()
             raise InterruptedAfterCommit(signal=received.name, backup=self.name) from None
-        self._shutdown()
+        try:
+            self._shutdown()  # closing the writers, releasing the lease: still after the commit
+        except interrupts.SignalReceived as received:
+            raise InterruptedAfterCommit(signal=received.name, backup=self.name) from None
         return manifest
 
     def _check_references(self, chunks: set[bytes]) -> None:

@@ -242,30 +242,39 @@ def test_a_name_a_killed_backup_never_committed_is_free_again(
     server_engine.sql(f"DROP DATABASE {db}")
 
 
-# A backup that receives SIGTERM the moment its manifest (the commit point) is written.
-_TERM_AFTER_MANIFEST = (
-    "import os, signal\n"
-    "from casbackup.repo.repository import Repository\n"
-    "write = Repository.write_manifest\n"
-    "def written(self, manifest):\n"
-    "    data = write(self, manifest)\n"
-    "    os.kill(os.getpid(), signal.SIGTERM)\n"
-    "    return data\n"
-    "Repository.write_manifest = written\n"
-    "from casbackup.launch import main\n"
-    "main()\n"
+def _term_after(module: str, cls: str, method: str) -> str:
+    """A casbackup process that gets SIGTERM the moment ``cls.method`` has returned."""
+    return (
+        "import os, signal\n"
+        f"from {module} import {cls}\n"
+        f"real = {cls}.{method}\n"
+        "def then_term(*a, **k):\n"
+        "    result = real(*a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return result\n"
+        f"{cls}.{method} = then_term\n"
+        "from casbackup.launch import main\n"
+        "main()\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        ("casbackup.repo.repository", "Repository", "write_manifest"),  # the commit point
+        ("casbackup.repo.locks", "Lock", "release"),  # the lease, released after the commit
+    ],
+    ids=["manifest written", "lease released"],
 )
-
-
 def test_sigterm_after_the_manifest_says_the_backup_is_complete(
-    server_engine: ServerEngine, tmp_path: Path
+    server_engine: ServerEngine, tmp_path: Path, after: tuple[str, str, str]
 ) -> None:
     """It said "partial work was cleaned up" of a committed backup, and left the catalog
     row `running` (gone: the run forgot it) until a sync imported the manifest."""
     db = "t_term_manifest"
     repo, base = _small_table_and_repository(server_engine, tmp_path, db)
     stopped = subprocess.run(
-        [sys.executable, "-c", _TERM_AFTER_MANIFEST, *base, "create", "b", "--tables", f"{db}.*"],
+        [sys.executable, "-c", _term_after(*after), *base, "create", "b", "--tables", f"{db}.*"],
         capture_output=True,
         text=True,
     )
