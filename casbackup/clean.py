@@ -97,8 +97,10 @@ def clean_clickhouse(
                 if not dry_run:
                     for path in debris:
                         shutil.rmtree(path, ignore_errors=True)
-            for marker, alive in stale_markers(detached, MERGES_PAUSED_PREFIX):
-                if alive:
+            paused = list(stale_markers(detached, MERGES_PAUSED_PREFIX))
+            for marker, alive in paused:
+                if alive or any(other for _, other in paused):
+                    # A restore attaching now needs them stopped; it starts them itself.
                     report.skipped_live.append(str(marker))
                     continue
                 if not dry_run:

@@ -20,6 +20,7 @@ import pytest
 
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.errors import ClickHouseError, ExitCode, StoreFull
+from casbackup.process import ProcessTag
 from casbackup.store.local import LocalStore
 from tests.clickhouse.schema import create_realistic, fingerprints, q
 from tests.engines import PROTECTED_PASSWORD, PROTECTED_USER, Engine, ServerEngine, free_port
@@ -608,18 +609,23 @@ def test_clean_resumes_the_merges_a_killed_restore_paused(
 def test_clean_goes_on_past_merges_it_cannot_resume(
     server_engine: ServerEngine, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One table's SYSTEM START MERGES failing: a warning, its marker kept, the other resumed."""
+    """One table's SYSTEM START MERGES failing: a warning, its marker kept, the other resumed.
+
+    A third table's merges stay stopped while a restore that is alive (this
+    process) has them stopped too, beside a dead restore's marker."""
     db = "t_clean_merges_fail"
     server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
     server_engine.sql(f"CREATE DATABASE {db}")
     markers = {}
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         server_engine.sql(f"CREATE TABLE {db}.{name} (x UInt64) ENGINE = MergeTree ORDER BY x")
         data_path = server_engine.value(
             f"SELECT data_path FROM system.tables WHERE database = '{db}' AND name = '{name}'"
         )
         markers[name] = Path(data_path) / "detached" / "casbackup_merges_paused_999999999_1_ab12"
         markers[name].mkdir(parents=True)  # a killed restore's, its process long gone
+    live = markers["c"].with_name(f"casbackup_merges_paused_{ProcessTag.current()}_cd34")
+    live.mkdir()
     real = ClickHouseServer.execute
 
     def refuse_a(self: ClickHouseServer, sql: str, *args: Any, **kwargs: Any) -> None:
@@ -634,6 +640,8 @@ def test_clean_goes_on_past_merges_it_cannot_resume(
     assert f"could not resume the merges of {db}.a" in cleaned.stderr
     assert cleaned.json()["merges_resumed"] == [f"{db}.b"]
     assert markers["a"].exists() and not markers["b"].exists()  # the next clean tries again
+    assert markers["c"].exists() and live.exists()
+    assert sorted(cleaned.json()["in_use"]) == sorted([str(markers["c"]), str(live)])
     server_engine.sql(f"DROP DATABASE {db}")
 
 
