@@ -16,7 +16,15 @@ from casbackup.backup import (
     plan_backup,
 )
 from casbackup.cli.context import AppContext
-from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table, ratio
+from casbackup.cli.output import (
+    ByteProgress,
+    emit_json,
+    human_bytes,
+    note,
+    one_line,
+    print_table,
+    ratio,
+)
 from casbackup.clickhouse.server import TableInfo
 from casbackup.config import Settings
 from casbackup.errors import ExitCode, UsageError
@@ -319,7 +327,10 @@ def show(
         )
         return
     print(
-        f"backup {m.name}  {m.started_at:%Y-%m-%d %H:%M:%S} UTC  host {m.hostname}  ClickHouse {m.clickhouse_version}"
+        one_line(
+            f"backup {m.name}  {m.started_at:%Y-%m-%d %H:%M:%S} UTC  host {m.hostname}  "
+            f"ClickHouse {m.clickhouse_version}"
+        )
     )
     print_table(
         ["table", "engine", "parts", "rows", "bytes"],

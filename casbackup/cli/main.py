@@ -17,6 +17,7 @@ import typer
 from casbackup import __version__, interrupts
 from casbackup.cli import backups, lifecycle, maintenance, restores, verifying
 from casbackup.cli.context import AppContext
+from casbackup.cli.output import one_line
 from casbackup.errors import (
     CasbackupError,
     ConfigError,
@@ -218,5 +219,5 @@ def _notes(exc: BaseException) -> list[str]:
 
 
 def _error(message: str) -> None:
-    sys.stderr.write(f"casbackup: error: {message}\n")
+    sys.stderr.write(f"casbackup: error: {one_line(message)}\n")
     sys.stderr.flush()

@@ -62,7 +62,8 @@ def print_table(
 
     Cells are ``Text``, never markup: they hold table and backup names, and
     rich would read a table named ``[/]bad`` as a closing tag (MarkupError)
-    and ``[bold]x`` as a style, ``:smile:`` as an emoji.
+    and ``[bold]x`` as a style, ``:smile:`` as an emoji. Control characters
+    in them are escaped (``one_line``).
     """
     from rich.console import Console
     from rich.table import Table  # loaded when a command prints a table, not at start-up
@@ -73,7 +74,7 @@ def print_table(
     for column in columns:
         table.add_column(column, justify="right" if column in right else "left", no_wrap=True)
     for row in rows:
-        table.add_row(*[Text(str(cell)) for cell in row])
+        table.add_row(*[Text(one_line(str(cell))) for cell in row])
     console.print(table)
 
 
@@ -137,6 +138,21 @@ def _may_be_terminal() -> bool:
     return sys.stderr is not None and sys.stderr.isatty()
 
 
+# C0 controls and DEL: a newline would split a one-line message, an escape
+# sequence from a hostile manifest (a table name, a version) would reach the
+# operator's terminal. C1 controls (0x80-0x9f) are escapes on some terminals.
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)]} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def one_line(message: str) -> str:
+    """``message`` with every control character written as its escape, as repr() would."""
+    return message.translate(_CONTROLS)
+
+
 def note(message: str) -> None:
     """A line for humans on stderr (keeps stdout clean for JSON and pipes).
 
@@ -146,4 +162,4 @@ def note(message: str) -> None:
     """
     from rich.text import Text
 
-    stderr().print(Text(message), soft_wrap=True)
+    stderr().print(Text(one_line(message)), soft_wrap=True)

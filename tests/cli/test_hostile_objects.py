@@ -21,7 +21,9 @@ from casbackup.repo import manifest as codec
 from casbackup.repo.repository import Repository
 from casbackup.store.base import ObjectStore
 from casbackup.store.local import LocalStore
-from tests.cli.test_failures import one_line_error
+from tests.cli.test_failures import _backed_up_table, one_line_error
+from tests.cli.test_older_releases import rewrite_manifest
+from tests.engines import ServerEngine
 from tests.helpers import small_backups
 
 GiB = 1024**3
@@ -217,3 +219,26 @@ def test_verify_reads_no_pack_beyond_the_largest_casbackup_writes(
     assert problems and all("holds more than 100 bytes" in p["detail"] for p in problems)
 
     # gc's repack (the other whole-pack read): tests/test_gc.py, with the same limit.
+
+
+def test_control_characters_from_a_manifest_reach_no_terminal(
+    server_engine: ServerEngine, cli: Any, tmp_path: Path
+) -> None:
+    """A manifest is untrusted: its strings are printed escaped, errors stay one line."""
+    db = "hostile_version"
+    _backed_up_table(server_engine, tmp_path, db, 10)  # backup b in tmp_path / "repo"
+
+    def hostile(doc: dict[str, Any]) -> None:
+        doc["clickhouse_version"] = "99.1\n\x1b[2Jcasbackup: error: fake"
+        doc["hostname"] = "db1\x1b]0;title\x07"
+
+    rewrite_manifest(tmp_path / "repo", "b", hostile)
+    assert cli(server_engine, "catalog", "rebuild").code == 0
+    refused = cli(server_engine, "restore", "b", "--as", f"{db}:{db}_copy")
+    assert refused.code == ExitCode.CONFLICT
+    assert refused.stderr.count("\n") == 1 and "\x1b" not in refused.stderr
+    assert "ClickHouse 99.1\\n\\x1b[2Jcasbackup: error: fake, newer" in refused.stderr
+    shown = cli(server_engine, "show", "b")
+    assert shown.code == 0 and "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "host db1\\x1b]0;title\\x07" in shown.stdout
+    server_engine.sql(f"DROP DATABASE {db}")
