@@ -349,12 +349,15 @@ def show(
         f"only partitions {', '.join(m.partitions)}" if m.partitions else "",
     ]
     if any(extras):
-        print("also: " + "; ".join(e for e in extras if e))
+        print(one_line("also: " + "; ".join(e for e in extras if e)))
     if parts:
         for t in m.tables:
             for p in t.parts:
                 print(
-                    f"  {t.database}.{t.name}  {p.name}  {p.rows:,} rows  {human_bytes(p.bytes)}  {len(p.files)} files"
+                    one_line(
+                        f"  {t.database}.{t.name}  {p.name}  {p.rows:,} rows  "
+                        f"{human_bytes(p.bytes)}  {len(p.files)} files"
+                    )
                 )
 
 
