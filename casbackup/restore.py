@@ -425,9 +425,15 @@ class RestoreService:
         existing = self._existing([i for i in items if i.owner_view is None])
         partial = bool(self.options.partitions)
         for item in items:
-            if item.owner_view is not None:
+            if item.owner_view is None:
+                current = existing.get((item.database, item.name))
+            elif self.options.data_only or partial:
+                # A view these keep keeps its inner table, and the data in it.
+                current = self._kept_inner_table(item)
+                if current is None:
+                    continue
+            else:
                 continue  # created by its view; checked through it
-            current = existing.get((item.database, item.name))
             item.existing = current
             if self.options.data_only:
                 if item.entry.has_data and current is None:
@@ -694,13 +700,30 @@ class RestoreService:
             if view is None:
                 continue
             view_db = self.options.database_map.get(view.database, view.database)
-            restored = self.server.table(view_db, view.name)
-            if restored is None:
+            name = self._inner_name(view)
+            if name is None:
                 raise RestoreFailed(
                     table=item.target, detail=f"materialized view {view_db}.{view.name} is missing"
                 )
             item.database = view_db
-            item.name = f".inner_id.{restored.uuid}" if restored.uuid else f".inner.{view.name}"
+            item.name = name
+
+    def _inner_name(self, view: mf.Table) -> str | None:
+        """The inner table of ``view``'s target, if that view exists."""
+        view_db = self.options.database_map.get(view.database, view.database)
+        restored = self.server.table(view_db, view.name)
+        if restored is None:
+            return None
+        return f".inner_id.{restored.uuid}" if restored.uuid else f".inner.{view.name}"
+
+    def _kept_inner_table(self, item: _Item) -> TableInfo | None:
+        """The inner table an existing view of ``item`` has (resolved into ``item``), if any."""
+        assert item.owner_view is not None
+        name = self._inner_name(item.owner_view)
+        found = None if name is None else self.server.table(item.database, name)
+        if found is not None:
+            item.name = found.name
+        return found
 
     def _execute(self, sql: str, target: str) -> None:
         try:
