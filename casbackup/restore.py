@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -202,12 +203,17 @@ def attaching_part(marker: str) -> str | None:
 MERGES_PAUSED_PREFIX = "casbackup_merges_paused_"
 
 
-# An empty directory under detached/ from a table's first ATTACH of a restore
-# until its last (``casbackup_partial_<pid>_<start>_<rand>``). A restore that
-# stops in between leaves the table holding only some of the backup's parts,
-# and a table that looks restored: the marker outlives the run, so `clean`
-# and the next restore into that table can say so.
+# A directory under detached/ from a table's first ATTACH of a restore until
+# its last (``casbackup_partial_<pid>_<start>_<rand>``). A restore that stops
+# in between leaves the table holding only some of the backup's parts, and a
+# table that looks restored: the marker outlives the run, so `clean` and the
+# next restore into that table can say so. Empty for a restore of the whole
+# table; a --partitions restore lists in it, as empty files, the partition
+# ids it attaches, so that a restore of those partitions again removes it.
 PARTIAL_PREFIX = "casbackup_partial_"
+# What ClickHouse's partition ids are made of ('all', 202401, 2024-3, a hash):
+# an id from the manifest that is not such is not made a file name.
+_PARTITION_ID = re.compile(r"[0-9A-Za-z_-]+")
 
 
 def marker_owner(name: str, prefix: str) -> ProcessTag | None:
@@ -239,6 +245,7 @@ class _Attaching:
 
     total: int
     marker: Path
+    partitions: frozenset[str] = frozenset()  # --partitions: the ids of the parts attached
     done: int = 0
 
     def attached(self) -> None:
@@ -246,10 +253,20 @@ class _Attaching:
         if self.done == 1 and self.total > 1:  # from here on the table is part-restored
             with writing(self.marker):
                 self.marker.mkdir()
+                if all(_PARTITION_ID.fullmatch(p) for p in self.partitions):
+                    for partition_id in self.partitions:
+                        (self.marker / partition_id).touch()
 
     def finished(self) -> None:
-        with contextlib.suppress(OSError):
-            self.marker.rmdir()
+        shutil.rmtree(self.marker, ignore_errors=True)
+
+
+def _marked_partitions(marker: Path) -> set[str]:
+    """The partition ids a --partitions restore's partial marker lists (none: the whole table)."""
+    try:
+        return {entry.name for entry in marker.iterdir()}
+    except OSError:
+        return set()
 
 
 class RestoreService:
@@ -925,15 +942,21 @@ class RestoreService:
 
         What is attached stays: the parts carry new block numbers, so telling
         them from rows written meanwhile is not possible in general. The
-        partial marker stays with them until a restore of the whole table
-        (``--drop-existing``) or `clean` reports it.
+        partial marker stays with them until a restore of the whole table, or
+        of the partitions it lists, (``--drop-existing``) or `clean` reports it.
         """
-        if not self.options.partitions:  # this restore replaces what such a marker was about
-            for marker, alive in stale_markers(detached, PARTIAL_PREFIX):
-                if not alive:
-                    with contextlib.suppress(OSError):
-                        marker.rmdir()
-        progress = _Attaching(len(staged), detached / tagged_name(PARTIAL_PREFIX))
+        restoring = {part.partition_id for part, _ in staged}
+        for marker, alive in stale_markers(detached, PARTIAL_PREFIX):
+            # This restore replaces what such a marker was about: the planning
+            # found those partitions empty, or --drop-existing emptied them.
+            about = _marked_partitions(marker)
+            if not alive and (not self.options.partitions or (about and about <= restoring)):
+                shutil.rmtree(marker, ignore_errors=True)
+        progress = _Attaching(
+            len(staged),
+            detached / tagged_name(PARTIAL_PREFIX),
+            frozenset(restoring) if self.options.partitions else frozenset(),
+        )
         try:
             while staged:
                 part, temp = staged[0]

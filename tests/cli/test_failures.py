@@ -582,6 +582,49 @@ def test_a_restore_killed_part_way_through_attaching_is_reported(
         server_engine.sql(f"DROP DATABASE {name}")
 
 
+def test_a_partitions_restore_run_again_with_drop_existing_is_not_reported_partial(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """The note's advice followed for a --partitions restore: nothing says the table is partial.
+
+    Stopped after the first of its two ATTACHes, the restore leaves its
+    marker and says to run it again with --drop-existing; that restores
+    those partitions whole, and the marker must go with it, or `clean` warns
+    of a table restored whole (exit 1)."""
+    db, copy = "t_term_partial_parts", "t_term_partial_parts_copy"
+    base = _backed_up_table(server_engine, tmp_path, db, 40)  # partitions 202401, 202402
+    restore = [*base, "restore", "b", "--as", f"{db}:{copy}", "--partitions", "202401,202402"]
+    stopped = subprocess.run(
+        [sys.executable, "-c", _TERM_BEFORE_ATTACH, *restore], capture_output=True, text=True
+    )
+    assert stopped.returncode == ExitCode.INTERRUPTED, stopped.stderr
+    assert "run the same restore again with --drop-existing" in stopped.stderr
+    data_path = server_engine.value(
+        f"SELECT data_path FROM system.tables WHERE database = '{copy}'"
+    )
+    detached = Path(data_path) / "detached"
+    assert len(list(detached.glob("casbackup_partial_*"))) == 1
+    whole = subprocess.run(
+        [*CASBACKUP, *restore, "--drop-existing"], capture_output=True, text=True
+    )
+    assert whole.returncode == 0, whole.stderr
+    assert server_engine.value(f"SELECT sum(x) FROM {copy}.t") == sum(range(4000))
+    assert list(detached.glob("casbackup_partial_*")) == []
+    cleaned = subprocess.run([*CASBACKUP, *base, "clean", "--json"], capture_output=True)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert json.loads(cleaned.stdout)["partial_restores"] == []
+    # Dead restores' markers of the whole table and of another partition are not about these.
+    others = [detached / f"casbackup_partial_99999999{n}_1_ab12" for n in (1, 2)]
+    for marker in others:
+        marker.mkdir()
+    (others[1] / "202403").touch()
+    again = subprocess.run([*CASBACKUP, *restore, "--drop-existing"], capture_output=True)
+    assert again.returncode == 0, again.stderr
+    assert sorted(detached.glob("casbackup_partial_*")) == others
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
 def test_clean_resumes_the_merges_a_killed_restore_paused(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
