@@ -801,10 +801,13 @@ class RestoreService:
             )
             clock = time.monotonic()
             expected = sum(p.rows for p in parts)
-            before = self.server.part_rows(item.database, item.name)
+            # A --partitions restore into a live table: rows written meanwhile
+            # into other partitions are not this restore's.
+            counted = {p.partition_id for p in parts} if self.options.partitions else None
+            before = self.server.part_rows(item.database, item.name, counted)
             with self._merges_paused(item, detached):
                 self._attach_all(item, staged, detached)
-                after = self.server.part_rows(item.database, item.name)
+                after = self.server.part_rows(item.database, item.name, counted)
             log.info("%s: attached in %.2f s", item.target, time.monotonic() - clock)
         finally:
             for _, temp in staged:

@@ -360,12 +360,18 @@ class ClickHouseServer:
             for r in rows
         ]
 
-    def part_rows(self, database: str, table: str) -> int:
-        """Rows stored in the table's active parts, including rows a lightweight DELETE masks."""
-        rows = self.client.query(
-            "SELECT sum(rows) AS r FROM system.parts WHERE active AND "
-            f"database = {quote_string(database)} AND table = {quote_string(table)}"
-        )
+    def part_rows(
+        self, database: str, table: str, partition_ids: Iterable[str] | None = None
+    ) -> int:
+        """Rows stored in the table's active parts, including rows a lightweight DELETE masks.
+
+        ``partition_ids``: only in those partitions.
+        """
+        where = f"active AND database = {quote_string(database)} AND table = {quote_string(table)}"
+        if partition_ids is not None:
+            ids = ", ".join(quote_string(p) for p in sorted(set(partition_ids))) or "''"
+            where += f" AND partition_id IN ({ids})"
+        rows = self.client.query(f"SELECT sum(rows) AS r FROM system.parts WHERE {where}")
         return int(rows[0]["r"] or 0)
 
     def count(self, database: str, table: str) -> int:

@@ -21,7 +21,7 @@ from tests.clickhouse.schema import (
     q,
     server_for,
 )
-from tests.engines import Engine
+from tests.engines import Engine, ServerEngine
 from tests.helpers import after_staging, flip_byte, hinted_one_ahead
 
 
@@ -606,3 +606,41 @@ def test_a_kept_materialized_views_inner_table_with_data_is_a_conflict(
     assert replaced.code == 0, replaced.stderr
     assert engine.value(f"SELECT count() FROM {db}.src") == 100
     assert engine.value(f"SELECT count() FROM {db}.mv") == 100
+
+
+def test_partitions_restore_into_a_live_table_counts_only_those_partitions(
+    server_engine: ServerEngine, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows written meanwhile into other partitions are not the restore's: not a failure.
+
+    Restoring a lost month into a table that takes inserts (today's
+    partition) attached every part and then failed, exit 12, counting the
+    inserted rows as its own. (On the server: chdb's one session is the
+    restore's while it attaches.)"""
+    from casbackup.clickhouse.server import ClickHouseServer
+
+    dbname = "t_live_partitions"
+    db = q(dbname)
+    server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
+    server_engine.sql(f"CREATE DATABASE {db}")
+    server_engine.sql(
+        f"CREATE TABLE {db}.t (d Date, x UInt64) ENGINE = MergeTree "
+        "PARTITION BY toYYYYMM(d) ORDER BY x"
+    )
+    server_engine.sql(
+        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 40, number FROM numbers(100)"
+    )
+    cli(server_engine, "init")
+    assert cli(server_engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+    server_engine.sql(f"ALTER TABLE {db}.t DROP PARTITION 202401")
+    real = ClickHouseServer.attach_part
+
+    def attach_while_inserting(self: ClickHouseServer, *args: Any, **kwargs: Any) -> None:
+        server_engine.sql(f"INSERT INTO {db}.t SELECT toDate('2024-03-01'), 1000")  # live
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClickHouseServer, "attach_part", attach_while_inserting)
+    restored = cli(server_engine, "restore", "b", "--partitions", "202401")
+    assert restored.code == 0, restored.stderr
+    assert server_engine.value(f"SELECT count() FROM {db}.t WHERE d < '2024-03-01'") == 100
+    server_engine.sql(f"DROP DATABASE {db}")
