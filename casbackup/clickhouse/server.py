@@ -323,7 +323,12 @@ class ClickHouseServer:
         found = self.tables(database, name, create_sql=False)
         if not found:
             return None
-        rows = self.client.query(f"SHOW CREATE TABLE {qualified(database, name)}")
+        try:
+            rows = self.client.query(f"SHOW CREATE TABLE {qualified(database, name)}")
+        except ClickHouseError:
+            if not self.tables(database, name, create_sql=False):
+                return None  # dropped between the two queries
+            raise
         return replace(found[0], create_sql=str(next(iter(rows[0].values()))))
 
     def database_exists(self, name: str) -> bool:
