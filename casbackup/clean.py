@@ -17,7 +17,7 @@ from pathlib import Path
 
 from casbackup.catalog.rebuild import stale_rebuild_files
 from casbackup.clickhouse.freeze import shadow_root, stale_shadows
-from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
+from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer, TableInfo
 from casbackup.clickhouse.sql import qualified
 from casbackup.errors import ClickHouseError, ObjectNotFound, StorePermissionDenied
 from casbackup.process import name_owner
@@ -97,24 +97,7 @@ def clean_clickhouse(
                 if not dry_run:
                     for path in debris:
                         shutil.rmtree(path, ignore_errors=True)
-            paused = list(stale_markers(detached, MERGES_PAUSED_PREFIX))
-            for marker, alive in paused:
-                if alive or any(other for _, other in paused):
-                    # A restore attaching now needs them stopped; it starts them itself.
-                    report.skipped_live.append(str(marker))
-                    continue
-                if not dry_run:
-                    try:
-                        server.execute(
-                            f"SYSTEM START MERGES {qualified(table.database, table.name)}"
-                        )
-                    except ClickHouseError as exc:  # the marker stays for the next clean
-                        report.warnings.append(
-                            f"could not resume the merges of {table.qualified}: {exc.message}"
-                        )
-                        continue
-                    shutil.rmtree(marker, ignore_errors=True)
-                report.merges_resumed.append(table.qualified)  # a killed restore stopped them
+            _resume_merges(server, table, detached, report, dry_run=dry_run)
             for marker, alive in stale_markers(detached, PARTIAL_PREFIX):
                 if alive or table.database.startswith(SCRATCH_PREFIX):
                     continue  # a restore attaching now; verify drops its scratch copies itself
@@ -125,6 +108,35 @@ def clean_clickhouse(
                 )
                 if not dry_run:
                     shutil.rmtree(marker, ignore_errors=True)
+
+
+def _resume_merges(
+    server: ClickHouseServer,
+    table: TableInfo,
+    detached: Path,
+    report: CleanReport,
+    *,
+    dry_run: bool,
+) -> None:
+    """SYSTEM START MERGES once for a table whose restores that stopped them are all gone."""
+    paused = list(stale_markers(detached, MERGES_PAUSED_PREFIX))
+    if not paused:
+        return
+    if any(alive for _, alive in paused):
+        # A restore attaching now needs them stopped; it starts them itself.
+        report.skipped_live += [str(marker) for marker, _ in paused]
+        return
+    if not dry_run:
+        try:
+            server.execute(f"SYSTEM START MERGES {qualified(table.database, table.name)}")
+        except ClickHouseError as exc:  # the markers stay for the next clean
+            report.warnings.append(
+                f"could not resume the merges of {table.qualified}: {exc.message}"
+            )
+            return
+        for marker, _ in paused:
+            shutil.rmtree(marker, ignore_errors=True)
+    report.merges_resumed.append(table.qualified)  # a killed restore stopped them
 
 
 # A rename into detached/ happens right after its marker is made; a part

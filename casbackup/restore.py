@@ -1028,7 +1028,13 @@ class RestoreService:
             try:
                 yield
             finally:
-                if self.options.keep_merges_stopped:
+                if self.options.keep_merges_stopped or any(
+                    alive
+                    for other, alive in stale_markers(detached, MERGES_PAUSED_PREFIX)
+                    if other != marker
+                ):
+                    # Left stopped on purpose, or for another restore of this
+                    # table still attaching (--partitions), which starts them.
                     settled = True
                 elif not settled:
                     with contextlib.suppress(ClickHouseError):

@@ -11,6 +11,7 @@ import pytest
 
 from casbackup import restore
 from casbackup.errors import ExitCode
+from casbackup.process import ProcessTag
 from casbackup.repo.reader import ChunkFetcher
 from casbackup.restore import RestoreService
 from tests.clickhouse.schema import (
@@ -640,7 +641,17 @@ def test_partitions_restore_into_a_live_table_counts_only_those_partitions(
         real(self, *args, **kwargs)
 
     monkeypatch.setattr(ClickHouseServer, "attach_part", attach_while_inserting)
+    # Another restore of this table (other partitions) is attaching too, merges stopped.
+    data_path = server_engine.value(
+        f"SELECT data_path FROM system.tables WHERE database = '{dbname}'"
+    )
+    other = Path(data_path) / "detached" / f"casbackup_merges_paused_{ProcessTag.current()}_ab12"
+    other.mkdir(parents=True)
     restored = cli(server_engine, "restore", "b", "--partitions", "202401")
     assert restored.code == 0, restored.stderr
     assert server_engine.value(f"SELECT count() FROM {db}.t WHERE d < '2024-03-01'") == 100
+    # This restore left the merges to the other one: still stopped.
+    with pytest.raises(Exception, match="Cancelled merging parts"):
+        server_engine.sql(f"OPTIMIZE TABLE {db}.t PARTITION 202403 FINAL")
+    server_engine.sql(f"SYSTEM START MERGES {db}.t")
     server_engine.sql(f"DROP DATABASE {db}")

@@ -660,7 +660,7 @@ def test_clean_goes_on_past_merges_it_cannot_resume(
     server_engine.sql(f"DROP DATABASE IF EXISTS {db}")
     server_engine.sql(f"CREATE DATABASE {db}")
     markers = {}
-    for name in ("a", "b", "c"):
+    for name in ("a", "b", "c", "d"):
         server_engine.sql(f"CREATE TABLE {db}.{name} (x UInt64) ENGINE = MergeTree ORDER BY x")
         data_path = server_engine.value(
             f"SELECT data_path FROM system.tables WHERE database = '{db}' AND name = '{name}'"
@@ -669,6 +669,7 @@ def test_clean_goes_on_past_merges_it_cannot_resume(
         markers[name].mkdir(parents=True)  # a killed restore's, its process long gone
     live = markers["c"].with_name(f"casbackup_merges_paused_{ProcessTag.current()}_cd34")
     live.mkdir()
+    markers["d"].with_name("casbackup_merges_paused_999999998_1_ef56").mkdir()  # two dead ones
     real = ClickHouseServer.execute
 
     def refuse_a(self: ClickHouseServer, sql: str, *args: Any, **kwargs: Any) -> None:
@@ -681,8 +682,9 @@ def test_clean_goes_on_past_merges_it_cannot_resume(
     cleaned = cli(server_engine, "clean", "--json")
     assert cleaned.code == ExitCode.WARNING, cleaned.stderr
     assert f"could not resume the merges of {db}.a" in cleaned.stderr
-    assert cleaned.json()["merges_resumed"] == [f"{db}.b"]
+    assert cleaned.json()["merges_resumed"] == [f"{db}.b", f"{db}.d"]  # d resumed once
     assert markers["a"].exists() and not markers["b"].exists()  # the next clean tries again
+    assert list(markers["d"].parent.iterdir()) == []
     assert markers["c"].exists() and live.exists()
     assert sorted(cleaned.json()["in_use"]) == sorted([str(markers["c"]), str(live)])
     server_engine.sql(f"DROP DATABASE {db}")
