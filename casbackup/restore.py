@@ -528,20 +528,7 @@ class RestoreService:
     def run(self) -> RestoreReport:
         items = self.plan()
         report = RestoreReport(backup=self.manifest.name)
-        # Releases before `--partitions` recorded no partition values (FORMAT.md:
-        # '' if unknown), so only ids can match their parts.
-        unrecorded = any(p.partition == "" for i in items for p in i.entry.parts)
-        hint = (
-            f"; backup {self.manifest.name} does not record partition values (an older "
-            "casbackup made it): name its partitions by id, as its part names begin "
-            f"(casbackup show {self.manifest.name} --parts)"
-            if unrecorded
-            else ""
-        )
-        report.warnings += [
-            f"--partitions {spec!r} chose no partition of the tables restored{hint}"
-            for spec in self.unused_specs
-        ]
+        report.warnings += self._unused_spec_warnings(items)
         report.warnings += [
             f"{item.target} restored empty: the backup holds its schema only "
             f"({item.entry.engine} engine rows are not backed up)"
@@ -584,6 +571,24 @@ class RestoreService:
         self._restore_files(report)
         report.tables = [outcomes[id(i)] for i in items]
         return report
+
+    def _unused_spec_warnings(self, items: list[_Item]) -> list[str]:
+        if not self.unused_specs:
+            return []
+        # Releases before `--partitions` recorded no partition values (FORMAT.md:
+        # '' if unknown), so only ids can match their parts.
+        unrecorded = any(p.partition == "" for i in items for p in i.entry.parts)
+        hint = (
+            f"; backup {self.manifest.name} does not record partition values (an older "
+            "casbackup made it): name its partitions by id, as its part names begin "
+            f"(casbackup show {self.manifest.name} --parts)"
+            if unrecorded
+            else ""
+        )
+        return [
+            f"--partitions {spec!r} chose no partition of the tables restored{hint}"
+            for spec in self.unused_specs
+        ]
 
     def _restore_objects(self, objects: list[mf.ServerObject], report: RestoreReport) -> None:
         if not objects:
