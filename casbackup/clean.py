@@ -21,6 +21,7 @@ from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer, TableI
 from casbackup.clickhouse.sql import qualified
 from casbackup.errors import ClickHouseError, ObjectNotFound, StorePermissionDenied
 from casbackup.process import name_owner
+from casbackup.repo import keys
 from casbackup.repo.locks import LockRecord, machine_id, read_lock, read_locks
 from casbackup.restore import (
     ATTACHING_PREFIX,
@@ -170,7 +171,9 @@ def clean_store(
     """Partial uploads of killed runs (an in-progress upload of a live run is younger than min_age)."""
     if isinstance(store, LeavesTemporaries):
         try:
-            report.store_temporaries = store.remove_stale_temporaries(min_age, dry_run=dry_run)
+            report.store_temporaries = store.remove_stale_temporaries(
+                min_age, under=keys.WRITTEN_PREFIXES, dry_run=dry_run
+            )
         except StorePermissionDenied as exc:
             # The IAM policy of docs/operations.md grants no
             # s3:ListBucketMultipartUploads (a bucket lifecycle rule aborts

@@ -11,6 +11,10 @@ PACKS_PREFIX = "packs/"
 MANIFESTS_PREFIX = "manifests/"
 LOCKS_PREFIX = "locks/"
 CONDEMNED_PREFIX = "condemned/"
+# Every prefix the repository writes objects under (CONFIG_KEY aside, which is
+# one small object): `clean` aborts stale uploads below these only, since a
+# repository at a bucket's root shares the bucket's uploads with other tools.
+WRITTEN_PREFIXES = (PACKS_PREFIX, MANIFESTS_PREFIX, LOCKS_PREFIX, CONDEMNED_PREFIX)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Backup names become store keys and appear in shell scripts: keep them plain.

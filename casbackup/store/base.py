@@ -85,11 +85,13 @@ class LeavesTemporaries(Protocol):
     A local store leaves temporary files beside their targets; S3 keeps the
     parts of a multipart upload that was never completed (and bills them).
     ``casbackup clean`` removes what is older than any live write can be;
-    ``dry_run`` only counts it, for ``clean --dry-run``.
+    ``dry_run`` only counts it, for ``clean --dry-run``. ``under`` names the
+    key prefixes the caller writes to: a repository at a bucket's root shares
+    the bucket's uploads with other tools, whose uploads are not ours to abort.
     """
 
     def remove_stale_temporaries(
-        self, older_than_seconds: float, *, dry_run: bool = False
+        self, older_than_seconds: float, *, under: tuple[str, ...], dry_run: bool = False
     ) -> int: ...
 
 

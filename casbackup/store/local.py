@@ -177,8 +177,14 @@ class LocalStore:
 
     # --- maintenance -----------------------------------------------------------
 
-    def remove_stale_temporaries(self, older_than_seconds: float, *, dry_run: bool = False) -> int:
-        """Delete temporary files left by puts that were killed (or count them), returning how many."""
+    def remove_stale_temporaries(
+        self, older_than_seconds: float, *, under: tuple[str, ...] = ("",), dry_run: bool = False
+    ) -> int:
+        """Delete temporary files left by puts that were killed (or count them), returning how many.
+
+        Every directory is looked at, whatever ``under`` says: the temporary
+        names carry this store's own prefix, which no other tool writes.
+        """
         removed = 0
         cutoff = time.time() - older_than_seconds
         for dirpath, _dirnames, filenames in os.walk(self.root):

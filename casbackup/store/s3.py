@@ -309,12 +309,16 @@ class S3Store:
 
     # --- maintenance -----------------------------------------------------------
 
-    def abort_stale_uploads(self, older_than_seconds: float, *, dry_run: bool = False) -> int:
+    def abort_stale_uploads(
+        self, older_than_seconds: float, *, under: tuple[str, ...] = ("",), dry_run: bool = False
+    ) -> int:
         """Abort (or count) multipart uploads under the prefix that a killed process left.
 
         S3 keeps (and bills) the parts of an upload that was neither completed
         nor aborted; a bucket lifecycle rule (AbortIncompleteMultipartUpload)
-        does the same job without casbackup.
+        does the same job without casbackup. Only uploads whose key (after the
+        store's prefix) starts with one of ``under`` are looked at: with no
+        prefix, the store shares the bucket with whatever else writes there.
         """
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_seconds)
         pages = self._client.get_paginator("list_multipart_uploads").paginate(
@@ -327,13 +331,18 @@ class S3Store:
             if page is None:
                 return aborted
             for upload in page.get("Uploads", ()):
+                key = str(upload["Key"])[len(self._root) :]
+                if not key.startswith(under):
+                    continue
                 if upload["Initiated"] < cutoff and (
                     dry_run or self._abort_upload(str(upload["Key"]), str(upload["UploadId"]))
                 ):
                     aborted += 1
 
-    def remove_stale_temporaries(self, older_than_seconds: float, *, dry_run: bool = False) -> int:
-        return self.abort_stale_uploads(older_than_seconds, dry_run=dry_run)
+    def remove_stale_temporaries(
+        self, older_than_seconds: float, *, under: tuple[str, ...] = ("",), dry_run: bool = False
+    ) -> int:
+        return self.abort_stale_uploads(older_than_seconds, under=under, dry_run=dry_run)
 
     def _abort_upload(self, name: str, upload_id: str) -> bool:
         """Abort one upload; False if it was gone already (another host's clean, or completed)."""

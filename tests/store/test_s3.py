@@ -586,6 +586,13 @@ def test_heartbeat_outlives_a_failed_read_of_its_lock(
         lock.release()
 
 
+def _clean(cli: Any, repo: str) -> Any:
+    """`clean --json` of a repository; no ClickHouse answers (it has no part in the store's clean)."""
+    return cli(
+        None, "--clickhouse", "clickhouse://default@127.0.0.1:1", "clean", "--json", repo=repo
+    )
+
+
 def test_clean_without_permission_to_list_uploads_warns_and_goes_on(
     s3_auth_server: S3Server,
     limited_user: tuple[str, str, str],
@@ -602,14 +609,7 @@ def test_clean_without_permission_to_list_uploads_warns_and_goes_on(
     bucket, access_key, secret_key = limited_user
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
-    result = cli(
-        None,
-        "--clickhouse",
-        "clickhouse://default@127.0.0.1:1",
-        "clean",
-        "--json",
-        repo=f"s3://{bucket}/r",
-    )
+    result = _clean(cli, f"s3://{bucket}/r")
     assert result.code == ExitCode.WARNING, result.stderr
     assert result.json()["store_temporaries"] == 0
     assert "skipped stale uploads in the store" in result.stderr and "AccessDenied" in result.stderr
@@ -695,3 +695,23 @@ def test_an_upload_aborted_by_another_host_meanwhile_is_not_an_error(
     proxy.record = other_host_aborts_after_listing  # type: ignore[method-assign]
     assert store.abort_stale_uploads(older_than_seconds=3600) == 0
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def test_clean_of_a_repository_at_the_bucket_root_leaves_other_tools_uploads(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, cli: Any
+) -> None:
+    """With no prefix, every multipart upload of the bucket is under the store's root.
+
+    `clean` aborted them all once they were old enough: another tool's
+    upload of a large export, still running after a day, lost its parts.
+    Only uploads under the repository's own key prefixes are casbackup's.
+    """
+    use_test_credentials(monkeypatch, endpoint=s3_server.endpoint)
+    client = s3_server.client()
+    ours = f"packs/aa/{'aa' * 32}"
+    for key in (ours, "exports/events.csv", "packsfoo/x"):
+        client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+    result = _clean(cli, f"s3://{s3_bucket}")
+    assert result.json()["store_temporaries"] == 1, result.stderr
+    left = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert sorted(u["Key"] for u in left) == ["exports/events.csv", "packsfoo/x"]
