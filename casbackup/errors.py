@@ -188,6 +188,10 @@ class CatalogError(CasbackupError):
     exit_code = ExitCode.CATALOG
 
 
+class CommittedUnrecorded(CatalogError):
+    """backup {backup} is complete: its manifest is in the repository, but the catalog did not record it ({detail}); the next command that reads the catalog records it"""
+
+
 class CatalogVersionError(CatalogError):
     """catalog {location} is at schema revision {found}, unknown to this casbackup (knows up to {head}); upgrade casbackup, or rebuild a new catalog from the store with `casbackup catalog rebuild`"""
 

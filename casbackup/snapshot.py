@@ -24,7 +24,14 @@ from casbackup import __version__, interrupts
 from casbackup.catalog import Catalog
 from casbackup.catalog.packs import set_states
 from casbackup.catalog.rebuild import sync
-from casbackup.errors import BackupExists, IntegrityError, InterruptedAfterCommit, LockLost
+from casbackup.errors import (
+    BackupExists,
+    CatalogError,
+    CommittedUnrecorded,
+    IntegrityError,
+    InterruptedAfterCommit,
+    LockLost,
+)
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
 from casbackup.repo.archiver import FileArchiver, StoredFile
 from casbackup.repo.compression import DEFAULT_LEVEL, ChunkCompressor
@@ -189,13 +196,19 @@ class SnapshotWriter:
         # The manifest is the commit point. From its write to the catalog's
         # record of it a signal waits: the catalog then agrees with the store,
         # and a run stopped there says its backup is complete, not "cleaned up".
+        # A catalog that fails that record does not undo the commit either: the
+        # running row stays, and the next sync replaces it with the manifest.
+        unrecorded: CatalogError | None = None
         try:
             with interrupts.deferred():
                 data = self.repo.write_manifest(manifest)
-                self.catalog.backups.mark_committed(
-                    self.backup_id, manifest, blake3.blake3(data).digest(), len(data)
-                )
                 self._finished = True
+                try:
+                    self.catalog.backups.mark_committed(
+                        self.backup_id, manifest, blake3.blake3(data).digest(), len(data)
+                    )
+                except CatalogError as exc:
+                    unrecorded = exc
         except interrupts.SignalReceived as received:
             if not self._finished:
                 raise
@@ -205,6 +218,8 @@ class SnapshotWriter:
             self._shutdown()  # closing the writers, releasing the lease: still after the commit
         except interrupts.SignalReceived as received:
             raise InterruptedAfterCommit(signal=received.name, backup=self.name) from None
+        if unrecorded is not None:
+            raise CommittedUnrecorded(backup=self.name, detail=unrecorded.message)
         return manifest
 
     def _check_references(self, chunks: set[bytes]) -> None:

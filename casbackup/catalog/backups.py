@@ -3,8 +3,9 @@
 The manifest in the store is the truth about which backups exist. The catalog
 row goes through ``running`` (contents recorded before the manifest is written,
 so a concurrent gc already sees what the backup references) to ``committed``
-(after the manifest is in the store). A crash between the two leaves a
-``running`` row whose manifest exists; ``reconcile`` settles it either way.
+(after the manifest is in the store). A crash between the two, or a catalog
+that fails the second update, leaves a ``running`` row whose manifest exists;
+the next sync (catalog.rebuild) replaces it with the manifest's contents.
 """
 
 from __future__ import annotations

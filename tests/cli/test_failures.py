@@ -286,6 +286,57 @@ def test_sigterm_after_the_manifest_says_the_backup_is_complete(
     server_engine.sql(f"DROP DATABASE {db}")
 
 
+# A catalog that refuses the commit's own update (disk full, a lock held too
+# long) once the manifest is in the store; with SIGTERM arriving meanwhile too.
+_CATALOG_FAILS_AT_COMMIT = (
+    "import os, signal, sys\n"
+    "from casbackup.catalog.backups import BackupRecords\n"
+    "from casbackup.errors import CatalogError\n"
+    "mode = sys.argv.pop(1)\n"
+    "def refuse(*a, **k):\n"
+    "    if mode == 'term':\n"
+    "        os.kill(os.getpid(), signal.SIGTERM)\n"
+    "    raise CatalogError(detail='database or disk is full')\n"
+    "BackupRecords.mark_committed = refuse\n"
+    "from casbackup.launch import main\n"
+    "main()\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("signalled", "code", "says"),
+    [
+        ("", ExitCode.CATALOG, "backup b is complete: its manifest is in the repository"),
+        ("term", ExitCode.INTERRUPTED, "after backup b was committed: the backup is complete"),
+    ],
+    ids=["catalog error", "catalog error and SIGTERM"],
+)
+def test_a_catalog_that_fails_after_the_manifest_never_calls_the_backup_failed(
+    server_engine: ServerEngine, tmp_path: Path, signalled: str, code: int, says: str
+) -> None:
+    """The manifest is the commit point: a catalog error after it is not a failed backup.
+
+    It said only "catalog error: ...", or with a signal pending "interrupted
+    ...; partial work was cleaned up", of a backup that was complete; the
+    run then forgot its row, so `create b` again said it exists.
+    """
+    db = "t_catalog_after_manifest"
+    repo, base = _small_table_and_repository(server_engine, tmp_path, db)
+    create = ["create", "b", "--tables", f"{db}.*"]
+    failed = subprocess.run(
+        [sys.executable, "-c", _CATALOG_FAILS_AT_COMMIT, signalled or "-", *base, *create],
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == code, failed.stderr
+    one_line_error(failed.stderr)
+    assert says in failed.stderr
+    listed = subprocess.run([*CASBACKUP, *base, "list", "--json"], capture_output=True, text=True)
+    assert [b["name"] for b in json.loads(listed.stdout)] == ["b"], listed.stderr
+    assert catalog_rows(repo, "SELECT name, state FROM backups") == [("b", "committed")]
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
 def test_clean_broken_never_says_nothing_to_clean_when_it_forgot_a_run(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
