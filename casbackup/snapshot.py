@@ -31,6 +31,7 @@ from casbackup.errors import (
     IntegrityError,
     InterruptedAfterCommit,
     LockLost,
+    StoreError,
 )
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
 from casbackup.repo.archiver import FileArchiver, StoredFile
@@ -47,7 +48,7 @@ from casbackup.repo.manifest import (
     Table,
 )
 from casbackup.repo.marks import condemned_packs
-from casbackup.repo.repository import Repository
+from casbackup.repo.repository import ManifestStamp, Repository
 from casbackup.repo.writer import DEFAULT_PACK_SIZE, ChunkWriter
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class SnapshotWriter:
                 self._finished = True
                 try:
                     self.catalog.backups.mark_committed(
-                        self.backup_id, manifest, blake3.blake3(data).digest(), len(data)
+                        self.backup_id, manifest, blake3.blake3(data).digest(), self._stamp(data)
                     )
                 except CatalogError as exc:
                     unrecorded = exc
@@ -221,6 +222,19 @@ class SnapshotWriter:
         if unrecorded is not None:
             raise CommittedUnrecorded(backup=self.name, detail=unrecorded.message)
         return manifest
+
+    def _stamp(self, data: bytes) -> ManifestStamp:
+        """The committed manifest's stamp as listings show it; its size alone if the store fails.
+
+        The commit is done by then: a failed listing must not undo it. A
+        stamp without the version only loses the version check for this backup.
+        """
+        try:
+            stamp = self.repo.manifest_stamp(self.name)
+        except StoreError as exc:
+            log.warning("backup %s: no version of its manifest recorded: %s", self.name, exc)
+            stamp = None
+        return stamp if stamp is not None and stamp.size == len(data) else ManifestStamp(len(data))
 
     def _check_references(self, chunks: set[bytes]) -> None:
         """Refuse to commit if gc could have deleted something this backup relies on.

@@ -498,12 +498,18 @@ def test_another_hosts_repack_is_followed_by_this_catalog(
     assert gc(repo, catalog, clock).plan is not None  # this host's gc runs too
 
 
+@pytest.mark.parametrize("same_size", [False, True], ids=["other size", "same size"])
 def test_a_name_another_host_deleted_and_used_again_is_indexed_anew(
-    repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock
+    repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock, same_size: bool
 ) -> None:
     """Host B deleted b and made a new b of other data. Host A's backup list still matched the
     store by name, so its catalog kept the old b's rows: its gc saw the new b's packs as
-    garbage and deleted them, and its restores read the old chunk lists."""
+    garbage and deleted them, and its restores read the old chunk lists.
+
+    Manifest sizes told the two apart, except when they were equal: that case is
+    made here by giving host A's row the new manifest's size. The store's
+    version of the object (a new inode here, a new ETag on S3) tells them apart.
+    """
     from casbackup.catalog.rebuild import sync
 
     random_tree(tmp_path / "old", seed=60, parts=2)
@@ -513,6 +519,12 @@ def test_a_name_another_host_deleted_and_used_again_is_indexed_anew(
         delete_backups(repo, other, ["b"])
         random_tree(tmp_path / "new", seed=61, parts=5)
         snapshot_directory(repo, other, "b", tmp_path / "new", pack_size=SMALL_PACKS)
+    if same_size:
+        with sqlite3.connect(tmp_path / "catalog.sqlite") as db:
+            db.execute(
+                "UPDATE backups SET manifest_size = ?",
+                (repo.store.stat(keys.manifest_key("b")).size,),
+            )
     for _ in range(2):  # condemn, then delete
         gc(repo, catalog, clock)
         clock.advance(1)

@@ -34,6 +34,7 @@ from casbackup.catalog.models import (
 )
 from casbackup.errors import BackupExists, BackupNotFound
 from casbackup.repo.manifest import Manifest, part_content_id
+from casbackup.repo.repository import ManifestStamp
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,9 @@ class BackupRecords:
         with self.db.write() as conn:
             _insert_contents(conn, backup_id, manifest)
 
-    def mark_committed(self, backup_id: int, manifest: Manifest, digest: bytes, size: int) -> None:
+    def mark_committed(
+        self, backup_id: int, manifest: Manifest, digest: bytes, stamp: ManifestStamp
+    ) -> None:
         with self.db.write() as conn:
             conn.execute(
                 update(Backup)
@@ -126,7 +129,7 @@ class BackupRecords:
                 .values(
                     state=COMMITTED,
                     manifest_digest=digest.hex(),
-                    manifest_size=size,
+                    **_stamp_columns(stamp),
                     **_stats_columns(manifest),
                 )
             )
@@ -137,7 +140,7 @@ class BackupRecords:
             conn.execute(delete(Backup).where(Backup.id == backup_id, Backup.state == RUNNING))
 
     def import_manifest(
-        self, conn: Connection, manifest: Manifest, digest: bytes, size: int
+        self, conn: Connection, manifest: Manifest, digest: bytes, stamp: ManifestStamp
     ) -> None:
         """Index a committed manifest found in the store (rebuild, reconcile)."""
         conn.execute(delete(Backup).where(Backup.name == manifest.name))
@@ -151,7 +154,7 @@ class BackupRecords:
                 hostname=manifest.hostname,
                 tool_version=manifest.tool_version,
                 manifest_digest=digest.hex(),
-                manifest_size=size,
+                **_stamp_columns(stamp),
                 **_stats_columns(manifest),
             )
         )
@@ -197,13 +200,15 @@ class BackupRecords:
         with self.db.read() as conn:
             return set(conn.scalars(select(Backup.name).where(Backup.state == COMMITTED)))
 
-    def committed_sizes(self) -> dict[str, int | None]:
-        """Committed backups and the size of the manifest each was indexed from."""
+    def committed_stamps(self) -> dict[str, ManifestStamp]:
+        """Committed backups and the stamp of the manifest each was indexed from."""
         with self.db.read() as conn:
             rows = conn.execute(
-                select(Backup.name, Backup.manifest_size).where(Backup.state == COMMITTED)
+                select(Backup.name, Backup.manifest_size, Backup.manifest_version).where(
+                    Backup.state == COMMITTED
+                )
             )
-            return {name: size for name, size in rows}
+            return {name: ManifestStamp(size, version) for name, size, version in rows}
 
     def state_of(self, name: str) -> str | None:
         with self.db.read() as conn:
@@ -226,6 +231,10 @@ class BackupRecords:
                 raise BackupNotFound(name=name)
             session.expunge_all()
             return backup
+
+
+def _stamp_columns(stamp: ManifestStamp) -> dict[str, object]:
+    return {"manifest_size": stamp.size, "manifest_version": stamp.version}
 
 
 def _stats_columns(manifest: Manifest) -> dict[str, object]:
@@ -361,23 +370,24 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def out_of_step(indexed: Mapping[str, int | None], in_store: Mapping[str, int]) -> set[str]:
-    """Backups the catalog (``committed_sizes``) and the store disagree on: in one only, or replaced."""
+def out_of_step(
+    indexed: Mapping[str, ManifestStamp], in_store: Mapping[str, ManifestStamp]
+) -> set[str]:
+    """Backups the catalog (``committed_stamps``) and the store disagree on: in one only, or replaced."""
     return (indexed.keys() ^ in_store.keys()) | replaced(indexed, in_store)
 
 
-def replaced(indexed: Mapping[str, int | None], in_store: Mapping[str, int]) -> set[str]:
+def replaced(
+    indexed: Mapping[str, ManifestStamp], in_store: Mapping[str, ManifestStamp]
+) -> set[str]:
     """Backups in both whose manifest in the store is not the one the catalog indexed.
 
     A name another host deleted and used again holds a different manifest,
     and the catalog's rows would describe the old backup's files (gc would
-    free what the new one needs). The manifests' sizes tell them apart, as
-    they vary with every part and file listed; the same size with other
-    content is not told apart here. A row without a recorded size (catalogs
-    before manifest sizes) is taken as is.
+    free what the new one needs, restore would restore the old one). The
+    manifests' sizes and store versions tell them apart (``ManifestStamp``).
+    A row from before either was recorded is taken as is.
     """
     return {
-        name
-        for name in indexed.keys() & in_store.keys()
-        if indexed[name] is not None and indexed[name] != in_store[name]
+        name for name in indexed.keys() & in_store.keys() if indexed[name].differs(in_store[name])
     }

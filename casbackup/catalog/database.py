@@ -54,7 +54,7 @@ REPOSITORY_ID_KEY = "repository_id"
 # The newest migration in schema/migrations/versions. Opening a catalog that is
 # already there needs no alembic at all (importing it costs a quarter second on
 # every command); tests/catalog/test_database.py checks this against the scripts.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 def migrations_dir() -> Path:

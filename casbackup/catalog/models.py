@@ -146,6 +146,8 @@ class Backup(Base):
     duration_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     manifest_digest: Mapped[str | None] = mapped_column(String(HEX_DIGEST_LENGTH))
     manifest_size: Mapped[int | None] = mapped_column(BigInteger)
+    # The store's version of the manifest object (repo.repository.ManifestStamp).
+    manifest_version: Mapped[str | None] = mapped_column(String(128), default=None)
     # Lease of the process writing a running backup: tells a live run from an abandoned one.
     run_id: Mapped[str | None] = mapped_column(String(64), default=None)
 

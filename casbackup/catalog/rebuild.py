@@ -46,7 +46,7 @@ from casbackup.errors import (
 )
 from casbackup.process import name_owner, tagged_name
 from casbackup.repo import manifest as manifest_codec
-from casbackup.repo.repository import Repository
+from casbackup.repo.repository import ManifestStamp, Repository
 
 Progress = Callable[[str], None]
 
@@ -88,7 +88,7 @@ def sync(
     # round, a pack or backup recorded between the two reads would look
     # deleted, and be forgotten under a running backup (a race the concurrent
     # backup/gc test caught).
-    indexed = records.committed_sizes()
+    indexed = records.committed_stamps()
     with db.read() as conn:
         catalog_packs = {bytes.fromhex(d) for d in conn.scalars(select(Pack.digest))}
     in_store = repo.list_backups()
@@ -159,7 +159,8 @@ def sync(
             left_out(f"backup {name}", exc)
             continue
         with db.write() as conn:
-            records.import_manifest(conn, manifest, blake3.blake3(data).digest(), len(data))
+            stamp = ManifestStamp(len(data), in_store[name].version)
+            records.import_manifest(conn, manifest, blake3.blake3(data).digest(), stamp)
         report.backups_imported += 1
         note(f"imported backup {name}")
     return report

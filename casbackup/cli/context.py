@@ -95,7 +95,7 @@ class AppContext:
         between commit and catalog update) left them out of step.
         """
         catalog = self.catalog
-        indexed = catalog.backups.committed_sizes()  # the catalog first: see catalog.rebuild.sync
+        indexed = catalog.backups.committed_stamps()  # the catalog first: see catalog.rebuild.sync
         if out_of_step(indexed, self.repository.list_backups()):
             sync(self.repository, catalog)
         return catalog

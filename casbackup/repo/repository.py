@@ -140,6 +140,32 @@ def _field(doc: dict[str, Any], name: str, kind: type[T]) -> T:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class ManifestStamp:
+    """What tells one manifest from another under the same name, without reading either.
+
+    A name another host deleted and used again holds another manifest, and
+    catalog rows describing the old one would let gc free what the new one
+    needs. Sizes differ with every part and file listed, but not always; the
+    store's version of the object (``ObjectInfo.version``) differs whenever it
+    was written again. ``None`` where it is not known (catalog rows from
+    before it was recorded, stores that give none): then the size decides.
+    """
+
+    size: int | None
+    version: str | None = None
+
+    @classmethod
+    def of(cls, info: ObjectInfo) -> ManifestStamp:
+        return cls(info.size, info.version or None)
+
+    def differs(self, other: ManifestStamp) -> bool:
+        """Whether the two are provably different objects."""
+        return (self.size is not None and other.size is not None and self.size != other.size) or (
+            self.version is not None and other.version is not None and self.version != other.version
+        )
+
+
 class Repository:
     def __init__(self, store: ObjectStore, config: RepositoryConfig) -> None:
         self.store = store
@@ -282,21 +308,31 @@ class Repository:
     def list_backup_names(self) -> list[str]:
         return list(self.list_backups())
 
-    def list_backups(self) -> dict[str, int]:
-        """Committed backups: their manifests' sizes by name. Other objects there are reported.
+    def list_backups(self) -> dict[str, ManifestStamp]:
+        """Committed backups: their manifests' stamps by name. Other objects there are reported.
 
         casbackup never writes such an object (backup names are checked before
         a manifest is), so it references nothing and no command should stop
-        for it. The size tells a manifest another host wrote under a name it
+        for it. The stamp tells a manifest another host wrote under a name it
         deleted before from the one this host's catalog indexed.
         """
         found = {}
         for info in self.store.list(keys.MANIFESTS_PREFIX):
             try:
-                found[keys.backup_name_from_key(info.key)] = info.size
+                found[keys.backup_name_from_key(info.key)] = ManifestStamp.of(info)
             except IntegrityError:
                 self._stray(info.key, "manifest")
         return found
+
+    def manifest_stamp(self, name: str) -> ManifestStamp | None:
+        """The stamp ``list_backups`` will show for ``name``: one listing, as sync takes it.
+
+        From a listing, not a HEAD: what the catalog records at commit must
+        compare equal to what later listings give, on every S3-compatible
+        server, or every command would take the backup for replaced.
+        """
+        key = keys.manifest_key(name)
+        return next((ManifestStamp.of(i) for i in self.store.list(key) if i.key == key), None)
 
     def _stray(self, key: str, kind: str) -> None:
         if key not in self._strays:

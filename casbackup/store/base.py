@@ -35,6 +35,10 @@ MAX_KEY_LENGTH = 512
 class ObjectInfo:
     key: str
     size: int
+    # Tells this object from another written under the same key later (S3's
+    # ETag; a local file's inode and mtime). Opaque, compared for equality only,
+    # and "" where a store does not say.
+    version: str = ""
 
 
 @runtime_checkable

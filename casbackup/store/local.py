@@ -146,7 +146,7 @@ class LocalStore:
             raise NotAnObject(key=key, location=str(self.root))
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(key=key)
-        return ObjectInfo(key=key, size=st.st_size)
+        return ObjectInfo(key=key, size=st.st_size, version=_version(st))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
@@ -166,10 +166,10 @@ class LocalStore:
                         continue
                     try:
                         validate_key(key)
-                        size = os.stat(os.path.join(dirpath, name)).st_size
+                        st = os.stat(os.path.join(dirpath, name))
                     except (FileNotFoundError, StoreError):
                         continue  # deleted under us, or a stranger's file: not an object
-                    found.append(ObjectInfo(key=key, size=size))
+                    found.append(ObjectInfo(key=key, size=st.st_size, version=_version(st)))
         except OSError as exc:
             raise self._translate(exc, prefix) from exc
         found.sort(key=lambda info: info.key)
@@ -256,3 +256,8 @@ def _fsync_directory(directory: Path) -> None:
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         path.unlink()
+
+
+def _version(st: os.stat_result) -> str:
+    """A file written again under its key gets a new inode (a new temporary file, linked or renamed)."""
+    return f"{st.st_ino}-{st.st_mtime_ns}"

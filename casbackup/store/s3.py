@@ -287,7 +287,9 @@ class S3Store:
         response = self._call(
             "HEAD", key, lambda: self._client.head_object(Bucket=self.bucket, Key=name)
         )
-        return ObjectInfo(key=key, size=int(response["ContentLength"]))
+        return ObjectInfo(
+            key=key, size=int(response["ContentLength"]), version=_etag(response.get("ETag"))
+        )
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
@@ -305,7 +307,7 @@ class S3Store:
                     validate_key(key)
                 except StoreError:
                     continue  # a stranger's object (or a "folder" marker): not ours
-                yield ObjectInfo(key=key, size=int(item["Size"]))
+                yield ObjectInfo(key=key, size=int(item["Size"]), version=_etag(item.get("ETag")))
 
     # --- maintenance -----------------------------------------------------------
 
@@ -531,3 +533,8 @@ def _expected_length(response: dict[str, Any]) -> int | None:
 
 def _as_bytes(data: bytes | bytearray | memoryview) -> bytes:
     return data if isinstance(data, bytes) else bytes(data)
+
+
+def _etag(value: object) -> str:
+    """An ETag as listings and HEAD both give it (some servers quote it, some do not)."""
+    return str(value).strip('"').lower() if value else ""

@@ -7,14 +7,18 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from casbackup.catalog import Catalog
+from casbackup.catalog.backups import replaced
 from casbackup.catalog.rebuild import rebuild, sync
-from casbackup.repo.repository import Repository
+from casbackup.repo.repository import ManifestStamp, Repository
 from tests.helpers import snapshot_directory, write_tree
 
 QUERIES = {
     "backups": "SELECT name, state, started_at, finished_at, hostname, tool_version, clickhouse_version, "
-    "logical_bytes, read_bytes, new_bytes, new_chunks, duration_ms, manifest_digest, manifest_size "
+    "logical_bytes, read_bytes, new_bytes, new_chunks, duration_ms, manifest_digest, manifest_size, "
+    "manifest_version "
     "FROM backups ORDER BY name",
     "databases": "SELECT b.name, d.position, d.name, d.engine, d.create_sql FROM backup_databases d "
     "JOIN backups b ON b.id = d.backup_id ORDER BY 1, 2",
@@ -65,6 +69,10 @@ def test_rebuild_after_losing_the_catalog_gives_identical_answers(
         populate(repo, catalog, tmp_path)
     original = dump(path)
     assert len(original["backups"]) == 2 and len(original["packs"]) > 3
+    # What a commit records is what listings show: no command takes these for replaced.
+    with Catalog.open(url, repo.id) as catalog:
+        assert catalog.backups.committed_stamps() == repo.list_backups()
+    assert all(row[-1] for row in original["backups"])  # a version recorded for each
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
@@ -106,3 +114,22 @@ def test_sync_forgets_backups_whose_manifest_is_gone(
     report = sync(repo, catalog)
     assert report.backups_forgotten == 1
     assert catalog.backups.committed_names() == {"day-2"}
+
+
+@pytest.mark.parametrize(
+    ("indexed", "listed", "differs"),
+    [
+        (ManifestStamp(10, "v1"), ManifestStamp(10, "v1"), False),
+        (ManifestStamp(10, "v1"), ManifestStamp(11, "v1"), True),
+        (ManifestStamp(10, "v1"), ManifestStamp(10, "v2"), True),  # same size, written again
+        (ManifestStamp(10, None), ManifestStamp(10, "v2"), False),  # a row from before versions
+        (ManifestStamp(10, None), ManifestStamp(12, "v2"), True),
+        (ManifestStamp(None, None), ManifestStamp(12, "v2"), False),  # from before sizes too
+        (ManifestStamp(10, "v1"), ManifestStamp(10, None), False),  # a store that gives none
+    ],
+)
+def test_a_manifest_counts_as_replaced_only_where_what_both_know_differs(
+    indexed: ManifestStamp, listed: ManifestStamp, differs: bool
+) -> None:
+    assert indexed.differs(listed) is differs
+    assert replaced({"b": indexed}, {"b": listed}) == ({"b"} if differs else set())

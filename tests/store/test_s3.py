@@ -14,6 +14,7 @@ from blake3 import blake3
 from pydantic import ValidationError
 
 from casbackup.catalog import Catalog
+from casbackup.catalog.backups import out_of_step
 from casbackup.config import S3Settings, load_settings
 from casbackup.errors import (
     ConfigError,
@@ -406,6 +407,7 @@ def test_backup_and_restore_complete_through_faults(
         assert (
             restore_manifest(repo, catalog, repo.read_manifest("b2"), tmp_path / "out2") == second
         )
+        assert not out_of_step(catalog.backups.committed_stamps(), repo.list_backups())
     assert manifest.stats.logical_bytes == sum(map(len, first.values()))
     assert set(proxy.log.faults) == set(KINDS), proxy.log.faults
     assert sum(proxy.log.faults.values()) >= 10
@@ -715,3 +717,19 @@ def test_clean_of_a_repository_at_the_bucket_root_leaves_other_tools_uploads(
     assert result.json()["store_temporaries"] == 1, result.stderr
     left = client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
     assert sorted(u["Key"] for u in left) == ["exports/events.csv", "packsfoo/x"]
+
+
+def test_a_committed_manifest_is_recorded_as_listings_show_it(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path
+) -> None:
+    """The catalog records the manifest's ETag from a listing, as sync later compares it.
+
+    A version taken another way (a HEAD, which some servers quote or case
+    differently) would make every command take every backup for replaced.
+    """
+    make_tree(tmp_path / "src", seed=3)
+    repo = Repository.init(s3_server.store(s3_bucket, "stamps"))
+    with Catalog.open(f"sqlite:///{tmp_path / 'catalog.sqlite'}", repo.id) as catalog:
+        snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+        stamps = catalog.backups.committed_stamps()
+    assert stamps == repo.list_backups() and stamps["b1"].version
