@@ -409,10 +409,10 @@ def restore_directory(
     need ``--overwrite``.
     """
     replaced_files(fileset, target, overwrite=overwrite)
-    prefix = f"{tagged_name(TEMP_FILE_PREFIX)}_"
+    prefix = tagged_name(TEMP_FILE_PREFIX)
     staged = [
-        ((target / f.path).with_name(prefix + Path(f.path).name), target / f.path, f)
-        for f in fileset.files
+        ((target / f.path).with_name(_temp_name(prefix, i, f.path)), target / f.path, f)
+        for i, f in enumerate(fileset.files)
     ]
     for directory in sorted({temp.parent for temp, _, _ in staged}):
         _remove_stale_temporaries(directory)
@@ -445,6 +445,16 @@ def restore_directory(
 # process, so the next restore into that directory removes what a SIGKILLed
 # one left (`clean` does not know where files were restored to).
 TEMP_FILE_PREFIX = ".casbackup_tmp_"
+NAME_MAX = 255  # bytes in one path component, on every Linux filesystem ClickHouse runs on
+
+
+def _temp_name(prefix: str, index: int, path: str) -> str:
+    """``<prefix>_<index>_<name>``, the name cut to fit: a config named near the
+    limit must not fail for the ~40 bytes the prefix adds. The index keeps two
+    cut names apart; the name is there for a person reading the directory."""
+    head = f"{prefix}_{index}_"
+    name = Path(path).name.encode()[: NAME_MAX - len(head)].decode(errors="ignore")
+    return head + name
 
 
 def _remove_stale_temporaries(directory: Path) -> None:

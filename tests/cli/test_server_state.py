@@ -676,6 +676,25 @@ def test_a_config_restore_removes_what_a_killed_one_left_in_its_directories(
     }
 
 
+def test_a_config_named_near_the_length_limit_is_restored(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """The temporary beside it carries ~45 bytes of process tag: a name of 244 bytes made it
+    longer than a file name may be, and the restore failed (ENAMETOOLONG)."""
+    name = "x" * 240 + ".xml"
+    _, created = create_with_configs(
+        engine,
+        dbname,
+        cli,
+        tmp_path,
+        spoil=lambda configs: (configs / "config.d" / name).write_bytes(b"<clickhouse/>\n"),
+    )
+    assert created.code == 0, created.stderr
+    restored = restore_configs(engine, cli, tmp_path / "staging")
+    assert restored.code == 0, restored.stderr
+    assert (tmp_path / "staging" / "configs" / "config.d" / name).read_bytes() == b"<clickhouse/>\n"
+
+
 def test_a_config_restore_follows_a_repack_by_another_hosts_gc(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
