@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from casbackup.catalog import Catalog
 from casbackup.catalog.backups import replaced
 from casbackup.catalog.rebuild import rebuild, sync
 from casbackup.repo.repository import ManifestStamp, Repository
+from casbackup.store.local import LocalStore
 from tests.helpers import snapshot_directory, write_tree
 
 QUERIES = {
@@ -133,3 +135,22 @@ def test_a_manifest_counts_as_replaced_only_where_what_both_know_differs(
 ) -> None:
     assert indexed.differs(listed) is differs
     assert replaced({"b": indexed}, {"b": listed}) == ({"b"} if differs else set())
+
+
+def test_a_local_repository_copied_to_new_files_is_indexed_anew_once(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """A copy has new inodes, so every manifest's version differs from the one recorded:
+    the first sync re-imports each backup (same rows as before), the next finds nothing."""
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    with Catalog.open(url, repo.id) as catalog:
+        populate(repo, catalog, tmp_path)
+    original = {k: v for k, v in dump(tmp_path / "catalog.sqlite").items() if k != "backups"}
+    shutil.copytree(tmp_path / "repo", tmp_path / "copy")
+    copy = Repository.open(LocalStore(tmp_path / "copy"))
+    with Catalog.open(url, copy.id) as catalog:
+        assert sync(copy, catalog).backups_imported == 2
+        assert sync(copy, catalog).backups_imported == 0
+        assert catalog.backups.committed_stamps() == copy.list_backups()
+    again = {k: v for k, v in dump(tmp_path / "catalog.sqlite").items() if k != "backups"}
+    assert again == original
