@@ -47,4 +47,7 @@ def _naming(
     except OSError as exc:
         if exc.errno in PROCESS_LIMITS:
             raise
-        raise error(path=str(path), reason=exc.strerror or str(exc)) from exc
+        reason = exc.strerror or str(exc)
+        if error is SourceFileUnreadable and exc.errno in (errno.EACCES, errno.EPERM):
+            reason += " (run casbackup as root or as the user ClickHouse runs as)"
+        raise error(path=str(path), reason=reason) from exc

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casbackup.clickhouse.checksums import FileChecksum, read_checksums
+from casbackup.file_errors import reading
 
 # FREEZE writes these for zero-copy object disks; they must never be attached,
 # and these are never written by FREEZE at all (CLICKHOUSE.md, "FREEZE").
@@ -59,14 +60,17 @@ class DiskFile:
 def part_files(part_dir: Path) -> list[DiskFile]:
     """Every regular file of a part, sorted, symlinks and special files refused."""
     found: list[DiskFile] = []
-    for dirpath, dirnames, filenames in os.walk(part_dir, followlinks=False):
+    # os.walk skips a directory it may not list unless told otherwise: the part
+    # would be stored without those files, and the backup committed.
+    for dirpath, dirnames, filenames in os.walk(part_dir, onerror=_refuse, followlinks=False):
         dirnames.sort()
         base = Path(dirpath)
         for name in sorted(filenames):
             if base == part_dir and name in EXCLUDED_FILES:
                 continue
             path = base / name
-            st = os.lstat(path)
+            with reading(path):
+                st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode):
                 continue  # ClickHouse parts hold regular files only
             found.append(
@@ -83,13 +87,19 @@ def part_files(part_dir: Path) -> list[DiskFile]:
     return found
 
 
+def _refuse(error: OSError) -> None:
+    with reading(error.filename):
+        raise error
+
+
 def frozen_part_dirs(table_shadow: Path) -> Iterator[Path]:
     """Part directories FREEZE wrote for one table on one disk."""
-    if not table_shadow.is_dir():
-        return
-    for entry in sorted(table_shadow.iterdir()):
-        if entry.is_dir() and not entry.is_symlink() and entry.name not in ("detached",):
-            yield entry
+    with reading(table_shadow):  # e.g. a user who may not read ClickHouse's data directory
+        if not table_shadow.is_dir():
+            return
+        entries = sorted(table_shadow.iterdir())
+        parts = [e for e in entries if e.is_dir() and not e.is_symlink() and e.name != "detached"]
+    yield from parts
 
 
 def read_count(part_dir: Path) -> int | None:

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from stat import S_ISDIR
 from typing import Any
 
 import pytest
 
+from casbackup.clickhouse.parts import PartName
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.errors import ClickHouseError, ExitCode, StoreFull
 from casbackup.process import ProcessTag
@@ -75,6 +77,63 @@ def test_exception_mid_backup_cleans_shadow_and_commits_nothing(
     assert (
         cli(engine, "create", "doomed", "--tables", f"{dbname}.*").code == 0
     )  # the name is free again
+
+
+@pytest.mark.parametrize("level", ["table", "part"])
+def test_frozen_parts_the_user_may_not_read_are_exit_20_not_a_bug(
+    engine: Engine,
+    dbname: str,
+    cli: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    level: str,
+) -> None:
+    """casbackup run as a user who cannot read ClickHouse's data directory (not root, not
+    ClickHouse's user): FREEZE succeeds, reading the shadow is refused. That was an internal
+    error (exit 70, "report it") at the table's directory, and at a part's directory os.walk
+    swallowed the error: the part was stored without its files and the backup committed."""
+    create_realistic(engine, dbname, rows=3000)
+    cli(engine, "init")
+    real_stat, real_scandir = os.stat, os.scandir
+
+    def refused(path: Any) -> bool:
+        """A table's shadow directory (it holds parts), or a part's."""
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return False  # a descriptor
+        text = os.fsdecode(path)
+        if "/shadow/casbackup_" not in text:
+            return False
+        try:
+            if not S_ISDIR(real_stat(text).st_mode):
+                return False
+        except OSError:
+            return False
+        if level == "part":
+            return PartName.parse(Path(text).name) is not None
+        with real_scandir(text) as entries:
+            return any(PartName.parse(entry.name) is not None for entry in entries)
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if level == "table" and refused(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+        return real_stat(path, *args, **kwargs)
+
+    def scandir(path: Any = ".") -> Any:
+        if refused(path):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = cli(engine, "create", "b", "--tables", f"{dbname}.*")
+    monkeypatch.undo()
+    assert result.code == ExitCode.SOURCE_FILES == 20, result.stderr
+    one_line_error(result.stderr)
+    assert "cannot read " in result.stderr and "/shadow/casbackup_" in result.stderr
+    assert "Permission denied" in result.stderr
+    assert "as root or as the user ClickHouse runs as" in result.stderr
+    assert engine.shadow_dirs() == []
+    assert catalog_rows(tmp_path / "repo", "SELECT name FROM backups") == []
 
 
 def test_full_store_is_a_clear_error(
