@@ -295,12 +295,15 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(detail=f"{config_path}: {exc}") from None
         source = str(config_path)
+    from_environment: dict[tuple[str, str], str] = {}
     for variable, (section, key) in ENVIRONMENT.items():
         if env.get(variable):
             _override(document, section, key, env[variable], source)
+            from_environment[(section, key)] = variable
     for (section, key), value in (overrides or {}).items():
         if value is not None:
             _override(document, section, key, value, source)
+            from_environment.pop((section, key), None)
     try:
         return Settings.model_validate({**document, "source": source})
     except ValidationError as exc:
@@ -308,6 +311,10 @@ def load_settings(
         where = ".".join(str(p) for p in err["loc"])
         # pydantic prefixes what a validator's ValueError said with "Value error, ".
         message = err["msg"].removeprefix("Value error, ")
+        section_key = tuple(str(p) for p in err["loc"][:2])
+        if section_key in from_environment:  # not the file's: name what the operator set
+            variable = from_environment[section_key]  # type: ignore[index]
+            raise ConfigError(detail=f"{variable} ({where}): {message}") from None
         raise ConfigError(detail=f"{source}: {where}: {message}") from None
 
 

@@ -182,3 +182,19 @@ def test_a_blank_repository_location_is_refused(tmp_path: Path, where: str) -> N
     env = {"HOME": str(tmp_path)} | ({"CASBACKUP_REPO": " "} if where == "environment" else {})
     with pytest.raises(ConfigError, match="location"):
         load_settings(config, environ=env)
+
+
+def test_a_bad_value_from_the_environment_is_named_as_the_variable(tmp_path: Path) -> None:
+    """CASBACKUP_CATALOG=sqlite:// was reported as the config file's catalog.url: the operator
+    looked for a key the file does not have."""
+    config = tmp_path / "c.toml"
+    config.write_text('[repository]\nlocation = "/backups/repo"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config, environ={"CASBACKUP_CATALOG": "sqlite://"})
+    assert raised.value.message.startswith(
+        "configuration error: CASBACKUP_CATALOG (catalog.url): an SQLite catalog needs a file"
+    ), raised.value.message
+    assert str(config) not in raised.value.message
+    config.write_text('[catalog]\nurl = "sqlite://"\n')
+    with pytest.raises(ConfigError, match=rf"^configuration error: {config}: catalog\.url: "):
+        load_settings(config, environ={})
