@@ -79,6 +79,7 @@ class Dated:
 class Decision:
     keep: dict[str, list[str]] = field(default_factory=dict)  # name -> reasons, newest first
     remove: list[str] = field(default_factory=list)  # newest first
+    order: list[str] = field(default_factory=list)  # every backup, newest first
 
 
 _PERIODS: list[tuple[str, str, Callable[[datetime], object]]] = [
@@ -115,6 +116,7 @@ def apply_policy(backups: Sequence[Dated], policy: Policy) -> Decision:
                 reasons[b.name].append(f"within {format_duration(policy.keep_within)}")
     decision = Decision()
     for b in newest_first:
+        decision.order.append(b.name)
         if reasons[b.name]:
             decision.keep[b.name] = reasons[b.name]
         else:

@@ -43,9 +43,13 @@ def delete(
 
 
 def _decision_rows(decision: Decision) -> list[list[str]]:
-    rows = [[name, "keep", "; ".join(reasons)] for name, reasons in decision.keep.items()]
-    rows += [[name, "remove", ""] for name in decision.remove]
-    return sorted(rows, key=lambda r: r[0], reverse=True)
+    """Newest first, by time: names need not sort as times do (`create before-upgrade`)."""
+    return [
+        [name, "keep", "; ".join(decision.keep[name])]
+        if name in decision.keep
+        else [name, "remove", ""]
+        for name in decision.order
+    ]
 
 
 def forget_command(

@@ -162,6 +162,26 @@ def test_forget_with_options_and_with_the_config(
     assert refused.code == ExitCode.USAGE and "refusing" in refused.stderr
 
 
+def test_forget_lists_backups_newest_first_whatever_their_names(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """The table `forget --dry-run` prints (operations.md: check with it) was sorted by name:
+    a backup named by hand before an upgrade stood above every newer nightly one."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    cli(engine, "init")
+    for name in ("z-oldest", "2026-11-23T020000Z", "a-newest"):
+        assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
+    result = cli(engine, "forget", "--keep-last", "1", "--dry-run")
+    assert result.code == 0
+    rows = [line.split()[:2] for line in result.stdout.splitlines()[2:-1]]
+    assert rows == [
+        ["a-newest", "keep"],
+        ["2026-11-23T020000Z", "remove"],
+        ["z-oldest", "remove"],
+    ], result.stdout
+
+
 def test_locks_and_unlock(cli: Any, tmp_path: Path) -> None:
     cli(None, "init")
     repo = tmp_path / "repo"
