@@ -195,20 +195,23 @@ class Verifier:
                     "`casbackup catalog sync` forgets it; if not, the backup is lost)",
                 )
                 continue
-            if name not in in_catalog:
-                self._problem(
-                    CATALOG,
-                    f"backup {name}",
-                    "the catalog does not know it (run `casbackup catalog sync`)",
-                )
             try:
                 self.manifests[name] = self.repo.read_manifest(name)
             except CasbackupError as exc:
+                # Not also "the catalog does not know it": no sync indexes a manifest that
+                # does not decode.
                 self._problem(
                     STRUCTURE,
                     f"backup {name}",
                     f"{exc.message} (restore the manifest from a copy of the repository, or "
                     f"`casbackup delete {name}` if the backup is lost)",
+                )
+                continue
+            if name not in in_catalog:
+                self._problem(
+                    CATALOG,
+                    f"backup {name}",
+                    "the catalog does not know it (run `casbackup catalog sync`)",
                 )
         self.report.backups = names
         self.report.files = sum(len(m.files) for m in self.manifests.values())

@@ -72,6 +72,23 @@ def test_a_corrupt_manifest_costs_only_its_own_backup(
     restores_as_copy(engine, dbname, cli, "b4", before)
 
 
+def test_verify_gives_a_corrupt_manifest_one_problem_with_the_advice_that_helps(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """verify also reported the backup as one 'the catalog does not know (run `casbackup
+    catalog sync`)': no sync can index a manifest that does not decode."""
+    two_backups(engine, dbname, cli)
+    (tmp_path / "repo" / "manifests" / "b3").write_bytes(b"garbage, not a manifest")
+    result = cli(engine, "verify")
+    assert result.code == ExitCode.VERIFY_FAILED
+    problems = [line for line in result.stderr.splitlines() if line.startswith("problem: ")]
+    assert len(problems) == 1, result.stderr
+    assert problems[0].startswith(
+        "problem: [structure] backup b3: manifest of backup b3 is corrupt"
+    )
+    assert "`casbackup delete b3` if the backup is lost" in problems[0]
+
+
 def test_a_rebuild_indexes_everything_but_the_damage(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
