@@ -328,7 +328,7 @@ def _override(document: dict[str, Any], section: str, key: str, value: Any, sour
 DEFAULT_CONFIG = """\
 # casbackup configuration (TOML). Every key is optional; shown values are the defaults.
 # Location: --config PATH, $CASBACKUP_CONFIG, /etc/casbackup/casbackup.toml (root)
-# or ~/.config/casbackup/casbackup.toml.
+# or $XDG_CONFIG_HOME/casbackup/casbackup.toml (default ~/.config/casbackup/casbackup.toml).
 # Environment overrides: CASBACKUP_REPO, CASBACKUP_CATALOG, CASBACKUP_CLICKHOUSE,
 # CASBACKUP_CLICKHOUSE_PASSWORD. Command-line --repo/--clickhouse win over all.
 
@@ -347,7 +347,7 @@ upload_threads = 2
 [catalog]
 # SQLAlchemy URL of the catalog (an index of the repository; rebuildable from it
 # with `casbackup catalog rebuild`). Default: catalog.sqlite inside a local
-# repository, or /var/lib/casbackup/catalogs/<repository id>.sqlite for remote ones.
+# repository, or {catalogs}/<repository id>.sqlite for remote ones.
 # url = "sqlite:////var/lib/casbackup/catalog.sqlite"
 
 [clickhouse]
@@ -445,4 +445,6 @@ multipart_chunk_mb = 8
 
 
 def render_default_config() -> str:
-    return DEFAULT_CONFIG.format(location=default_repository())
+    return DEFAULT_CONFIG.format(
+        location=default_repository(), catalogs=default_state_dir() / "catalogs"
+    )

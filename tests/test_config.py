@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -198,3 +199,17 @@ def test_a_bad_value_from_the_environment_is_named_as_the_variable(tmp_path: Pat
     config.write_text('[catalog]\nurl = "sqlite://"\n')
     with pytest.raises(ConfigError, match=rf"^configuration error: {config}: catalog\.url: "):
         load_settings(config, environ={})
+
+
+def test_default_config_names_the_catalog_place_of_the_user_running_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said /var/lib/casbackup/catalogs/ to every user, while other users' S3 catalogs live
+    under $XDG_STATE_HOME (docs/operations.md, "Catalog")."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    text = render_default_config()
+    assert f"{tmp_path / 'state'}/casbackup/catalogs/<repository id>.sqlite" in text
+    assert "/var/lib/casbackup/catalogs" not in text
+    assert "$XDG_CONFIG_HOME/casbackup/casbackup.toml" in text
