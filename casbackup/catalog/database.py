@@ -17,6 +17,7 @@ with what to do about it.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -287,6 +288,20 @@ REBUILD_ADVICE = (
 # is damaged, and a rebuild would be the wrong thing to suggest.
 TRANSIENT_ADVICE = "nothing is damaged: run the command again (another process held the catalog, or its server went away)"
 _TRANSIENT_SQLITE = ("database is locked", "database table is locked", "database is busy")
+# What SQLite says when it may not create its journal or write the file.
+_UNWRITABLE_SQLITE = ("unable to open database file", "attempt to write a readonly database")
+
+
+def _unwritable_directory(location: str) -> Path | None:
+    """The directory of a SQLite catalog when this process may not write there, else None."""
+    try:
+        path = sqlite_file(location)
+    except Exception:  # not a URL (a message's location): no advice of this kind
+        return None
+    if path is None:
+        return None
+    directory = path.absolute().parent
+    return directory if directory.is_dir() and not os.access(directory, os.W_OK) else None
 
 
 @contextmanager
@@ -311,6 +326,14 @@ def database_errors(engine: Engine, location: str, advice: str = REBUILD_ADVICE)
         first = _first_line(cause)
         if getattr(exc, "connection_invalidated", False) or first.lower() in _TRANSIENT_SQLITE:
             advice = TRANSIENT_ADVICE
+        elif first.lower() in _UNWRITABLE_SQLITE and (directory := _unwritable_directory(location)):
+            # A read-only mount of the repository, say: nothing is damaged, and a
+            # rebuild in place would fail the same way.
+            advice = (
+                f"{directory} cannot be written (a read-only repository?); point "
+                "CASBACKUP_CATALOG or [catalog] url at a writable file and run "
+                "`casbackup catalog rebuild`"
+            )
         raise CatalogError(detail=f"{location}: {first}; {advice}") from exc
 
 

@@ -21,6 +21,7 @@ from tests.cli.test_failures import one_line_error
 from tests.cli.test_incremental import create_table, fill
 from tests.clickhouse.schema import fingerprints, q
 from tests.engines import Engine
+from tests.helpers import unwritable
 
 
 def two_backups(engine: Engine, dbname: str, cli: Any) -> dict[str, Any]:
@@ -200,6 +201,27 @@ def test_a_catalog_file_that_is_no_database_is_one_line(
     assert "sqlalche.me" not in result.stderr and "casbackup catalog rebuild" in result.stderr
     assert cli(None, "catalog", "rebuild").code == 0
     assert cli(None, "list").code == 0
+
+
+def test_a_repository_that_cannot_be_written_is_not_called_a_damaged_catalog(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local repository on a read-only mount (a snapshot, a copy): SQLite cannot open its
+    catalog there. The advice was "if the catalog is damaged, rebuild it", which cannot work
+    in place; a catalog elsewhere does (docs/operations.md, "Losing the host")."""
+    repo = tmp_path / "repo"
+    assert cli(None, "init").code == 0
+    assert cli(None, "list").code == 0
+    with unwritable(repo):
+        result = cli(None, "list")
+        assert result.code == ExitCode.CATALOG
+        one_line_error(result.stderr)
+        assert f"{repo} cannot be written" in result.stderr, result.stderr
+        assert "CASBACKUP_CATALOG" in result.stderr
+        assert "if the catalog is damaged" not in result.stderr
+        monkeypatch.setenv("CASBACKUP_CATALOG", f"sqlite:///{tmp_path / 'elsewhere.sqlite'}")
+        assert cli(None, "catalog", "rebuild").code == 0
+        assert cli(None, "list").code == 0
 
 
 @pytest.mark.parametrize("statement", ["DROP DATABASE {db}", "CREATE TABLE", "CREATE DATABASE x"])
