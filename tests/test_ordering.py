@@ -102,3 +102,13 @@ def test_any_input_order_gives_a_valid_order(objs: list[Obj]) -> None:
     assert sorted(order) == sorted(o.name for o in SCHEMA)
     assert order.index("events") < order.index("v1") < order.index("v2")
     assert order.index("agg") < order.index("mv")
+
+
+def test_a_materialized_views_target_outside_the_objects_is_no_dependency() -> None:
+    """`create --tables shop.mv` (a view TO shop.agg, not selected) was an internal error:
+    KeyError ('shop', 'agg') while ordering, in `tables` as in `create`."""
+    objs = [
+        Obj("d", "mv", "MaterializedView", "CREATE MATERIALIZED VIEW d.mv TO d.agg AS SELECT 1"),
+        Obj("d", "v", "View", "CREATE VIEW d.v AS SELECT * FROM d.mv"),
+    ]
+    assert names(objs) == ["mv", "v"]

@@ -569,6 +569,24 @@ def test_restore_as_points_buffer_and_merge_tables_at_the_copy(
     drop_databases(engine, dbname, copy)
 
 
+def test_a_materialized_view_chosen_without_its_target_table_backs_up(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """`tables`/`create --tables db.mv` with the view's TO table left out was exit 70."""
+    db = q(dbname)
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(f"CREATE TABLE {db}.src (id UInt64) ENGINE = MergeTree ORDER BY id")
+    engine.sql(f"CREATE TABLE {db}.agg (id UInt64) ENGINE = MergeTree ORDER BY id")
+    engine.sql(f"CREATE MATERIALIZED VIEW {db}.mv TO {db}.agg AS SELECT id FROM {db}.src")
+    cli(engine, "init")
+    listed = cli(engine, "tables", "--tables", f"{dbname}.mv", "--json")
+    assert listed.code == 0, listed.stderr
+    assert [t["table"] for t in listed.json()] == [f"{dbname}.mv"]
+    result = cli(engine, "create", "b", "--tables", f"{dbname}.mv")
+    assert result.code == 0, result.stderr
+    assert [t["name"] for t in cli(engine, "show", "b", "--json").json()["tables"]] == ["mv"]
+
+
 @pytest.mark.parametrize("mode", ["--partitions", "--data-only"])
 def test_a_kept_materialized_views_inner_table_with_data_is_a_conflict(
     engine: Engine, dbname: str, cli: Any, mode: str
