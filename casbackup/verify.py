@@ -384,7 +384,8 @@ class Verifier:
 
     def _check_pack(self, pack_id: bytes, indexed: dict[bytes, Located]) -> None:
         name = pack_id.hex()
-        users = ", ".join(sorted(self.referenced_packs.get(pack_id, set()))[:3])
+        needing = sorted(self.referenced_packs.get(pack_id, set()))
+        users = ", ".join(needing[:3]) + (" …" if len(needing) > 3 else "")
         try:
             data = self.repo.read_pack(pack_id)
         except PackMissing:

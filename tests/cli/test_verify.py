@@ -101,6 +101,22 @@ def test_flipped_byte_is_found_by_read_data(
     )
 
 
+def test_a_damaged_pack_needed_by_many_backups_says_the_list_is_cut(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """'needed by b1, b2, b3' named three of five backups as if they were all, beside
+    advice to `casbackup delete` them; the other places that cut such a list add '…'."""
+    backed_up(engine, dbname, cli, rows=20_000)
+    for name in ("b2", "b3", "b4", "b5"):
+        assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
+    [target] = packs(tmp_path / "repo")
+    flip_byte(target, 100, 0x10)
+    code, report = verify(cli, engine, "--read-data")
+    assert code == ExitCode.VERIFY_FAILED
+    [damaged] = [p for p in report["problems"] if p["object"] == f"pack {target.name}"]
+    assert "(damaged; needed by b1, b2, b3 …)" in damaged["detail"], damaged
+
+
 def test_truncated_pack_is_found_by_structure(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
