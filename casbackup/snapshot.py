@@ -200,6 +200,7 @@ class SnapshotWriter:
         # A catalog that fails that record does not undo the commit either: the
         # running row stays, and the next sync replaces it with the manifest.
         unrecorded: CatalogError | None = None
+        received: interrupts.SignalReceived | None = None
         try:
             with interrupts.deferred():
                 data = self.repo.write_manifest(manifest)
@@ -210,14 +211,18 @@ class SnapshotWriter:
                     )
                 except CatalogError as exc:
                     unrecorded = exc
-        except interrupts.SignalReceived as received:
+        except interrupts.SignalReceived as signalled:
             if not self._finished:
                 raise
-            self._shutdown()
-            raise InterruptedAfterCommit(signal=received.name, backup=self.name) from None
+            received = signalled
+        # Closing the writers and releasing the lease come after the commit
+        # whatever stopped it: a second signal here (Ctrl-C twice) must still
+        # say the backup is complete, not leave as "partial work cleaned up".
         try:
-            self._shutdown()  # closing the writers, releasing the lease: still after the commit
-        except interrupts.SignalReceived as received:
+            self._shutdown()
+        except interrupts.SignalReceived as signalled:
+            received = received or signalled
+        if received is not None:
             raise InterruptedAfterCommit(signal=received.name, backup=self.name) from None
         if unrecorded is not None:
             raise CommittedUnrecorded(backup=self.name, detail=unrecorded.message)

@@ -7,18 +7,23 @@ import errno
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from casbackup import interrupts
 from casbackup.catalog import Catalog
+from casbackup.catalog.backups import BackupRecords
 from casbackup.errors import (
     ChunkCorrupt,
     ExitCode,
     IntegrityError,
+    InterruptedAfterCommit,
     PackCorrupt,
     PackMissing,
     SourceFileUnreadable,
@@ -27,6 +32,7 @@ from casbackup.errors import (
 from casbackup.repo import keys, reader
 from casbackup.repo.compression import Compression
 from casbackup.repo.repository import Repository
+from casbackup.repo.writer import ChunkWriter
 from casbackup.snapshot import SnapshotWriter
 from tests.helpers import restore_manifest, snapshot_directory, tree_contents, write_tree
 
@@ -369,3 +375,40 @@ def test_a_manifest_committed_meanwhile_is_never_overwritten(
     with pytest.raises(BackupExists):
         repo.write_manifest(ours)
     assert repo.read_manifest("b2") == theirs
+
+
+def test_a_second_signal_while_a_committed_backup_shuts_down_still_says_it_is_complete(
+    repo: Repository, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during the commit waits for it; a second one (Ctrl-C twice, say) may then
+    arrive while the writers close and the lease is released. That second signal left as a
+    bare SignalReceived ("interrupted ...; partial work was cleaned up") of a backup whose
+    manifest was in the store, where one signal says "the backup is complete"."""
+    write_tree(tmp_path / "src", {"all_1_1_0/data.bin": b"x" * 1000})
+    real_mark = BackupRecords.mark_committed
+    real_close = ChunkWriter.close
+    signals = []
+
+    def mark_and_signal(self: BackupRecords, *args: Any, **kwargs: Any) -> None:
+        real_mark(self, *args, **kwargs)
+        signals.append("first")
+        os.kill(os.getpid(), signal.SIGTERM)  # held by interrupts.deferred()
+
+    def close_and_signal(self: ChunkWriter) -> None:
+        if signals == ["first"]:
+            signals.append("second")
+            os.kill(os.getpid(), signal.SIGINT)  # no longer held: raised right here
+        real_close(self)
+
+    monkeypatch.setattr(BackupRecords, "mark_committed", mark_and_signal)
+    monkeypatch.setattr(ChunkWriter, "close", close_and_signal)
+    undo = interrupts.install()
+    try:
+        with pytest.raises(InterruptedAfterCommit, match="the backup is complete"):
+            snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    finally:
+        undo()
+    assert signals == ["first", "second"]
+    assert repo.has_manifest("b1")
+    assert catalog.backups.committed_names() == {"b1"}
+    assert not list(repo.store.list(keys.LOCKS_PREFIX))  # the lease was released all the same
