@@ -101,7 +101,8 @@ class Chunk(Base):
     __table_args__ = (
         _hex_check("digest"),
         CheckConstraint("compression IN (0, 1)", name="compression_known"),
-        CheckConstraint("offset >= 0 AND length >= 0 AND raw_size >= 0", name="sizes_positive"),
+        # "offset" quoted: a reserved word in PostgreSQL, where the bare name is a syntax error.
+        CheckConstraint('"offset" >= 0 AND length >= 0 AND raw_size >= 0', name="sizes_positive"),
     )
     digest: Mapped[str] = _digest()
     pack_id: Mapped[int] = mapped_column(ForeignKey("packs.id"), index=True)

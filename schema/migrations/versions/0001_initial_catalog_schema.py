@@ -132,8 +132,12 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "length(digest) = 64 AND lower(digest) = digest", name=op.f("ck_chunks_digest_hex")
         ),
+        # "offset" quoted: a reserved word in PostgreSQL, which refused the bare
+        # name, so no catalog could be created there. (SQLite accepts both: its
+        # catalogs made before the quotes keep the same constraint.)
         sa.CheckConstraint(
-            "offset >= 0 AND length >= 0 AND raw_size >= 0", name=op.f("ck_chunks_sizes_positive")
+            '"offset" >= 0 AND length >= 0 AND raw_size >= 0',
+            name=op.f("ck_chunks_sizes_positive"),
         ),
         sa.ForeignKeyConstraint(["pack_id"], ["packs.id"], name=op.f("fk_chunks_pack_id_packs")),
         sa.PrimaryKeyConstraint("digest", name=op.f("pk_chunks")),
