@@ -90,7 +90,7 @@ def clean_clickhouse(
                 if owner is None or owner.alive():
                     report.skipped_live.append(str(marker))
                     continue
-                part = attaching_part(marker.name)
+                part = attaching_part(marker.name, (entry.name for entry in detached.iterdir()))
                 debris = [marker]
                 if part is not None and _renamed_beside(detached / part, marker):
                     debris.insert(0, detached / part)

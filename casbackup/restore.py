@@ -25,9 +25,11 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import blake3
 
 from casbackup import interrupts
 from casbackup.catalog import Catalog
@@ -73,6 +75,7 @@ from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write
 from casbackup.repo.repository import Repository
 from casbackup.selection import partition_selected, select, spec_selects
 from casbackup.server_state import (
+    NAME_MAX,
     check_no_clashes,
     replaced_files,
     restore_directory,
@@ -169,8 +172,26 @@ class _Item:
 
 
 def temp_part_name(part: str, prefix: str = TEMP_PREFIX) -> str:
-    """``casbackup_tmp_<pid>_<start>_<rand>_<part>``: `clean` removes those whose process is gone."""
-    return f"{tagged_name(prefix)}_{part}"
+    """``casbackup_tmp_<pid>_<start>_<rand>_<part>``: `clean` removes those whose process is gone.
+
+    A part name near the file-name limit (a partition key of ten Int64
+    columns makes 215 bytes, which ClickHouse's own shorter prefixes fit)
+    stands as its digest (``part_digest``) instead: the name cut would fail
+    no more, but two parts of one partition differ only at its end, and
+    `clean` must still find the part an attaching marker stands for.
+    """
+    tagged = tagged_name(prefix)
+    name = f"{tagged}_{part}"
+    return name if len(name.encode()) <= NAME_MAX else f"{tagged}_{part_digest(part)}"
+
+
+# No part name starts with it: partition IDs are made of letters, digits and '-'.
+_DIGEST_MARK = "~"
+
+
+def part_digest(part: str) -> str:
+    """``~<128 bits of the name's BLAKE3, hex>``: a long part name, in a temporary's name."""
+    return _DIGEST_MARK + blake3.blake3(part.encode()).hexdigest(length=16)
 
 
 def temp_part_owner(name: str, prefix: str = TEMP_PREFIX) -> ProcessTag | None:
@@ -186,11 +207,17 @@ def temp_part_owner(name: str, prefix: str = TEMP_PREFIX) -> ProcessTag | None:
 ATTACHING_PREFIX = "casbackup_attaching_"
 
 
-def attaching_part(marker: str) -> str | None:
-    """The part name an attaching marker stands for; None if it names no part."""
+def attaching_part(marker: str, present: Iterable[str] = ()) -> str | None:
+    """The part name an attaching marker stands for; None if it names no part.
+
+    A marker of a long part name holds its digest (``temp_part_name``): the
+    part is then the one among ``present`` (the names in detached/) with it.
+    """
     fields = marker.removeprefix(ATTACHING_PREFIX).split("_", 3)
     if len(fields) < 4:
         return None
+    if fields[3].startswith(_DIGEST_MARK):
+        return next((name for name in present if part_digest(name) == fields[3]), None)
     try:
         return mf.safe_part_name(fields[3])
     except UnsafePath:  # `..`, '' or worse: never a path to remove

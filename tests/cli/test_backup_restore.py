@@ -542,6 +542,45 @@ def test_negative_partition_ids_round_trip(engine: Engine, dbname: str, cli: Any
     drop_databases(engine, dbname, copy, f"{dbname}_2")
 
 
+def test_parts_named_near_the_file_name_limit_are_restored(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """A partition key of ten Int64 columns makes part names of 215+ bytes, which ClickHouse's
+    own prefixes (tmp_insert_, ...) fit; casbackup's staging names (~40 bytes of process tag
+    before the part name) did not, and every restore of such a table failed (ENAMETOOLONG,
+    exit 21). Two parts of one partition differ only at the end of their names."""
+    db = q(dbname)
+    columns = ", ".join(f"a{i} Int64" for i in range(10))
+    key = ", ".join(f"a{i}" for i in range(10))
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(
+        f"CREATE TABLE {db}.t ({columns}, v UInt8) ENGINE = MergeTree "
+        f"PARTITION BY ({key}) ORDER BY v"
+    )
+    engine.sql(f"SYSTEM STOP MERGES {db}.t")
+    # 20 bytes a column; not INT64_MIN, whose literal the 18.16 server never finishes parsing.
+    row = ", ".join(["toInt64(-9223372036854775807)"] * 10)
+    for v in (1, 2):
+        engine.sql(f"INSERT INTO {db}.t SELECT {row}, {v}")
+    names = [
+        n
+        for (n,) in engine.sql(
+            f"SELECT name FROM system.parts WHERE database = '{dbname}' AND active"
+        )
+    ]
+    assert len(names) == 2 and min(len(n) for n in names) >= 215
+    cli(engine, "init")
+    created = cli(engine, "create", "b", "--tables", f"{dbname}.*")
+    assert created.code == 0, created.stderr
+    copy = f"{dbname}_copy"
+    restored = cli(engine, "restore", "b", "--as", f"{dbname}:{copy}")
+    assert restored.code == 0, restored.stderr
+    assert engine.sql(f"SELECT v FROM {q(copy)}.t ORDER BY v") == [(1,), (2,)]
+    verified = cli(engine, "verify", "b", "--restore")
+    assert verified.code == 0, verified.stdout + verified.stderr
+    drop_databases(engine, dbname, copy)
+
+
 def test_restore_as_points_buffer_and_merge_tables_at_the_copy(
     engine: Engine, dbname: str, cli: Any
 ) -> None:

@@ -548,6 +548,51 @@ def test_restore_killed_before_attach_leaves_what_clean_removes(
 _DIE_AFTER_ATTACH = _attach_patched("attach()", "os.kill(os.getpid(), signal.SIGKILL)")
 
 
+def test_clean_finds_the_part_of_a_killed_restore_whose_name_is_near_the_limit(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """A part name of 215 bytes does not fit beside the attaching marker's process tag: the
+    marker holds the name's digest, and `clean` finds the part renamed for ATTACH by it."""
+    db, copy = "t_kill_long", "t_kill_long_copy"
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
+    columns = ", ".join(f"a{i} Int64" for i in range(10))
+    key = ", ".join(f"a{i}" for i in range(10))
+    server_engine.sql(f"CREATE DATABASE {db}")
+    server_engine.sql(
+        f"CREATE TABLE {db}.t ({columns}, v UInt8) ENGINE = MergeTree "
+        f"PARTITION BY ({key}) ORDER BY v"
+    )
+    row = ", ".join(["toInt64(-9223372036854775807)"] * 10)
+    server_engine.sql(f"INSERT INTO {db}.t SELECT {row}, 1")
+    (part,) = [
+        n for (n,) in server_engine.sql(f"SELECT name FROM system.parts WHERE database = '{db}'")
+    ]
+    base = ["--repo", str(tmp_path / "repo"), "--clickhouse", server_engine.url]
+    for args in (["init"], ["create", "b", "--tables", f"{db}.*"]):
+        subprocess.run([*CASBACKUP, *base, *args], check=True, capture_output=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", _DIE_AT_ATTACH, *base, "restore", "b", "--as", f"{db}:{copy}"],
+        capture_output=True,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    detached = (
+        Path(server_engine.value(f"SELECT data_path FROM system.tables WHERE database = '{copy}'"))
+        / "detached"
+    )
+    left = sorted(p.name for p in detached.iterdir())
+    assert left[0] == part and [n.split("_")[1] for n in left[1:]] == ["attaching", "merges"]
+    assert all(len(n.encode()) <= 255 for n in left)
+
+    cleaned = subprocess.run(
+        [*CASBACKUP, *base, "clean", "--json"], capture_output=True, text=True, check=True
+    )
+    assert sorted(Path(p).name for p in json.loads(cleaned.stdout)["temp_parts"]) == left[:2]
+    assert list(detached.iterdir()) == []
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
 def test_clean_never_removes_a_part_detached_later_under_a_killed_restores_name(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
