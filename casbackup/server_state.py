@@ -441,9 +441,10 @@ def restore_directory(
 
 
 # Files being restored are written beside their destinations under
-# ``.casbackup_tmp_<pid>_<start>_<rand>_<name>``: hidden, and naming their
-# process, so the next restore into that directory removes what a SIGKILLed
-# one left (`clean` does not know where files were restored to).
+# ``.casbackup_tmp_<pid>_<start>_<rand>_<index>_<name>`` (``_temp_name``: the
+# name cut to fit NAME_MAX, the index keeping cut names apart): hidden, and
+# naming their process, so the next restore into that directory removes what
+# a SIGKILLed one left (`clean` does not know where files were restored to).
 TEMP_FILE_PREFIX = ".casbackup_tmp_"
 NAME_MAX = 255  # bytes in one path component, on every Linux filesystem ClickHouse runs on
 
