@@ -225,7 +225,10 @@ class SnapshotWriter:
         if received is not None:
             raise InterruptedAfterCommit(signal=received.name, backup=self.name) from None
         if unrecorded is not None:
-            raise CommittedUnrecorded(backup=self.name, detail=unrecorded.message)
+            # The database's own words, not its advice: "run the command
+            # again" would only meet "backup exists"; the next sync records it.
+            cause = unrecorded.fields.get("cause") or unrecorded.message
+            raise CommittedUnrecorded(backup=self.name, detail=cause)
         return manifest
 
     def _stamp(self, data: bytes) -> ManifestStamp:

@@ -334,7 +334,11 @@ def database_errors(engine: Engine, location: str, advice: str = REBUILD_ADVICE)
                 "CASBACKUP_CATALOG or [catalog] url at a writable file and run "
                 "`casbackup catalog rebuild`"
             )
-        raise CatalogError(detail=f"{location}: {first}; {advice}") from exc
+        # ``cause`` without the advice: for a caller whose own advice differs
+        # (a committed backup's record is the next sync's, not a second run's).
+        raise CatalogError(
+            detail=f"{location}: {first}; {advice}", cause=f"{location}: {first}"
+        ) from exc
 
 
 def sqlite_file(url: str | URL) -> Path | None:

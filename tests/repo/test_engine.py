@@ -21,6 +21,7 @@ from casbackup.catalog import Catalog
 from casbackup.catalog.backups import BackupRecords
 from casbackup.errors import (
     ChunkCorrupt,
+    CommittedUnrecorded,
     ExitCode,
     IntegrityError,
     InterruptedAfterCommit,
@@ -412,3 +413,39 @@ def test_a_second_signal_while_a_committed_backup_shuts_down_still_says_it_is_co
     assert repo.has_manifest("b1")
     assert catalog.backups.committed_names() == {"b1"}
     assert not list(repo.store.list(keys.LOCKS_PREFIX))  # the lease was released all the same
+
+
+def test_a_catalog_locked_at_the_commit_never_says_to_run_the_backup_again(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalog held past the busy timeout when the committed backup is recorded: the error
+    said "backup b1 is complete ... (catalog error: ...: database is locked; nothing is
+    damaged: run the command again ...)", and the command again (`create b1`) only fails:
+    b1 exists. Its record is the next sync's, as the rest of the message says."""
+    from casbackup.catalog import database
+
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 50)
+    write_tree(tmp_path / "src", {"all_1_1_0/data.bin": b"x" * 1000})
+    path = tmp_path / "locked.sqlite"
+    real_mark = BackupRecords.mark_committed
+
+    def mark_while_locked(self: BackupRecords, *args: Any, **kwargs: Any) -> None:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process's long write
+        try:
+            real_mark(self, *args, **kwargs)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+
+    monkeypatch.setattr(BackupRecords, "mark_committed", mark_while_locked)
+    with (
+        Catalog.open(f"sqlite:///{path}", repo.id) as catalog,
+        pytest.raises(CommittedUnrecorded) as caught,
+    ):
+        snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    message = caught.value.message
+    assert message.startswith("backup b1 is complete") and "database is locked" in message
+    assert "run the command again" not in message
+    assert "the next command that reads the catalog records it" in message
+    assert repo.has_manifest("b1")  # what `create b1` again would refuse (BackupExists)
