@@ -215,6 +215,13 @@ class SnapshotWriter:
             if not self._finished:
                 raise
             received = signalled
+        except BaseException:
+            # Past the manifest the run is finished, so __exit__ will not
+            # abort(): whatever else failed, the writers close and the lease
+            # goes here, or the lease stays in the store beating till exit.
+            if self._finished:
+                self._shutdown()
+            raise
         # Closing the writers and releasing the lease come after the commit
         # whatever stopped it: a second signal here (Ctrl-C twice) must still
         # say the backup is complete, not leave as "partial work cleaned up".

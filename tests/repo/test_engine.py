@@ -449,3 +449,32 @@ def test_a_catalog_locked_at_the_commit_never_says_to_run_the_backup_again(
     assert "run the command again" not in message
     assert "the next command that reads the catalog records it" in message
     assert repo.has_manifest("b1")  # what `create b1` again would refuse (BackupExists)
+
+
+def test_a_committed_backup_releases_its_lease_whatever_fails_after_the_manifest(
+    repo: Repository, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the manifest the run counts as finished, so leaving commit() skips abort(). An
+    error other than a CatalogError there (SQLAlchemy's InterfaceError of a connection a
+    PostgreSQL server closed is not a DatabaseError, so no CatalogError) left the lease in
+    the store, beating until the process exited, and the writers' pools open."""
+    from sqlalchemy.exc import InterfaceError
+
+    write_tree(tmp_path / "src", {"all_1_1_0/data.bin": b"x" * 1000})
+    closed: list[bool] = []
+    real_close = ChunkWriter.close
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise InterfaceError("UPDATE backups", {}, Exception("the connection is closed"))
+
+    def close(self: ChunkWriter) -> None:
+        closed.append(True)
+        real_close(self)
+
+    monkeypatch.setattr(BackupRecords, "mark_committed", refuse)
+    monkeypatch.setattr(ChunkWriter, "close", close)
+    with pytest.raises(InterfaceError):
+        snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    assert repo.has_manifest("b1")
+    assert not list(repo.store.list(keys.LOCKS_PREFIX))
+    assert closed
