@@ -189,7 +189,7 @@ class CatalogError(CasbackupError):
 
 
 class CommittedUnrecorded(CatalogError):
-    """backup {backup} is complete: its manifest is in the repository, but the catalog did not record it ({detail}); the next command that reads the catalog records it"""
+    """backup {backup} is complete: its manifest is in the repository, but the catalog did not record it ({detail}); `casbackup catalog sync` records it, as the next list, restore, create or gc does"""
 
 
 class CatalogVersionError(CatalogError):

@@ -26,12 +26,12 @@ from casbackup.catalog.packs import set_states
 from casbackup.catalog.rebuild import sync
 from casbackup.errors import (
     BackupExists,
+    CasbackupError,
     CatalogError,
     CommittedUnrecorded,
     IntegrityError,
     InterruptedAfterCommit,
     LockLost,
-    StoreError,
 )
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
 from casbackup.repo.archiver import FileArchiver, StoredFile
@@ -48,7 +48,7 @@ from casbackup.repo.manifest import (
     Table,
 )
 from casbackup.repo.marks import condemned_packs
-from casbackup.repo.repository import ManifestStamp, Repository
+from casbackup.repo.repository import Repository
 from casbackup.repo.writer import DEFAULT_PACK_SIZE, ChunkWriter
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class SnapshotWriter:
                 self._finished = True
                 try:
                     self.catalog.backups.mark_committed(
-                        self.backup_id, manifest, blake3.blake3(data).digest(), self._stamp(data)
+                        self.backup_id, manifest, blake3.blake3(data).digest(), len(data)
                     )
                 except CatalogError as exc:
                     unrecorded = exc
@@ -229,6 +229,11 @@ class SnapshotWriter:
             self._shutdown()
         except interrupts.SignalReceived as signalled:
             received = received or signalled
+        if received is None and unrecorded is None:
+            try:
+                self._record_version(len(data))
+            except interrupts.SignalReceived as signalled:
+                received = signalled
         if received is not None:
             raise InterruptedAfterCommit(signal=received.name, backup=self.name) from None
         if unrecorded is not None:
@@ -238,18 +243,22 @@ class SnapshotWriter:
             raise CommittedUnrecorded(backup=self.name, detail=cause)
         return manifest
 
-    def _stamp(self, data: bytes) -> ManifestStamp:
-        """The committed manifest's stamp as listings show it; its size alone if the store fails.
+    def _record_version(self, size: int) -> None:
+        """Record the committed manifest's version (``ManifestStamp``) as listings show it.
 
-        The commit is done by then: a failed listing must not undo it. A
-        stamp without the version only loses the version check for this backup.
+        After the commit, with signals no longer held: on S3 the listing may
+        be retried for minutes, and a SIGTERM must not wait for it. Failing
+        here loses only the version check for this backup (its size is
+        recorded), never the backup.
         """
         try:
             stamp = self.repo.manifest_stamp(self.name)
-        except StoreError as exc:
-            log.warning("backup %s: no version of its manifest recorded: %s", self.name, exc)
-            stamp = None
-        return stamp if stamp is not None and stamp.size == len(data) else ManifestStamp(len(data))
+            if stamp is not None and stamp.size == size and stamp.version is not None:
+                self.catalog.backups.record_version(self.backup_id, stamp.version)
+        except CasbackupError as exc:
+            log.warning(
+                "backup %s: no version of its manifest recorded: %s", self.name, exc.message
+            )
 
     def _check_references(self, chunks: set[bytes]) -> None:
         """Refuse to commit if gc could have deleted something this backup relies on.

@@ -119,9 +119,8 @@ class BackupRecords:
         with self.db.write() as conn:
             _insert_contents(conn, backup_id, manifest)
 
-    def mark_committed(
-        self, backup_id: int, manifest: Manifest, digest: bytes, stamp: ManifestStamp
-    ) -> None:
+    def mark_committed(self, backup_id: int, manifest: Manifest, digest: bytes, size: int) -> None:
+        """The manifest is in the store; its version follows (``record_version``)."""
         with self.db.write() as conn:
             conn.execute(
                 update(Backup)
@@ -129,9 +128,15 @@ class BackupRecords:
                 .values(
                     state=COMMITTED,
                     manifest_digest=digest.hex(),
-                    **_stamp_columns(stamp),
+                    manifest_size=size,
                     **_stats_columns(manifest),
                 )
+            )
+
+    def record_version(self, backup_id: int, version: str) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                update(Backup).where(Backup.id == backup_id).values(manifest_version=version)
             )
 
     def abandon(self, backup_id: int) -> None:
@@ -154,7 +159,8 @@ class BackupRecords:
                 hostname=manifest.hostname,
                 tool_version=manifest.tool_version,
                 manifest_digest=digest.hex(),
-                **_stamp_columns(stamp),
+                manifest_size=stamp.size,
+                manifest_version=stamp.version,
                 **_stats_columns(manifest),
             )
         )
@@ -231,10 +237,6 @@ class BackupRecords:
                 raise BackupNotFound(name=name)
             session.expunge_all()
             return backup
-
-
-def _stamp_columns(stamp: ManifestStamp) -> dict[str, object]:
-    return {"manifest_size": stamp.size, "manifest_version": stamp.version}
 
 
 def _stats_columns(manifest: Manifest) -> dict[str, object]:

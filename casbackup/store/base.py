@@ -36,8 +36,8 @@ class ObjectInfo:
     key: str
     size: int
     # Tells this object from another written under the same key later (S3's
-    # ETag; a local file's inode and mtime). Opaque, compared for equality only,
-    # and "" where a store does not say.
+    # ETag; a local file's mtime). Opaque, compared for equality only, and ""
+    # where a store does not say.
     version: str = ""
 
 

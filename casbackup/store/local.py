@@ -259,5 +259,11 @@ def _unlink_quietly(path: Path) -> None:
 
 
 def _version(st: os.stat_result) -> str:
-    """A file written again under its key gets a new inode (a new temporary file, linked or renamed)."""
-    return f"{st.st_ino}-{st.st_mtime_ns}"
+    """When the file's bytes were written: a key written again is a new temporary file.
+
+    Not the inode: network and FUSE filesystems (CIFS with noserverino,
+    sshfs) number inodes anew per mount or lookup, and every command would
+    take every manifest for replaced. Copies that keep times (cp -a,
+    rsync -a) keep it too.
+    """
+    return str(st.st_mtime_ns)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,19 +138,26 @@ def test_a_manifest_counts_as_replaced_only_where_what_both_know_differs(
     assert replaced({"b": indexed}, {"b": listed}) == ({"b"} if differs else set())
 
 
-def test_a_local_repository_copied_to_new_files_is_indexed_anew_once(
-    repo: Repository, tmp_path: Path
+@pytest.mark.parametrize("keep_times", [True, False], ids=["cp -a", "cp"])
+def test_a_copied_local_repository_is_indexed_anew_at_most_once(
+    repo: Repository, tmp_path: Path, keep_times: bool
 ) -> None:
-    """A copy has new inodes, so every manifest's version differs from the one recorded:
-    the first sync re-imports each backup (same rows as before), the next finds nothing."""
+    """A copy that keeps file times (cp -a, rsync -a) keeps every manifest's version: nothing
+    is indexed again. One that does not gets new times: the first sync re-imports each
+    backup, to the same rows, and the next finds nothing to do."""
     url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     with Catalog.open(url, repo.id) as catalog:
         populate(repo, catalog, tmp_path)
     original = {k: v for k, v in dump(tmp_path / "catalog.sqlite").items() if k != "backups"}
-    shutil.copytree(tmp_path / "repo", tmp_path / "copy")
+    time.sleep(0.05)  # a copy's new times differ from the originals' at any clock granularity
+    shutil.copytree(
+        tmp_path / "repo",
+        tmp_path / "copy",
+        copy_function=shutil.copy2 if keep_times else shutil.copy,
+    )
     copy = Repository.open(LocalStore(tmp_path / "copy"))
     with Catalog.open(url, copy.id) as catalog:
-        assert sync(copy, catalog).backups_imported == 2
+        assert sync(copy, catalog).backups_imported == (0 if keep_times else 2)
         assert sync(copy, catalog).backups_imported == 0
         assert catalog.backups.committed_stamps() == copy.list_backups()
     again = {k: v for k, v in dump(tmp_path / "catalog.sqlite").items() if k != "backups"}

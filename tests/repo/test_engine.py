@@ -18,7 +18,7 @@ import pytest
 
 from casbackup import interrupts
 from casbackup.catalog import Catalog
-from casbackup.catalog.backups import BackupRecords
+from casbackup.catalog.backups import BackupRecords, out_of_step
 from casbackup.errors import (
     ChunkCorrupt,
     CommittedUnrecorded,
@@ -28,6 +28,7 @@ from casbackup.errors import (
     PackCorrupt,
     PackMissing,
     SourceFileUnreadable,
+    StoreError,
     TargetUnwritable,
 )
 from casbackup.repo import keys, reader
@@ -447,7 +448,7 @@ def test_a_catalog_locked_at_the_commit_never_says_to_run_the_backup_again(
     message = caught.value.message
     assert message.startswith("backup b1 is complete") and "database is locked" in message
     assert "run the command again" not in message
-    assert "the next command that reads the catalog records it" in message
+    assert "`casbackup catalog sync` records it" in message
     assert repo.has_manifest("b1")  # what `create b1` again would refuse (BackupExists)
 
 
@@ -478,3 +479,22 @@ def test_a_committed_backup_releases_its_lease_whatever_fails_after_the_manifest
     assert repo.has_manifest("b1")
     assert not list(repo.store.list(keys.LOCKS_PREFIX))
     assert closed
+
+
+def test_a_failed_listing_after_the_commit_records_the_size_and_keeps_the_backup(
+    repo: Repository, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest's version is listed after its catalog row, signals no longer held: a store
+    that fails that listing costs only the version check for this backup, never the backup."""
+    write_tree(tmp_path / "src", {"all_1_1_0/data.bin": b"x" * 1000})
+
+    def unavailable(*_args: Any, **_kwargs: Any) -> None:
+        raise StoreError(detail="LIST manifests/b1: SlowDown")
+
+    monkeypatch.setattr(Repository, "manifest_stamp", unavailable)
+    snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    recorded = catalog.backups.committed_stamps()["b1"]
+    assert recorded.version is None
+    monkeypatch.undo()
+    assert recorded.size == repo.list_backups()["b1"].size
+    assert not out_of_step(catalog.backups.committed_stamps(), repo.list_backups())

@@ -722,10 +722,11 @@ def test_clean_of_a_repository_at_the_bucket_root_leaves_other_tools_uploads(
 def test_a_committed_manifest_is_recorded_as_listings_show_it(
     s3_server: S3Server, s3_bucket: str, tmp_path: Path
 ) -> None:
-    """The catalog records the manifest's ETag from a listing, as sync later compares it.
+    """The catalog records the manifest's ETag, and exactly as a listing gives it.
 
-    A version taken another way (a HEAD, which some servers quote or case
-    differently) would make every command take every backup for replaced.
+    (The commit takes it from a listing because HEAD may quote or case it
+    otherwise on some servers; moto answers both alike, so this test holds
+    the recorded stamp to the listing's, not HEAD's difference.)
     """
     make_tree(tmp_path / "src", seed=3)
     repo = Repository.init(s3_server.store(s3_bucket, "stamps"))
