@@ -4,8 +4,10 @@
 #   bash tools/test.sh [pytest arguments]
 #
 # Installs (as root, or with sudo): the Debian ClickHouse server (18.16, the
-# tests start their own instance on loopback ports) and client. Then a .venv
-# with casbackup and its test extras (chdb, hypothesis, moto, ruff, mypy),
+# tests start their own instance on loopback ports) and client, and PostgreSQL
+# (its binaries: a test starts a server of its own for a PostgreSQL catalog).
+# Then a .venv with casbackup and its test extras (chdb, hypothesis, moto,
+# psycopg, ruff, mypy),
 # lint, type check and the whole test suite. Engines that cannot be found are
 # a failure here, not a skip (CASBACKUP_REQUIRE_ENGINES=1).
 set -euo pipefail
@@ -17,6 +19,8 @@ packages=()
 command -v clickhouse-server >/dev/null || packages+=(clickhouse-server)
 command -v clickhouse-client >/dev/null || packages+=(clickhouse-client)
 command -v chattr >/dev/null || packages+=(e2fsprogs)
+# A PostgreSQL catalog is tested against a real server (initdb/pg_ctl of its own).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "== apt-get install ${packages[*]}"
     $SUDO apt-get update -qq

@@ -1,8 +1,9 @@
 """Catalogs on PostgreSQL: created, migrated and used against a real server.
 
-A server of its own is started from the PostgreSQL binaries on the PATH
-(initdb, pg_ctl), over a Unix socket only; without them, or without the
-psycopg driver, these tests are skipped.
+A server of its own is started from the PostgreSQL binaries (initdb, pg_ctl:
+on the PATH, or Debian's postgresql package, which tools/test.sh installs),
+over a Unix socket only; without them, or without the psycopg driver, these
+tests are skipped, or fail with CASBACKUP_REQUIRE_ENGINES=1 (CI).
 """
 
 from __future__ import annotations
@@ -23,19 +24,35 @@ from casbackup.catalog import Catalog
 from casbackup.catalog.database import SCHEMA_HEAD, _alembic_config, make_engine
 from casbackup.catalog.rebuild import rebuild
 from casbackup.repo.repository import ManifestStamp, Repository
+from tests.engines import require
 from tests.helpers import snapshot_directory, write_tree
 
 _databases = itertools.count()
+
+
+def _server_binary(name: str) -> str | None:
+    """On the PATH, or where Debian keeps them: /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found is None:
+        installed = sorted(
+            Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+            key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+        )
+        found = str(installed[-1]) if installed else None
+    return found
 
 
 @pytest.fixture(scope="module")
 def postgres_server() -> Iterator[Path]:
     """The socket directory of a throw-away PostgreSQL server (it refuses to run as root:
     then it runs as nobody, in a directory of its own outside pytest's private ones)."""
-    pytest.importorskip("psycopg")
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        require("no psycopg (the PostgreSQL driver of the test extras)")
+    initdb, pg_ctl = _server_binary("initdb"), _server_binary("pg_ctl")
     if initdb is None or pg_ctl is None:
-        pytest.skip("no PostgreSQL server installed (initdb, pg_ctl)")
+        require("no PostgreSQL server installed (initdb, pg_ctl; Debian's postgresql)")
     as_user: list[str] = []
     base = Path(tempfile.mkdtemp(prefix="casbackup-pg-"))
     if os.geteuid() == 0:
