@@ -29,6 +29,7 @@ from casbackup.restore import (
     PARTIAL_PREFIX,
     TEMP_PREFIX,
     attaching_part,
+    marked_partitions,
     stale_markers,
     temp_part_owner,
 )
@@ -102,6 +103,12 @@ def clean_clickhouse(
             for marker, alive in stale_markers(detached, PARTIAL_PREFIX):
                 if alive or table.database.startswith(SCRATCH_PREFIX):
                     continue  # a restore attaching now; verify drops its scratch copies itself
+                if not _holds_marked_parts(server, table, marker):
+                    # Killed before its first ATTACH landed: nothing is part-restored.
+                    report.temp_parts.append(str(marker))
+                    if not dry_run:
+                        shutil.rmtree(marker, ignore_errors=True)
+                    continue
                 report.partial_restores.append(table.qualified)
                 report.warnings.append(
                     f"{table.qualified} holds only some of the parts a restore was attaching when "
@@ -109,6 +116,20 @@ def clean_clickhouse(
                 )
                 if not dry_run:
                     shutil.rmtree(marker, ignore_errors=True)
+
+
+def _holds_marked_parts(server: ClickHouseServer, table: TableInfo, marker: Path) -> bool:
+    """Whether ``table`` has parts where the partial ``marker``'s restore was attaching.
+
+    The restore marks the table just before its first ATTACH, into a table
+    (or partitions) it found empty or had emptied: with no part there, it
+    was killed before that ATTACH landed and the table is not part-restored.
+    """
+    partitions = marked_partitions(marker)
+    return any(
+        not partitions or part.partition_id in partitions
+        for part in server.parts(table.database, table.name)
+    )
 
 
 def _resume_merges(

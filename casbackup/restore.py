@@ -230,13 +230,18 @@ def attaching_part(marker: str, present: Iterable[str] = ()) -> str | None:
 MERGES_PAUSED_PREFIX = "casbackup_merges_paused_"
 
 
-# A directory under detached/ from a table's first ATTACH of a restore until
-# its last (``casbackup_partial_<pid>_<start>_<rand>``). A restore that stops
-# in between leaves the table holding only some of the backup's parts, and a
-# table that looks restored: the marker outlives the run, so `clean` and the
-# next restore into that table can say so. Empty for a restore of the whole
-# table; a --partitions restore lists in it, as empty files, the partition
-# ids it attaches, so that a restore of those partitions again removes it.
+# A directory under detached/ from just before a table's first ATTACH of a
+# restore until its last (``casbackup_partial_<pid>_<start>_<rand>``). A
+# restore that stops in between leaves the table holding only some of the
+# backup's parts, and a table that looks restored: the marker outlives the
+# run, so `clean` and the next restore into that table can say so. Made
+# before the first ATTACH, not after it, since a restore killed as that ATTACH
+# returns would otherwise leave a part-restored table unmarked; one killed
+# before the ATTACH landed leaves a marker on a table (or partitions) still
+# empty, which `clean` removes without a warning. Empty for a restore of the
+# whole table; a --partitions restore lists in it, as empty files, the
+# partition ids it attaches, so that a restore of those partitions again
+# removes it.
 PARTIAL_PREFIX = "casbackup_partial_"
 # What ClickHouse's partition ids are made of ('all', 202401, 2024-3, a hash):
 # an id from the manifest that is not such is not made a file name.
@@ -275,20 +280,23 @@ class _Attaching:
     partitions: frozenset[str] = frozenset()  # --partitions: the ids of the parts attached
     done: int = 0
 
-    def attached(self) -> None:
-        self.done += 1
-        if self.done == 1 and self.total > 1:  # from here on the table is part-restored
+    def attaching(self) -> None:
+        """Before an ATTACH: the first of several marks the table, as it may be part-restored from now."""
+        if self.done == 0 and self.total > 1 and not self.marker.exists():
             with writing(self.marker):
                 self.marker.mkdir()
                 if all(_PARTITION_ID.fullmatch(p) for p in self.partitions):
                     for partition_id in self.partitions:
                         (self.marker / partition_id).touch()
 
+    def attached(self) -> None:
+        self.done += 1
+
     def finished(self) -> None:
         shutil.rmtree(self.marker, ignore_errors=True)
 
 
-def _marked_partitions(marker: Path) -> set[str]:
+def marked_partitions(marker: Path) -> set[str]:
     """The partition ids a --partitions restore's partial marker lists (none: the whole table)."""
     try:
         return {entry.name for entry in marker.iterdir()}
@@ -984,7 +992,7 @@ class RestoreService:
         for marker, alive in stale_markers(detached, PARTIAL_PREFIX):
             # This restore replaces what such a marker was about: the planning
             # found those partitions empty, or --drop-existing emptied them.
-            about = _marked_partitions(marker)
+            about = marked_partitions(marker)
             if not alive and (not self.options.partitions or (about and about <= restoring)):
                 shutil.rmtree(marker, ignore_errors=True)
         progress = _Attaching(
@@ -998,7 +1006,7 @@ class RestoreService:
                 self._attach(item, part, temp, detached / part.name, progress)
                 staged.pop(0)
         except BaseException as exc:
-            if progress.done == progress.total:  # the signal came with the last ATTACH
+            if progress.done in (0, progress.total):  # nothing attached, or the last part too
                 progress.finished()
             elif progress.done and not item.database.startswith(SCRATCH_PREFIX):
                 # (verify's scratch copies are dropped on the way out: nothing to say of them)
@@ -1023,6 +1031,7 @@ class RestoreService:
             with interrupts.deferred():
                 with writing(final):
                     os.rename(temp, final)
+                progress.attaching()
                 try:
                     self.server.attach_part(item.database, item.name, part.name)
                 except ClickHouseError as exc:

@@ -517,9 +517,10 @@ def test_restore_killed_before_attach_leaves_what_clean_removes(
     base, detached = _restore_killed(server_engine, tmp_path, db, 40, _DIE_AT_ATTACH)
     left = sorted(p.name for p in detached.iterdir())
     # The part renamed for ATTACH, the marker saying whose it is, the marker of the
-    # table's paused merges, the next part still staged.
+    # table's paused merges, the partial marker made for the first ATTACH (which
+    # never landed: clean removes it without a warning), the next part still staged.
     assert left[0] == "202401_1_1_0"
-    assert [n.split("_")[1] for n in left[1:]] == ["attaching", "merges", "tmp"]
+    assert [n.split("_")[1] for n in left[1:]] == ["attaching", "merges", "partial", "tmp"]
 
     refused = subprocess.run(
         [*CASBACKUP, *base, "restore", "b", "--as", f"{db}:{copy}"], capture_output=True, text=True
@@ -733,6 +734,59 @@ def test_a_restore_killed_part_way_through_attaching_is_reported(
     again = subprocess.run([*clean, "--json"], capture_output=True)
     assert again.returncode == 0, again.stderr  # reported once, or restored whole
     assert json.loads(again.stdout)["partial_restores"] == []
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
+def test_a_restore_killed_right_after_its_first_attach_is_reported_partial(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """Killed as the first of two ATTACH PARTs returns: the table holds half its rows.
+
+    Nothing had marked the table partial yet at that moment; `clean` and the
+    next restore must say so all the same."""
+    db, copy = "t_kill_first_attached", "t_kill_first_attached_copy"
+    base, detached = _restore_killed(server_engine, tmp_path, db, 40, _DIE_AFTER_ATTACH)
+    assert 0 < server_engine.value(f"SELECT count() FROM {copy}.t") < 4000
+    restore = [*CASBACKUP, *base, "restore", "b", "--as", f"{db}:{copy}"]
+    refused = subprocess.run(restore, capture_output=True, text=True)
+    assert refused.returncode == ExitCode.CONFLICT
+    assert "only some of it" in refused.stderr
+    cleaned = subprocess.run([*CASBACKUP, *base, "clean", "--json"], capture_output=True)
+    assert cleaned.returncode == ExitCode.WARNING
+    assert json.loads(cleaned.stdout)["partial_restores"] == [f"{copy}.t"]
+    assert list(detached.iterdir()) == []
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
+def test_clean_warns_of_a_partial_marker_only_where_its_restore_attached_parts(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """A restore marks a table just before its first ATTACH: killed before that ATTACH
+    landed, it leaves a marker where it attached nothing, which is no partial table.
+
+    Markers of dead restores here: one of --partitions 202402 (empty in the copy),
+    one of 202401 (which holds the parts)."""
+    db, copy = "t_partial_scope", "t_partial_scope_copy"
+    base = _backed_up_table(server_engine, tmp_path, db, 40)  # partitions 202401, 202402
+    restore = [*base, "restore", "b", "--as", f"{db}:{copy}", "--partitions", "202401"]
+    subprocess.run([*CASBACKUP, *restore], check=True, capture_output=True)
+    data_path = server_engine.value(
+        f"SELECT data_path FROM system.tables WHERE database = '{copy}'"
+    )
+    detached = Path(data_path) / "detached"
+    empty, holding = (detached / f"casbackup_partial_99999999{n}_1_ab12" for n in (1, 2))
+    for marker, partition in ((empty, "202402"), (holding, "202401")):
+        marker.mkdir()
+        (marker / partition).touch()
+
+    cleaned = subprocess.run([*CASBACKUP, *base, "clean", "--json"], capture_output=True)
+    assert cleaned.returncode == ExitCode.WARNING
+    report = json.loads(cleaned.stdout)
+    assert report["partial_restores"] == [f"{copy}.t"]
+    assert report["temp_parts"] == [str(empty)]
+    assert list(detached.iterdir()) == []
     for name in (db, copy):
         server_engine.sql(f"DROP DATABASE {name}")
 
