@@ -1,0 +1,566 @@
+#!/usr/bin/env python3
+"""A randomized SIGKILL campaign: kill casbackup commands at random moments, then check the promise.
+
+    .venv/bin/python tools/kill_campaign.py --engine server --kills 150 --out /tmp/camp
+    .venv/bin/python tools/kill_campaign.py --engine chdb --kills 150 --out /tmp/camp --seed 7
+    .venv/bin/python tools/kill_campaign.py --engine server --only restore_as --kills 40 --out /tmp/camp
+
+The promise (README.md): a failed or killed run never loses or corrupts
+anything already committed, and leaves nothing behind that the next run or
+`casbackup clean` does not remove. tests/cli/test_failures.py kills at a few
+fixed points; this kills at a uniformly random moment within each command's
+measured unkilled duration, against a private ClickHouse 18.16 server
+(tools/clickhouse_server.py) or chdb (each step its own process: chdb locks
+its directory to one process).
+
+Each round: prepare (churn before `create`, a free target before `restore
+--as`), run one command as `python -m casbackup`, SIGKILL it, run `clean`
+and `clean --broken --margin 1s`, then check:
+
+- every backup committed before the kill is still listed (but the one a
+  `delete` named) and passes `verify --read-data` (every few rounds also
+  `verify NAME --restore`);
+- nothing is left: no `shadow/casbackup_*`, no `casbackup_*` under any
+  `detached/` (a partial-restore marker only if clean reported it), no
+  `_casbackup_verify_*` database, nothing under the repository's locks/, no
+  `.tmp-` store temporaries, no `.catalog*`/`catalog.sqlite-*` file beside
+  the catalog, and no `casbackup_merges_paused_` marker (stopped merges are
+  not probed on the server otherwise; chdb forgets STOP MERGES with its
+  process);
+- the same command run again unkilled succeeds (a restore refused because a
+  killed one left data is run again with --drop-existing, as its message
+  says), and leaves no hidden `.casbackup_tmp_` config files behind.
+
+Every round is one JSON line in OUT/<engine>/rounds.jsonl (command, measured
+duration, kill moment, whether the kill came after the command had ended,
+violations); violations are also printed. A summary per command is printed
+at the end. --deadline HH:MM (UTC) stops the campaign in time; SIGTERM
+stops it too (and the server it started). A round takes 10-15 s: run one
+campaign at a time. To reproduce a violation, kill at a fixed point instead
+(tests/cli/test_failures.py, `_attach_patched`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+CASBACKUP = [PYTHON, "-m", "casbackup"]
+DB = "camp"
+COPY = "camp_r"
+TIMEOUT_S = 600
+
+# One statement list run by a fresh chdb process (chdb locks its directory).
+_CHDB_RUNNER = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from tests.engines import ChdbEngine
+engine = ChdbEngine(Path(sys.argv[1]))
+engine.start()
+try:
+    if sys.argv[3] == "setup":
+        from tests.clickhouse.schema import create_realistic
+        create_realistic(engine, json.loads(sys.stdin.read())["db"], json.loads(sys.argv[4]))
+        print("[]")
+    else:
+        print(json.dumps([engine.sql(q) for q in json.loads(sys.stdin.read())], default=str))
+finally:
+    engine.stop()
+"""
+
+
+# --- engines ----------------------------------------------------------------------------------
+
+
+class Target:
+    """What the campaign needs of an engine: a URL, a data directory, statements."""
+
+    name: str
+    url: str
+    data_root: Path
+    modern: bool
+
+    def sql(self, queries: list[str]) -> list[list[tuple[Any, ...]]]:
+        raise NotImplementedError
+
+    def setup(self, rows: int) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        pass
+
+
+class ServerTarget(Target):
+    def __init__(self, root: Path) -> None:
+        from tests.engines import ServerEngine
+
+        self.engine: Any = ServerEngine(root)  # an Engine of tests/clickhouse/schema.py
+        self.engine.start()
+        self.name, self.url, self.modern = "server", self.engine.url, False
+        self.data_root = self.engine.data_root
+
+    def sql(self, queries: list[str]) -> list[list[tuple[Any, ...]]]:
+        return [self.engine.sql(q) for q in queries]
+
+    def setup(self, rows: int) -> None:
+        from tests.clickhouse.schema import create_realistic
+
+        create_realistic(self.engine, DB, rows)
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+
+class ChdbTarget(Target):
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.name, self.url, self.modern = "chdb", f"chdb://{root}", True
+        self.data_root = root
+
+    def _run(self, mode: str, stdin: str, *extra: str) -> str:
+        done = subprocess.run(
+            [PYTHON, "-c", _CHDB_RUNNER, str(self.data_root), str(ROOT), mode, *extra],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"chdb {mode} failed: {done.stderr[-2000:]}")
+        return done.stdout
+
+    def sql(self, queries: list[str]) -> list[list[tuple[Any, ...]]]:
+        out = self._run("sql", json.dumps(queries))
+        return [[tuple(r) for r in rows] for rows in json.loads(out.strip().splitlines()[-1])]
+
+    def setup(self, rows: int) -> None:
+        self._run("setup", json.dumps({"db": DB}), json.dumps(rows))
+
+
+# --- the campaign ----------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    killed: bool = False
+
+
+@dataclass
+class Campaign:
+    target: Target
+    work: Path
+    rng: random.Random
+    verify_restore_every: int
+    durations: dict[str, float] = field(default_factory=dict)
+    counter: int = 0
+    rounds: int = 0
+    log: Any = None
+
+    @property
+    def repo(self) -> Path:
+        return self.work / "repo"
+
+    @property
+    def config(self) -> Path:
+        return self.work / "casbackup.toml"
+
+    @property
+    def etc(self) -> Path:
+        return self.work / "etc"
+
+    @property
+    def files_target(self) -> Path:
+        return self.work / "files"
+
+    def base(self) -> list[str]:
+        return [
+            "--config",
+            str(self.config),
+            "--repo",
+            str(self.repo),
+            "--clickhouse",
+            self.target.url,
+        ]
+
+    def casbackup(self, *args: str, check: bool = False) -> Outcome:
+        started = time.monotonic()
+        done = subprocess.run(
+            [*CASBACKUP, *self.base(), *args], capture_output=True, text=True, timeout=TIMEOUT_S
+        )
+        outcome = Outcome(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+        if check and done.returncode not in (0, 1):
+            raise RuntimeError(f"casbackup {' '.join(args)}: exit {done.returncode}: {done.stderr}")
+        return outcome
+
+    def killed_at(self, args: list[str], at: float) -> Outcome:
+        """Run ``args``, SIGKILL it ``at`` seconds after its start (unless it ended before)."""
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [*CASBACKUP, *self.base(), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            process.wait(timeout=at)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+        out, err = process.communicate(timeout=TIMEOUT_S)
+        return Outcome(
+            process.returncode,
+            out,
+            err,
+            time.monotonic() - started,
+            killed=process.returncode == -signal.SIGKILL,
+        )
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def setup(self, rows: int) -> None:
+        self.etc.mkdir(parents=True, exist_ok=True)
+        for i in range(40):
+            sub = self.etc / ("config.d" if i % 2 else "users.d")
+            sub.mkdir(exist_ok=True)
+            (sub / f"f{i}.xml").write_text(f"<yandex><!-- {i} -->{'x' * (i * 50)}</yandex>\n")
+        self.config.write_text(
+            "[backup]\n"
+            f'configs = true\nconfigs_path = "{self.etc}"\n'
+            '[gc]\nmin_age = "1s"\n'
+            '[verify]\nread_data_subset = "20%"\nrestore = false\n'
+        )
+        self.target.setup(rows)
+        self.casbackup("init", check=True)
+        for _ in range(4):  # `delete` takes the oldest of at least four
+            self.churn()
+            self.casbackup("create", self.new_name(), check=True)
+
+    def new_name(self) -> str:
+        self.counter += 1
+        return f"b{self.counter:04d}"
+
+    def source_tables(self) -> list[str]:
+        return ["events_wide", "events_compact"] if self.target.modern else ["events"]
+
+    def churn(self) -> None:
+        """New parts, a mutation, sometimes a merge: a create has new data to store."""
+        table = self.rng.choice(self.source_tables())
+        start = self.rng.randrange(0, 30_000)
+        queries = [
+            f"INSERT INTO {DB}.{table} SELECT * FROM {DB}.{table} WHERE id >= {start} AND id < {start + 3000}",
+            f"ALTER TABLE {DB}.{table} UPDATE s = concat(s, 'u') WHERE id % 101 = {self.rng.randrange(101)}",
+            f"INSERT INTO {DB}.agg SELECT toDate('2024-01-01') + number % 30, number FROM numbers({self.rng.randrange(50, 500)})",
+        ]
+        if self.rng.random() < 0.3:
+            queries.append(f"OPTIMIZE TABLE {DB}.{table} FINAL")
+        self.target.sql(queries)
+
+    # --- state -------------------------------------------------------------------------------
+
+    def listed(self) -> list[str]:
+        out = self.casbackup("list", "--json")
+        if out.returncode != 0:
+            raise RuntimeError(f"list failed: {out.stderr}")
+        document = json.loads(out.stdout)
+        rows = document if isinstance(document, list) else document.get("backups", [])
+        return [r["name"] for r in rows]
+
+    def partial_markers(self) -> list[Path]:
+        return [
+            marker
+            for top in ("data", "store")
+            if (self.target.data_root / top).is_dir()
+            for marker in (self.target.data_root / top).glob("**/detached/casbackup_partial_*")
+        ]
+
+    def leftovers(self) -> list[str]:
+        """What a killed run left that clean should have removed, as messages."""
+        found: list[str] = []
+        shadow = self.target.data_root / "shadow"
+        if shadow.is_dir():
+            found += [f"shadow entry {p.name}" for p in shadow.glob("casbackup_*")]
+        for top in ("data", "store"):
+            base = self.target.data_root / top
+            if not base.is_dir():
+                continue
+            for detached in base.glob("**/detached"):
+                for entry in detached.glob("casbackup_*"):
+                    found.append(f"detached entry {entry.relative_to(self.target.data_root)}")
+        metadata = self.target.data_root / "metadata"
+        if metadata.is_dir():
+            found += [f"scratch database {p.name}" for p in metadata.glob("_casbackup_verify_*")]
+        locks = self.repo / "locks"
+        if locks.is_dir():
+            found += [
+                f"lock object {p.relative_to(self.repo)}" for p in locks.rglob("*") if p.is_file()
+            ]
+        found += [f"store temporary {p.relative_to(self.repo)}" for p in self.repo.rglob(".tmp-*")]
+        for p in self.repo.iterdir():
+            if (p.is_file() and p.name.startswith(".catalog")) or p.name.startswith(
+                "catalog.sqlite-"
+            ):
+                found.append(f"catalog directory file {p.name}")
+        return found
+
+    def config_temporaries(self) -> list[str]:
+        if not self.files_target.is_dir():
+            return []
+        return [str(p) for p in self.files_target.rglob(".casbackup_tmp_*")]
+
+    # --- commands ----------------------------------------------------------------------------
+
+    def plan(self, command: str, names: list[str]) -> tuple[list[str], set[str]] | None:
+        """Prepare for ``command``; its arguments and the backups it may remove (None: skip)."""
+        if command == "create":
+            self.churn()
+            return ["create", self.new_name()], set()
+        if command == "run":
+            self.churn()
+            time.sleep(1.05)  # the nightly name is the UTC second
+            return ["run"], set()
+        if not names:
+            return None
+        name = self.rng.choice(names)
+        if command == "restore_as":
+            self.target.sql([f"DROP DATABASE IF EXISTS {COPY}"])
+            return ["restore", name, "--tables", f"{DB}.*", "--as", f"{DB}:{COPY}"], set()
+        if command == "restore_drop":
+            return ["restore", name, "--tables", f"{DB}.*", "--drop-existing"], set()
+        if command == "restore_configs":
+            return [
+                "restore",
+                name,
+                "--no-tables",
+                "--configs",
+                "--files-target",
+                str(self.files_target),
+                "--overwrite",
+            ], set()
+        if command == "delete":
+            if len(names) < 4:
+                return None
+            victim = names[0]  # the oldest
+            return ["delete", victim], {victim}
+        if command == "gc":
+            return ["gc"], set()
+        if command == "verify_restore":
+            return ["verify", name, "--restore", "--tables", f"{DB}.*"], set()
+        if command == "catalog_rebuild":
+            return ["catalog", "rebuild"], set()
+        raise ValueError(command)
+
+    def again(self, command: str, args: list[str], names_after: list[str]) -> tuple[Outcome, str]:
+        """The same command unkilled; how it was run again."""
+        if command == "create":
+            name = args[1]
+            if name in names_after:  # committed before the kill: a new name for the same job
+                args = ["create", self.new_name()]
+            return self.casbackup(*args), " ".join(args)
+        if command == "run":
+            time.sleep(1.05)
+        if command == "delete" and args[1] not in names_after:
+            return Outcome(0, "", "", 0.0), "(deleted before the kill)"
+        out = self.casbackup(*args)
+        if (
+            command.startswith("restore")
+            and out.returncode == 14
+            and "--drop-existing" in out.stderr
+        ):
+            out = self.casbackup(*args, "--drop-existing")
+            return out, " ".join(args) + " --drop-existing"
+        return out, " ".join(args)
+
+    def measure(self, command: str) -> float:
+        names = self.listed()
+        planned = self.plan(command, names)
+        if planned is None:
+            return 0.0
+        out = self.casbackup(*planned[0])
+        if out.returncode not in (0, 1):
+            raise RuntimeError(f"unkilled {planned[0]} failed: exit {out.returncode}: {out.stderr}")
+        if command == "delete":
+            self.casbackup("create", self.new_name(), check=True)  # keep the count up
+        return out.seconds
+
+    # --- one round ---------------------------------------------------------------------------
+
+    def round(self, command: str) -> dict[str, Any] | None:
+        names = self.listed()
+        planned = self.plan(command, names)
+        if planned is None:
+            return None
+        args, may_vanish = planned
+        duration = self.durations[command]
+        at = self.rng.uniform(0, duration)
+        outcome = self.killed_at(args, at)
+        violations: list[str] = []
+        if not outcome.killed and outcome.returncode not in (0, 1):
+            violations.append(
+                f"unkilled run failed: exit {outcome.returncode}: {outcome.stderr[-500:]}"
+            )
+        time.sleep(1.1)  # store temporaries older than --margin 1s
+        markers = self.partial_markers()
+        clean = self.casbackup("clean", "--json")
+        broken = self.casbackup("clean", "--broken", "--margin", "1s", "--json")
+        reported: dict[str, Any] = {}
+        for name, out in (("clean", clean), ("clean --broken", broken)):
+            if out.returncode not in (0, 1):
+                violations.append(f"{name} failed: exit {out.returncode}: {out.stderr[-500:]}")
+                continue
+            try:
+                reported[name] = json.loads(out.stdout)
+            except json.JSONDecodeError:
+                violations.append(f"{name} --json printed no JSON: {out.stdout[-300:]}")
+        report = reported.get("clean", {})
+        for marker in markers:  # each reported: a part-restored table, or debris
+            if not marker.parent.parent.exists():
+                continue  # a verify scratch table, dropped with its database by clean
+            if not report.get("partial_restores") and str(marker) not in report.get(
+                "temp_parts", []
+            ):
+                violations.append(f"partial marker {marker} not reported by clean")
+        if clean.returncode == 1 and "warning" not in clean.stderr:
+            violations.append(f"clean exit 1 without a warning: {clean.stderr[-300:]}")
+        violations += self.leftovers()
+        after = self.listed()
+        lost = set(names) - may_vanish - set(after)
+        if lost:
+            violations.append(f"committed backups lost: {sorted(lost)}")
+        checked = self.casbackup("verify", "--read-data")
+        if checked.returncode != 0:
+            violations.append(
+                f"verify --read-data: exit {checked.returncode}: {checked.stderr[-800:]}"
+            )
+        self.rounds += 1
+        if after and self.rounds % self.verify_restore_every == 0:
+            victim = self.rng.choice([n for n in after if n in names] or after)
+            drill = self.casbackup("verify", victim, "--restore", "--tables", f"{DB}.*")
+            if drill.returncode != 0:
+                violations.append(
+                    f"verify {victim} --restore: exit {drill.returncode}: {drill.stderr[-800:]}"
+                )
+        rerun, how = self.again(command, args, after)
+        if rerun.returncode not in (0, 1):
+            violations.append(f"run again ({how}): exit {rerun.returncode}: {rerun.stderr[-800:]}")
+        violations += [f"after the rerun: {v}" for v in self.leftovers()]
+        violations += [f"config temporary after the rerun: {p}" for p in self.config_temporaries()]
+        if command == "delete":
+            self.casbackup("create", self.new_name())  # keep the count up
+        return {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "engine": self.target.name,
+            "command": command,
+            "args": args,
+            "duration": round(duration, 3),
+            "kill_at": round(at, 3),
+            "killed": outcome.killed,
+            "returncode": outcome.returncode,
+            "clean": clean.returncode,
+            "clean_report": reported.get("clean"),
+            "rerun": how,
+            "rerun_rc": rerun.returncode,
+            "violations": violations,
+            "stderr": outcome.stderr[-500:],
+        }
+
+
+COMMANDS = [
+    "create",
+    "restore_as",
+    "restore_drop",
+    "restore_configs",
+    "delete",
+    "gc",
+    "run",
+    "verify_restore",
+    "catalog_rebuild",
+]
+
+
+def past(deadline: str | None) -> bool:
+    if deadline is None:
+        return False
+    hours, minutes = (int(v) for v in deadline.split(":"))
+    now = dt.datetime.now(dt.UTC)
+    return (now.hour, now.minute) >= (hours, minutes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--engine", choices=["server", "chdb"], required=True)
+    parser.add_argument("--kills", type=int, default=100)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--only", action="append", choices=COMMANDS)
+    parser.add_argument("--verify-restore-every", type=int, default=8)
+    parser.add_argument("--deadline", help="HH:MM UTC: stop starting rounds from then on")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally below stops the server
+
+    work = args.out / args.engine
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    target: Target = (
+        ServerTarget(work / "server") if args.engine == "server" else ChdbTarget(work / "chdb")
+    )
+    commands = args.only or COMMANDS
+    campaign = Campaign(target, work, random.Random(args.seed), args.verify_restore_every)
+    counts: Counter[str] = Counter()
+    broken: dict[str, int] = defaultdict(int)
+    try:
+        campaign.setup(args.rows)
+        for command in commands:
+            campaign.durations[command] = campaign.measure(command)
+            print(f"measured {command}: {campaign.durations[command]:.2f} s", flush=True)
+        with open(work / "rounds.jsonl", "a") as log:
+            while sum(counts.values()) < args.kills and not past(args.deadline):
+                command = campaign.rng.choice(commands)
+                result = campaign.round(command)
+                if result is None:
+                    continue
+                counts[command] += 1
+                log.write(json.dumps(result) + "\n")
+                log.flush()
+                tag = "KILLED" if result["killed"] else "ended"
+                print(
+                    f"{sum(counts.values()):4d} {command:16s} at {result['kill_at']:.2f}/"
+                    f"{result['duration']:.2f} s {tag} clean={result['clean']}",
+                    flush=True,
+                )
+                if result["violations"]:
+                    broken[command] += 1
+                    for violation in result["violations"]:
+                        print(f"     VIOLATION: {violation}", flush=True)
+    finally:
+        target.stop()
+        print(f"\n{target.name}: rounds per command (with violations):")
+        for command in commands:
+            print(f"  {command:16s} {counts[command]:4d} ({broken[command]})")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
