@@ -16,6 +16,7 @@ from casbackup.repo.reader import ChunkFetcher
 from casbackup.restore import RestoreService
 from tests.clickhouse.schema import (
     ODD_TABLE,
+    create_long_part_names,
     create_realistic,
     fingerprints,
     odd_database,
@@ -550,18 +551,7 @@ def test_parts_named_near_the_file_name_limit_are_restored(
     before the part name) did not, and every restore of such a table failed (ENAMETOOLONG,
     exit 21). Two parts of one partition differ only at the end of their names."""
     db = q(dbname)
-    columns = ", ".join(f"a{i} Int64" for i in range(10))
-    key = ", ".join(f"a{i}" for i in range(10))
-    engine.sql(f"CREATE DATABASE {db}")
-    engine.sql(
-        f"CREATE TABLE {db}.t ({columns}, v UInt8) ENGINE = MergeTree "
-        f"PARTITION BY ({key}) ORDER BY v"
-    )
-    engine.sql(f"SYSTEM STOP MERGES {db}.t")
-    # 20 bytes a column; not INT64_MIN, whose literal the 18.16 server never finishes parsing.
-    row = ", ".join(["toInt64(-9223372036854775807)"] * 10)
-    for v in (1, 2):
-        engine.sql(f"INSERT INTO {db}.t SELECT {row}, {v}")
+    create_long_part_names(engine, db, (1, 2))
     names = [
         n
         for (n,) in engine.sql(

@@ -24,7 +24,7 @@ from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
 from casbackup.errors import ClickHouseError, ExitCode, StoreFull
 from casbackup.process import ProcessTag
 from casbackup.store.local import LocalStore
-from tests.clickhouse.schema import create_realistic, fingerprints, q
+from tests.clickhouse.schema import create_long_part_names, create_realistic, fingerprints, q
 from tests.engines import PROTECTED_PASSWORD, PROTECTED_USER, Engine, ServerEngine, free_port
 from tests.helpers import flip_byte, unwritable
 
@@ -557,15 +557,7 @@ def test_clean_finds_the_part_of_a_killed_restore_whose_name_is_near_the_limit(
     db, copy = "t_kill_long", "t_kill_long_copy"
     for name in (db, copy):
         server_engine.sql(f"DROP DATABASE IF EXISTS {name}")
-    columns = ", ".join(f"a{i} Int64" for i in range(10))
-    key = ", ".join(f"a{i}" for i in range(10))
-    server_engine.sql(f"CREATE DATABASE {db}")
-    server_engine.sql(
-        f"CREATE TABLE {db}.t ({columns}, v UInt8) ENGINE = MergeTree "
-        f"PARTITION BY ({key}) ORDER BY v"
-    )
-    row = ", ".join(["toInt64(-9223372036854775807)"] * 10)
-    server_engine.sql(f"INSERT INTO {db}.t SELECT {row}, 1")
+    create_long_part_names(server_engine, db)
     (part,) = [
         n for (n,) in server_engine.sql(f"SELECT name FROM system.parts WHERE database = '{db}'")
     ]

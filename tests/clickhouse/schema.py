@@ -87,6 +87,24 @@ def create_realistic(engine: Engine, db: str, rows: int = 30_000) -> None:
     )
 
 
+def create_long_part_names(engine: Engine, db: str, values: tuple[int, ...] = (1,)) -> None:
+    """Database ``db`` (quoted by the caller) with table t partitioned by ten Int64 columns, one
+    part per value of v: part names of 215+ bytes, longer than casbackup's process-tagged
+    temporary names leave room for. Merges are stopped, so the parts stay apart."""
+    columns = ", ".join(f"a{i} Int64" for i in range(10))
+    key = ", ".join(f"a{i}" for i in range(10))
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(
+        f"CREATE TABLE {db}.t ({columns}, v UInt8) ENGINE = MergeTree "
+        f"PARTITION BY ({key}) ORDER BY v"
+    )
+    engine.sql(f"SYSTEM STOP MERGES {db}.t")
+    # 20 bytes a column; not INT64_MIN, whose literal the 18.16 server never finishes parsing.
+    row = ", ".join(["toInt64(-9223372036854775807)"] * 10)
+    for v in values:
+        engine.sql(f"INSERT INTO {db}.t SELECT {row}, {v}")
+
+
 def server_for(engine: Engine) -> ClickHouseServer:
     return ClickHouseServer(connect(parse_url(engine.url)))
 
