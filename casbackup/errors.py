@@ -167,6 +167,10 @@ class PackMissing(IntegrityError):
     """pack {pack} is referenced but missing from the store (if another host's gc repacked it, `casbackup catalog sync` finds the copy)"""
 
 
+class PackLost(PackMissing):
+    """pack {pack} is referenced but missing from the store, also after this run synced the catalog: what uses it cannot be restored whole (`casbackup verify` lists the backups that need it)"""
+
+
 class ManifestCorrupt(IntegrityError):
     """manifest of backup {backup} is corrupt: {detail}"""
 

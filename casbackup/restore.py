@@ -25,9 +25,10 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import blake3
 
@@ -60,6 +61,7 @@ from casbackup.errors import (
     ManifestCorrupt,
     NewerServerBackup,
     NothingSelected,
+    PackLost,
     PackMissing,
     PartDamaged,
     RestoreConflict,
@@ -83,6 +85,7 @@ from casbackup.server_state import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 TEMP_PREFIX = "casbackup_tmp_"
 
@@ -659,9 +662,7 @@ class RestoreService:
             except PackMissing as exc:
                 # Met while fetching, before any file is renamed into place:
                 # restore_directory has removed what it wrote.
-                if not self._follow_repack(exc):
-                    raise
-                report.files += restore()
+                report.files += self._after_sync(exc, restore)
             report.notes.append(
                 f"{len(fileset.files)} files from {fileset.source} restored to {target}; copy what "
                 "you need into place and restart ClickHouse for it to take effect"
@@ -822,12 +823,11 @@ class RestoreService:
                         batch, detached, owner.st_uid, owner.st_gid, fetcher, located
                     )
                 except PackMissing as exc:
-                    if not self._follow_repack(exc):
-                        raise
-                    ahead = self._locate(upcoming)
-                    staged += self._stage_parts(
-                        batch, detached, owner.st_uid, owner.st_gid, fetcher, self._locate(batch)
+                    again = functools.partial(
+                        self._stage_relocated, batch, detached, owner.st_uid, owner.st_gid, fetcher
                     )
+                    staged += self._after_sync(exc, again)
+                    ahead = self._locate(upcoming)
                 located = ahead
             if self.options.check_parts:
                 self.checked[item.target] = self._check_staged(item, staged)
@@ -908,6 +908,25 @@ class RestoreService:
         )
         sync(self.repo, self.catalog)
         return True
+
+    def _after_sync(self, missing: PackMissing, again: Callable[[], _T]) -> _T:
+        """``again`` once the catalog is synced (``_follow_repack``), or ``missing`` raised.
+
+        A pack still missing after the sync is lost, and says so: the advice
+        of ``PackMissing``, a sync, was just followed.
+        """
+        if not self._follow_repack(missing):
+            raise missing
+        try:
+            return again()
+        except PackMissing as still:
+            raise PackLost(pack=still.fields.get("pack")) from None
+
+    def _stage_relocated(
+        self, parts: list[mf.Part], detached: Path, uid: int, gid: int, fetcher: ChunkFetcher
+    ) -> list[tuple[mf.Part, Path]]:
+        """``_stage_parts`` with the chunks located anew (a sync moved them to their new packs)."""
+        return self._stage_parts(parts, detached, uid, gid, fetcher, self._locate(parts))
 
     def _chunks_of(self, parts: list[mf.Part]) -> set[bytes]:
         return {cid for part in parts for f in part.files for cid in self.files[f.file_id].chunks}

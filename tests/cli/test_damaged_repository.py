@@ -259,3 +259,20 @@ def test_restore_drop_existing_of_a_backup_missing_a_pack_drops_nothing(
     assert "packs the restored tables need are missing from the store" in result.stderr
     assert "nothing was dropped" in result.stderr
     assert fingerprints(engine, [dbname]) == live
+
+
+def test_a_pack_still_missing_after_restore_synced_is_called_lost(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """A restore that meets a missing pack syncs the catalog once and tries again (another
+    host's gc may have moved the chunks). When the pack is still missing, the error gave
+    PackMissing's advice, `casbackup catalog sync`, which the restore had just followed."""
+    two_backups(engine, dbname, cli)
+    biggest = max((tmp_path / "repo" / "packs").rglob("*"), key=lambda p: p.stat().st_size)
+    biggest.unlink()
+    result = cli(engine, "restore", "b1", "--as", f"{dbname}:{dbname}_copy")
+    assert result.code == ExitCode.INTEGRITY, result.stderr
+    one_line_error(result.stderr)
+    assert f"pack {biggest.name} is referenced but missing" in result.stderr
+    assert "also after this run synced the catalog" in result.stderr
+    assert "catalog sync` finds the copy" not in result.stderr
