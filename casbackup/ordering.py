@@ -70,9 +70,10 @@ def references(obj: Orderable, known: set[tuple[str, str]]) -> set[tuple[str, st
         (obj.database, n) for n in bare_identifiers(obj.create_sql) if (obj.database, n) in known
     }
     target = materialized_view_target(obj.create_sql)
-    if target is not None and (target[0] or obj.database, target[1]) in known:
-        # A TO table left out of the selection is no object to order after.
-        found.add((target[0] or obj.database, target[1]))
+    if target is not None:
+        to_table = (target[0] or obj.database, target[1])
+        if to_table in known:  # a TO table left out of the selection is no object to order after
+            found.add(to_table)
     found.discard((obj.database, obj.name))
     return found
 
