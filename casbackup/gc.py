@@ -215,9 +215,7 @@ def execute_gc(
     *,
     run_id: str,
     clock: Clock = time.time,
-    progress: Callable[[str], None] | None = None,
 ) -> GcReport:
-    note = progress or (lambda _m: None)
     report = GcReport(plan=plan)
     now = datetime.fromtimestamp(plan.now, UTC)
     store = repo.store
@@ -233,7 +231,6 @@ def execute_gc(
         report.bytes_freed += action.size
     if plan.delete:
         report.chunks_freed = forget_packs(catalog.db, [a.pack_id for a in plan.delete])
-        note(f"deleted {report.packs_deleted} packs")
     for mark in plan.finished_marks:
         store.delete(mark.key)
     report.packs_resurrected = len(plan.resurrect)
@@ -338,7 +335,6 @@ def collect_garbage(
     run_id: str,
     dry_run: bool = False,
     clock: Clock = time.time,
-    progress: Callable[[str], None] | None = None,
 ) -> GcReport:
     """One gc run (the caller holds the exclusive gc lock)."""
     try:
@@ -351,4 +347,4 @@ def collect_garbage(
     plan = plan_gc(repo, catalog, settings, clock)
     if dry_run:
         return GcReport(plan=plan)
-    return execute_gc(plan, repo, catalog, settings, run_id=run_id, clock=clock, progress=progress)
+    return execute_gc(plan, repo, catalog, settings, run_id=run_id, clock=clock)

@@ -180,7 +180,6 @@ def gc(
             settings,
             run_id=lock.id,
             dry_run=dry_run,
-            progress=None if app.quiet else note,
         )
     if json_output:
         emit_json(_gc_document(report, dry_run))

@@ -106,6 +106,32 @@ def test_delete_then_gc_frees_space_and_keeps_the_rest(
     assert fingerprints(engine, [dbname]) == tuesday
 
 
+def test_gc_says_what_it_deleted_once(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """gc printed "deleted N packs" twice: a progress note on stderr, then the summary on
+    stdout (and the note beside --json's document)."""
+    create_table(engine, dbname)
+    cli(engine, "init")
+    for name, rows in (("mon", 3000), ("tue", 2000), ("wed", 1000)):
+        engine.sql(f"TRUNCATE TABLE {q(dbname)}.events")
+        fill(engine, dbname, rows=rows)  # different parts every day
+        assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
+    assert cli(engine, "delete", "mon").code == 0
+    assert cli(engine, "gc", "--min-age", "0s").code == 0  # condemns Monday's packs
+    assert cli(engine, "delete", "tue").code == 0
+
+    plain = cli(engine, "gc", "--min-age", "0s")  # deletes Monday's, condemns Tuesday's
+    assert plain.code == 0, plain.stderr
+    output = plain.stdout + plain.stderr
+    assert output.count("deleted ") == 1, output
+
+    as_json = cli(engine, "gc", "--min-age", "0s", "--json")  # deletes Tuesday's
+    assert as_json.code == 0, as_json.stderr
+    assert as_json.json()["packs_deleted"] > 0
+    assert "deleted" not in as_json.stderr, as_json.stderr
+
+
 def test_restore_follows_a_repack_by_another_hosts_gc(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
