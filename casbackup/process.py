@@ -50,6 +50,18 @@ class ProcessTag:
         return f"{self.pid}_{self.start}"
 
 
+NAME_MAX = 255  # bytes in one path component, on every Linux filesystem ClickHouse runs on
+# The longest tag ``tagged_name`` adds: a pid (at most 2^22 on Linux), a start time (a 64-bit
+# count of clock ticks) and 8 hex digits.
+TAG_MAX = len(f"{2**22}_{2**64 - 1}_{'f' * 8}")
+
+
+def cut_to_bytes(text: str, size: int) -> str:
+    """The longest start of ``text`` that is at most ``size`` bytes of UTF-8, characters whole:
+    the part of a name that fits beside a tag within NAME_MAX."""
+    return text.encode()[:size].decode(errors="ignore")
+
+
 def tagged_name(prefix: str) -> str:
     """``<prefix><pid>_<start>_<rand>``: unique, and naming this process for cleanup."""
     return f"{prefix}{ProcessTag.current()}_{secrets.token_hex(4)}"

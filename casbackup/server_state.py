@@ -36,7 +36,8 @@ from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import Kind, quote_identifier, rename_databases, tokenize
 from casbackup.errors import ClickHouseError, FilesConflict, RestoreConflict, UsageError
 from casbackup.file_errors import writing
-from casbackup.process import name_owner, tagged_name
+from casbackup.process import NAME_MAX as NAME_MAX  # restore.py takes it from here
+from casbackup.process import cut_to_bytes, name_owner, tagged_name
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
@@ -446,7 +447,6 @@ def restore_directory(
 # naming their process, so the next restore into that directory removes what
 # a SIGKILLed one left (`clean` does not know where files were restored to).
 TEMP_FILE_PREFIX = ".casbackup_tmp_"
-NAME_MAX = 255  # bytes in one path component, on every Linux filesystem ClickHouse runs on
 
 
 def _temp_name(prefix: str, index: int, path: str) -> str:
@@ -454,8 +454,7 @@ def _temp_name(prefix: str, index: int, path: str) -> str:
     limit must not fail for the ~40 bytes the prefix adds. The index keeps two
     cut names apart; the name is there for a person reading the directory."""
     head = f"{prefix}_{index}_"
-    name = Path(path).name.encode()[: NAME_MAX - len(head)].decode(errors="ignore")
-    return head + name
+    return head + cut_to_bytes(Path(path).name, NAME_MAX - len(head))
 
 
 def _remove_stale_temporaries(directory: Path) -> None:

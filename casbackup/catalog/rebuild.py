@@ -18,6 +18,7 @@ as gc deletes only indexed packs, so packs are reported in both forms.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import sqlite3
@@ -44,7 +45,7 @@ from casbackup.errors import (
     ManifestCorrupt,
     RepositoryError,
 )
-from casbackup.process import name_owner, tagged_name
+from casbackup.process import NAME_MAX, TAG_MAX, cut_to_bytes, name_owner, tagged_name
 from casbackup.repo import manifest as manifest_codec
 from casbackup.repo.repository import ManifestStamp, Repository
 
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 
 # ``.catalog.sqlite.rebuild-<pid>_<start>_<rand>``: the new catalog until it is renamed over the old.
 REBUILD_INFIX = ".rebuild-"
+# What of the catalog's name goes into that: the rest of NAME_MAX holds the dot, the infix, the
+# longest tag and SQLite's "-journal". A fixed cut, so that `clean` finds the file of any pid.
+_REBUILD_NAME_BYTES = NAME_MAX - len(f".{REBUILD_INFIX}-journal") - TAG_MAX
 
 
 @dataclass
@@ -231,7 +235,7 @@ def rebuild(repo: Repository, url: str, progress: Progress | None = None) -> Syn
             _empty(catalog.db)
             return sync(repo, catalog, progress)
     # Named by its process, so that `clean` can remove it when a kill left it.
-    temp = target.with_name(tagged_name(f".{target.name}{REBUILD_INFIX}"))
+    temp = target.with_name(tagged_name(_rebuild_prefix(target)))
     try:
         with Catalog.open(str(make_url(url).set(database=str(temp))), repo.id) as catalog:
             report = sync(repo, catalog, progress)
@@ -257,12 +261,18 @@ def stale_rebuild_files(url: str) -> list[Path]:
     target = sqlite_file(url)
     if target is None:
         return []
+    prefix = _rebuild_prefix(target)
     stale = []
-    for path in sorted(target.parent.glob(f".{target.name}{REBUILD_INFIX}*")):
-        owner = name_owner(path.name, f".{target.name}{REBUILD_INFIX}")
+    for path in sorted(target.parent.glob(f"{glob.escape(prefix)}*")):
+        owner = name_owner(path.name, prefix)
         if owner is not None and not owner.alive():
             stale.append(path)
     return stale
+
+
+def _rebuild_prefix(target: Path) -> str:
+    """The temporary's name up to its tag: the catalog's name, cut if it is near NAME_MAX."""
+    return f".{cut_to_bytes(target.name, _REBUILD_NAME_BYTES)}{REBUILD_INFIX}"
 
 
 def _empty(db: CatalogDatabase) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.backups import replaced
-from casbackup.catalog.rebuild import rebuild, sync
+from casbackup.catalog.rebuild import rebuild, stale_rebuild_files, sync
 from casbackup.repo.repository import ManifestStamp, Repository
 from casbackup.store.local import LocalStore
 from tests.helpers import snapshot_directory, write_tree
@@ -93,6 +93,37 @@ def test_rebuild_over_an_existing_catalog(repo: Repository, tmp_path: Path) -> N
         populate(repo, catalog, tmp_path)
     original = dump(path)
     rebuild(repo, url)
+    assert dump(path) == original
+
+
+def test_rebuild_of_a_catalog_named_near_the_file_name_limit(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new file was named ``.<catalog name>.rebuild-<tag>``, some 45 bytes longer than the
+    catalog's name: one near 255 bytes failed with "File name too long"."""
+    path = tmp_path / ("c" * 240 + ".sqlite")  # 247 bytes: the longest SQLite can journal
+    url = f"sqlite:///{path}"
+    with Catalog.open(url, repo.id) as catalog:
+        populate(repo, catalog, tmp_path)
+    original = dump(path)
+
+    rebuild(repo, url)
+    assert dump(path) == original
+    assert sorted(p.name for p in tmp_path.glob(".c*")) == []
+
+    # A rebuild killed before its rename: `clean` (stale_rebuild_files) finds what it left.
+    def killed(*_args: Any, **_kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("casbackup.catalog.rebuild.sync", killed)
+    monkeypatch.setattr("casbackup.catalog.rebuild.remove_sqlite_file", lambda _path: None)
+    with pytest.raises(KeyboardInterrupt):
+        rebuild(repo, url)
+    left = sorted(tmp_path.glob(".c*"))
+    assert left and all(len(p.name.encode()) <= 255 for p in left)
+    assert stale_rebuild_files(url) == []  # its process (this one) still runs
+    monkeypatch.setattr("casbackup.process.process_start", lambda _pid: None)
+    assert stale_rebuild_files(url) == left
     assert dump(path) == original
 
 
