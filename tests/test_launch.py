@@ -94,3 +94,28 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130() -> None:
     )
     assert result.returncode == ExitCode.INTERRUPTED
     assert result.stderr == "casbackup: error: interrupted by SIGINT; partial work was cleaned up\n"
+
+
+# What the command line may not load at start-up: services only some commands
+# use. Every process would pay for them (~20 ms on the project's VM), the
+# nightly `create` among them. Each stays out until its command runs.
+LOADED_AT_START = """
+import sys
+import casbackup.cli.main
+print(" ".join(sorted(m for m in sys.modules if m.startswith("casbackup."))))
+"""
+SERVICES_LOADED_ON_USE = (
+    "casbackup.clean",
+    "casbackup.gc",
+    "casbackup.nightly",
+    "casbackup.restore",
+    "casbackup.verify",
+)
+
+
+def test_the_command_line_loads_services_only_for_their_commands() -> None:
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOADED_AT_START], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "casbackup.backup" in loaded  # the probe sees the services that are loaded
+    assert not set(SERVICES_LOADED_ON_USE) & set(loaded)

@@ -1,10 +1,14 @@
-"""Commands that keep a repository bounded: delete, forget, gc, locks, unlock, run."""
+"""Commands that keep a repository bounded: delete, forget, gc, locks, unlock, run.
+
+``casbackup.gc`` and ``casbackup.nightly`` are imported when a command
+needs them, not with the command line (see ``cli/main.py``).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,11 +24,12 @@ from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, pri
 from casbackup.cli.verifying import raise_if_failed, report_document
 from casbackup.config import duration_seconds
 from casbackup.errors import ExitCode, UsageError
-from casbackup.gc import GcReport, collect_garbage
 from casbackup.lifecycle import delete_backups, forget
-from casbackup.nightly import gc_settings, run_nightly
 from casbackup.repo.locks import Lock, read_locks
 from casbackup.retention import Decision, Policy, parse_duration
+
+if TYPE_CHECKING:
+    from casbackup.gc import GcReport
 
 
 def delete(
@@ -167,6 +172,9 @@ def gc(
     json_output: JsonOption = False,
 ) -> int:
     """Free packs no backup references (two runs: condemn, then delete)."""
+    from casbackup.gc import collect_garbage
+    from casbackup.nightly import gc_settings
+
     app: AppContext = ctx.obj
     settings = gc_settings(app.settings, app.settings.repository.pack_size_mb * 1024 * 1024)
     if min_age is not None:
@@ -286,6 +294,8 @@ def run(
     json_output: JsonOption = False,
 ) -> int:
     """The nightly job: create, forget (configured policy), gc, verify ([verify]); under a lock."""
+    from casbackup.nightly import run_nightly
+
     app: AppContext = ctx.obj
     settings = app.settings
     options = backup_options(settings)

@@ -3,6 +3,12 @@
 This package is the only place typer is imported. Commands parse, call a
 service and render; every ``CasbackupError`` becomes one line on stderr and
 its exit code here, in ``run``, and nowhere else.
+
+Every process imports the whole command line before it runs one command, and
+cron pays that start-up every night. So the services only some commands use
+(restore, verify, gc, the nightly run, clean) are imported inside those
+commands, not at the top of their modules; ``tests/test_launch.py`` holds
+the list.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Repository and host maintenance: init, clean, catalog rebuild/sync, default-config."""
+"""Repository and host maintenance: init, clean, catalog rebuild/sync, default-config.
+
+``casbackup.clean`` (which loads the restore service) and ``casbackup.gc``
+are imported when ``clean`` runs, not with the command line (see
+``cli/main.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,22 +16,13 @@ import typer
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.rebuild import rebuild, sync
-from casbackup.clean import (
-    STORE_TEMP_MIN_AGE_S,
-    CleanReport,
-    clean_catalog,
-    clean_clickhouse,
-    clean_store,
-)
 from casbackup.cli.backups import JsonOption
 from casbackup.cli.context import AppContext
 from casbackup.cli.lifecycle import duration_seconds_cli
 from casbackup.cli.output import emit_json, human_bytes, note
 from casbackup.config import duration_seconds, render_default_config
 from casbackup.errors import CasbackupError, ClickHouseError, ExitCode, RepositoryError
-from casbackup.gc import collect_garbage
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
-from casbackup.nightly import gc_settings
 from casbackup.repo.locks import Lock
 from casbackup.repo.repository import Repository
 
@@ -85,6 +81,14 @@ def clean(
     json_output: JsonOption = False,
 ) -> int:
     """Remove shadows, temporary parts and store temporaries left by killed runs."""
+    from casbackup.clean import (
+        STORE_TEMP_MIN_AGE_S,
+        CleanReport,
+        clean_catalog,
+        clean_clickhouse,
+        clean_store,
+    )
+
     app: AppContext = ctx.obj
     margin_s = duration_seconds_cli(margin)  # a typo must stop clean before it removes anything
     report = CleanReport()
@@ -167,6 +171,9 @@ def clean(
 
 def _clean_broken(app: AppContext, margin: float, dry_run: bool) -> dict[str, object]:
     """Abandoned running backups (process gone, older than margin) and the packs only they wrote."""
+    from casbackup.gc import collect_garbage
+    from casbackup.nightly import gc_settings
+
     repo, catalog = app.repository, app.catalog
     runs = abandoned_runs(
         repo, catalog, margin=margin, ttl=duration_seconds(app.settings.gc.lease_ttl)

@@ -1,9 +1,14 @@
-"""The restore command."""
+"""The restore command.
+
+``casbackup.restore`` is imported when the command runs, not with the
+command line: every other command (a nightly ``create`` most of all) would
+pay for loading it at start-up (see ``cli/main.py``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,9 +23,11 @@ from casbackup.cli.context import AppContext
 from casbackup.cli.output import ByteProgress, emit_json, note, print_table
 from casbackup.config import default_state_dir
 from casbackup.errors import ExitCode, UsageError
-from casbackup.restore import RestoreOptions, RestoreProgress, RestoreReport, RestoreService
 from casbackup.selection import split_specs
 from casbackup.server_state import ON_EXISTING
+
+if TYPE_CHECKING:
+    from casbackup.restore import RestoreProgress, RestoreReport
 
 
 def parse_mapping(values: list[str] | None) -> dict[str, str]:
@@ -35,18 +42,21 @@ def parse_mapping(values: list[str] | None) -> dict[str, str]:
     return mapping
 
 
-class _RestoreBar(RestoreProgress):
-    def __init__(self, bar: ByteProgress) -> None:
-        self.bar = bar
+def _restore_bar(bar: ByteProgress) -> RestoreProgress:
+    """The progress bar as the restore reports to it (the class is built with the import)."""
+    from casbackup.restore import RestoreProgress
 
-    def start(self, total_bytes: int) -> None:
-        self.bar.set_total(total_bytes)
+    class RestoreBar(RestoreProgress):
+        def start(self, total_bytes: int) -> None:
+            bar.set_total(total_bytes)
 
-    def table(self, target: str) -> None:
-        self.bar.describe(target)
+        def table(self, target: str) -> None:
+            bar.describe(target)
 
-    def advance(self, nbytes: int) -> None:
-        self.bar.advance(nbytes)
+        def advance(self, nbytes: int) -> None:
+            bar.advance(nbytes)
+
+    return RestoreBar()
 
 
 def restore(
@@ -140,6 +150,8 @@ def restore(
         raise UsageError(detail=f"--on-existing must be one of {', '.join(ON_EXISTING)}")
     if no_tables and not (rbac or configs):
         raise UsageError(detail="--no-tables leaves nothing to restore without --rbac or --configs")
+    from casbackup.restore import RestoreOptions, RestoreService
+
     app: AppContext = ctx.obj
     options = RestoreOptions(
         tables=patterns(tables, ["*.*"]),
@@ -166,7 +178,7 @@ def restore(
     catalog = app.synced_catalog()
     bar = ByteProgress(enabled=not (json_output or app.quiet))
     service = RestoreService(
-        app.server, app.repository, catalog, manifest, options, _RestoreBar(bar)
+        app.server, app.repository, catalog, manifest, options, _restore_bar(bar)
     )
     with bar.running("restoring"):
         report = service.run()

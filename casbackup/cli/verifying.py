@@ -1,8 +1,12 @@
-"""The verify command."""
+"""The verify command.
+
+``casbackup.verify`` is imported when a command verifies, not with the
+command line (see ``cli/main.py``).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -10,7 +14,9 @@ from casbackup.cli.backups import JsonOption, TablesOption, patterns
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import emit_json, human_bytes, note, print_table
 from casbackup.errors import ExitCode, UsageError, VerifyFailed
-from casbackup.verify import Verifier, VerifyOptions, VerifyReport
+
+if TYPE_CHECKING:
+    from casbackup.verify import VerifyReport
 
 
 def report_document(report: VerifyReport) -> dict[str, object]:
@@ -64,6 +70,8 @@ def verify(
     json_output: JsonOption = False,
 ) -> int:
     """Check that backups restore: structure, optionally data, optionally a real test restore."""
+    from casbackup.verify import Verifier, VerifyOptions
+
     app: AppContext = ctx.obj
     if tables and not restore:
         raise UsageError(detail="--tables chooses what --restore restores; it needs --restore")
