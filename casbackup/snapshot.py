@@ -275,7 +275,7 @@ class SnapshotWriter:
             raise LockLost(
                 what=f"the lease of backup {self.name}", detail=exc.fields["detail"]
             ) from None
-        missing = chunks - self.catalog.index.locate(chunks).keys()
+        missing = chunks - self.catalog.index.indexed(chunks)
         if missing:
             raise IntegrityError(
                 detail=f"backup {self.name} references {len(missing)} chunks the index no longer holds "

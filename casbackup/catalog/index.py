@@ -66,6 +66,23 @@ class ChunkIndex:
         Each statement is its own read transaction (SQLite autocommit; a
         rollback after it elsewhere), so it always sees the latest commits.
         """
+        return self._digests_among(
+            "SELECT c.digest FROM chunks c JOIN packs p ON p.id = c.pack_id "
+            f"WHERE p.state = '{LIVE}' AND c.digest IN",
+            chunk_ids,
+        )
+
+    def indexed(self, chunk_ids: Iterable[bytes]) -> set[bytes]:
+        """The subset of ``chunk_ids`` located in any pack, condemned ones included.
+
+        What a commit checks of every chunk its backup references: once per
+        backup, but over all of them (~4,000 for a 4 GB table), where
+        ``locate``'s rows of locations cost twice the time for nothing used.
+        """
+        return self._digests_among("SELECT digest FROM chunks WHERE digest IN", chunk_ids)
+
+    def _digests_among(self, select_in: str, chunk_ids: Iterable[bytes]) -> set[bytes]:
+        """The digests ``select_in (...)`` finds among ``chunk_ids``, batch by batch."""
         with self.db.errors():  # the DB-API's own errors: no SQLAlchemy between
             connection = self._lookup_connection()
             placeholder = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
@@ -73,11 +90,7 @@ class ChunkIndex:
             cursor = connection.cursor()
             try:
                 for batch in batched([cid.hex() for cid in chunk_ids]):
-                    cursor.execute(
-                        "SELECT c.digest FROM chunks c JOIN packs p ON p.id = c.pack_id "
-                        f"WHERE p.state = '{LIVE}' AND c.digest IN ({', '.join([placeholder] * len(batch))})",
-                        batch,
-                    )
+                    cursor.execute(f"{select_in} ({', '.join([placeholder] * len(batch))})", batch)
                     found.update(bytes.fromhex(digest) for (digest,) in cursor.fetchall())
             finally:
                 cursor.close()

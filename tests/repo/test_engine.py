@@ -342,6 +342,44 @@ def test_unindexed_chunk_is_integrity_error(
         restore_manifest(repo, catalog, manifest, tmp_path / "out")
 
 
+@pytest.mark.parametrize("pack_state", ["forgotten", "condemned"])
+def test_commit_checks_every_chunk_is_still_indexed(
+    repo: Repository,
+    catalog: Catalog,
+    catalog_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    pack_state: str,
+) -> None:
+    """A pack gc forgot while the backup ran stops the commit; one it condemned does not.
+
+    The second backup stores nothing new: every chunk is b1's. Just before it
+    commits, gc (here: SQL) either forgets a pack and its chunk rows or only
+    condemns it; a condemned pack's chunks are resurrected by the next gc.
+    """
+    make_tree(tmp_path / "src")
+    snapshot_directory(repo, catalog, "b1", tmp_path / "src")
+    commit = SnapshotWriter.commit
+
+    def gc_meanwhile(self: SnapshotWriter, *args: Any, **kwargs: Any) -> Any:
+        with sqlite3.connect(catalog_url.removeprefix("sqlite:///")) as raw:
+            pack = "(SELECT min(id) FROM packs)"
+            if pack_state == "forgotten":
+                raw.execute(f"DELETE FROM chunks WHERE pack_id = {pack}")
+            else:
+                raw.execute(f"UPDATE packs SET state = 'condemned' WHERE id = {pack}")
+        return commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(SnapshotWriter, "commit", gc_meanwhile)
+    if pack_state == "forgotten":
+        with pytest.raises(IntegrityError, match=r"references .* chunks the index no longer holds"):
+            snapshot_directory(repo, catalog, "b2", tmp_path / "src")
+        assert set(repo.list_backups()) == {"b1"}
+    else:
+        snapshot_directory(repo, catalog, "b2", tmp_path / "src")
+        assert set(repo.list_backups()) == {"b1", "b2"}
+
+
 @pytest.mark.parametrize("kind", ["vanished", "a directory"])
 def test_unreadable_file_is_named_and_nothing_is_committed(
     repo: Repository, catalog: Catalog, tmp_path: Path, kind: str
