@@ -287,6 +287,15 @@ class NewerServerBackup(CasbackupError):
     exit_code = ExitCode.CONFLICT
 
 
+class ColumnTypeConflict(CasbackupError):
+    """{table} exists with column {column} of type {table_type}, but the backup's parts hold {column} as {backup_type}{more}: ATTACH would read them as the table's type; nothing was changed (use --drop-existing to restore the backup's definition, or --as to restore into another database)"""
+
+    # ATTACH PART does not compare types: 18.16 reads UInt64 parts in a
+    # String column as garbage strings, silently. Found while planning, like
+    # RestoreConflict, whose advice alone would not say what is wrong.
+    exit_code = ExitCode.CONFLICT
+
+
 class FilesConflict(CasbackupError):
     """{detail}; nothing was changed"""
 

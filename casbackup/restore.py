@@ -5,7 +5,9 @@ Order of work, so a refusal never leaves anything half-done:
 1. plan: choose tables (patterns; a materialized view brings its inner table),
    map databases (``--as``), and check every target. A table that exists with
    data (or a view that exists) is a conflict unless ``--drop-existing``; all
-   conflicts are reported together and nothing is changed.
+   conflicts are reported together and nothing is changed. A table that is
+   reused (not created from the backup's definition) must have the types
+   the parts' ``columns.txt`` give the columns both have.
 2. schema: create missing databases (same engine), drop what ``--drop-existing``
    replaces, create objects in the recorded dependency order, retrying ones
    whose dependencies are not there yet.
@@ -35,6 +37,7 @@ import blake3
 from casbackup import interrupts
 from casbackup.catalog import Catalog
 from casbackup.catalog.rebuild import sync
+from casbackup.clickhouse.columns import TypeConflict, parse_columns_txt, type_conflicts
 from casbackup.clickhouse.part_check import check_part
 from casbackup.clickhouse.server import (
     SCRATCH_PREFIX,
@@ -55,6 +58,7 @@ from casbackup.clickhouse.sql import (
 )
 from casbackup.errors import (
     ClickHouseError,
+    ColumnTypeConflict,
     DetachedPartExists,
     FilesConflict,
     IntegrityError,
@@ -73,7 +77,13 @@ from casbackup.file_errors import writing
 from casbackup.ordering import is_inner_table
 from casbackup.process import ProcessTag, name_owner, tagged_name
 from casbackup.repo import manifest as mf
-from casbackup.repo.reader import ChunkFetcher, ChunkLocation, FileTarget, write_files
+from casbackup.repo.reader import (
+    ChunkFetcher,
+    ChunkLocation,
+    FileTarget,
+    read_files,
+    write_files,
+)
 from casbackup.repo.repository import Repository
 from casbackup.selection import partition_selected, select, spec_selects
 from casbackup.server_state import (
@@ -92,6 +102,11 @@ TEMP_PREFIX = "casbackup_tmp_"
 # Up to this many targets in one database are looked up one by one (a query
 # each, cheap); more, and the database is listed once.
 LOOKUPS_BEFORE_LISTING = 8
+
+# A part's columns.txt is read into memory before the restore: bigger than
+# this, it is not one ClickHouse wrote (10,000 columns of long Enum types
+# make a few MiB).
+MAX_COLUMNS_TXT = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,10 @@ class RestoreOptions:
     # merge may change what a check then reads, e.g. a TTL merge dropping rows
     # that had expired at backup time but were still in the parts.
     keep_merges_stopped: bool = False
+    # Compare the column types of the parts with those of a table the restore
+    # reuses. verify --restore leaves it off: its --data-only targets are
+    # scratch tables it has just created from the backup's own definitions.
+    check_column_types: bool = True
 
 
 @dataclass
@@ -375,6 +394,7 @@ class RestoreService:
             items.append(_Item(t, database, t.name, owner_view=owner))
         self._check_statements(items)
         self._check_targets(items)
+        self._check_column_types(items)
         self.unused_specs = [
             spec
             for spec in self.options.partitions
@@ -521,6 +541,91 @@ class RestoreService:
             )
         if conflicts:
             raise RestoreConflict(detail="target exists: " + "; ".join(conflicts))
+
+    def _reused(self, item: _Item) -> bool:
+        """Whether parts go into the table that is there, not one made from the backup's definition.
+
+        ``--drop-existing`` drops and recreates a table, except with
+        ``--data-only`` (truncated) or ``--partitions`` (partitions dropped).
+        """
+        if item.existing is None or not item.entry.has_data or not self._parts(item.entry):
+            return False
+        return (
+            self.options.data_only
+            or bool(self.options.partitions)
+            or not self.options.drop_existing
+        )
+
+    def _check_column_types(self, items: list[_Item]) -> None:
+        """Refuse, before anything changes, parts whose columns have other types than the reused table's.
+
+        ATTACH PART does not compare them: UInt64 parts in a String column
+        attach without an error, and 18.16 reads them as garbage strings
+        (docs/operations.md). Each distinct columns.txt (parts of one schema
+        share one file id) is read once.
+        """
+        if self.options.schema_only or not self.options.check_column_types:
+            return
+        reused = [item for item in items if self._reused(item)]
+        listed = {id(item): self._columns_files(item) for item in reused}
+        contents = {content.id: content for found in listed.values() for _, content in found}
+        texts = self._read_files(list(contents.values())) if contents else {}
+        parsed: dict[bytes, list[tuple[str, str]]] = {}
+        conflicts: list[tuple[_Item, TypeConflict]] = []
+        for item in reused:
+            table_columns = self.server.stored_columns(item.database, item.name)
+            seen: set[str] = set()
+            for part, content in listed[id(item)]:
+                if content.id not in parsed:
+                    try:
+                        parsed[content.id] = parse_columns_txt(texts[content.id])
+                    except ValueError as exc:
+                        raise PartDamaged(
+                            table=item.target, part=part.name, detail=f"columns.txt: {exc}"
+                        ) from None
+                for conflict in type_conflicts(parsed[content.id], table_columns):
+                    if conflict.column not in seen:
+                        seen.add(conflict.column)
+                        conflicts.append((item, conflict))
+        if conflicts:
+            item, first = conflicts[0]
+            others = len(conflicts) - 1
+            raise ColumnTypeConflict(
+                table=item.target,
+                column=first.column,
+                backup_type=first.backup_type,
+                table_type=first.table_type,
+                more=f" (and {others} more column{'s' if others > 1 else ''} of the restored "
+                "tables differ)"
+                if others
+                else "",
+            )
+
+    def _columns_files(self, item: _Item) -> list[tuple[mf.Part, mf.FileContent]]:
+        """The columns.txt of each part restored into ``item`` (a part without one has nothing to compare)."""
+        found = []
+        for part in self._parts(item.entry):
+            listed = next((f for f in part.files if f.path == "columns.txt"), None)
+            if listed is None:
+                continue
+            content = self.files[listed.file_id]
+            if content.size > MAX_COLUMNS_TXT:
+                raise PartDamaged(
+                    table=item.target,
+                    part=part.name,
+                    detail=f"columns.txt of {content.size} bytes, more than ClickHouse writes",
+                )
+            found.append((part, content))
+        return found
+
+    def _read_files(self, contents: list[mf.FileContent]) -> dict[bytes, bytes]:
+        """Small files of the backup in memory, by file id, following a repack once (``follow_repacks``)."""
+        fetcher = ChunkFetcher(self.repo.store, threads=self.options.threads)
+        read = functools.partial(read_files, fetcher, self.catalog.index.locate, contents)
+        try:
+            return read()
+        except PackMissing as exc:
+            return self._after_sync(exc, read)
 
     def _existing(self, items: list[_Item]) -> dict[tuple[str, str], TableInfo]:
         """Those of the targets that exist: a listing per database with many, else a lookup each.

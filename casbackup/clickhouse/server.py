@@ -331,6 +331,15 @@ class ClickHouseServer:
             raise
         return replace(found[0], create_sql=str(next(iter(rows[0].values()))))
 
+    def stored_columns(self, database: str, table: str) -> dict[str, str]:
+        """Name and type of the columns the table's parts store (ALIAS and EPHEMERAL ones are not)."""
+        rows = self.client.query(
+            "SELECT name, type FROM system.columns "
+            f"WHERE database = {quote_string(database)} AND table = {quote_string(table)} "
+            "AND default_kind NOT IN ('ALIAS', 'EPHEMERAL')"
+        )
+        return {str(r["name"]): str(r["type"]) for r in rows}
+
     def database_exists(self, name: str) -> bool:
         return bool(
             self.client.query(

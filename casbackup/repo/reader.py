@@ -208,22 +208,56 @@ def write_files(
     ``fsync_part_directory`` are off by default): one per file made restores of
     parts with many small files several times slower.
     """
-    locations = locate({cid for target in targets for cid in target.content.chunks})
-    missing = [cid for target in targets for cid in target.content.chunks if cid not in locations]
-    if missing:
-        raise IntegrityError(
-            detail=f"{len(set(missing))} chunks are not in the index, e.g. {missing[0].hex()}"
-        )
-    for target in targets:
-        size = sum(locations[cid].raw_size for cid in target.content.chunks)
-        if size != target.content.size:
-            raise IntegrityError(
-                detail=f"{target.path.name}: chunks add up to {size} bytes, file has {target.content.size}"
-            )
+    locations = _locate_files(locate, [(t.path.name, t.content) for t in targets])
     return sum(
         _write_group(fetcher, locations, targets[start : start + MAX_OPEN_FILES], fsync=fsync)
         for start in range(0, len(targets), MAX_OPEN_FILES)
     )
+
+
+def _locate_files(
+    locate: Locator, files: list[tuple[str, FileContent]]
+) -> Mapping[bytes, ChunkLocation]:
+    """Where the files' chunks are, once every chunk is indexed and each file's add up to its size."""
+    locations = locate({cid for _, content in files for cid in content.chunks})
+    missing = [cid for _, content in files for cid in content.chunks if cid not in locations]
+    if missing:
+        raise IntegrityError(
+            detail=f"{len(set(missing))} chunks are not in the index, e.g. {missing[0].hex()}"
+        )
+    for name, content in files:
+        size = sum(locations[cid].raw_size for cid in content.chunks)
+        if size != content.size:
+            raise IntegrityError(
+                detail=f"{name}: chunks add up to {size} bytes, file has {content.size}"
+            )
+    return locations
+
+
+def read_files(
+    fetcher: ChunkFetcher, locate: Locator, contents: Iterable[FileContent]
+) -> dict[bytes, bytes]:
+    """Small files whole in memory, by file id, each chunk verified as ``write_files`` does.
+
+    For what casbackup reads itself before restoring (a part's
+    ``columns.txt``); the caller bounds the sizes, as all of it is held at once.
+    """
+    files = {content.id: content for content in contents}
+    locations = _locate_files(locate, [(cid.hex(), content) for cid, content in files.items()])
+    buffers = {file_id: bytearray(content.size) for file_id, content in files.items()}
+    needs: dict[bytes, list[tuple[bytes, int]]] = {}
+    for file_id, content in files.items():
+        offset = 0
+        for cid in content.chunks:
+            needs.setdefault(cid, []).append((file_id, offset))
+            offset += locations[cid].raw_size
+
+    def place(cid: bytes, raw: Raw) -> None:  # disjoint slices: no lock needed
+        for file_id, offset in needs[cid]:
+            buffers[file_id][offset : offset + len(raw)] = raw
+
+    fetcher.fetch_into({cid: locations[cid] for cid in needs}, place)
+    return {file_id: bytes(buffer) for file_id, buffer in buffers.items()}
 
 
 def _write_group(

@@ -702,3 +702,95 @@ def test_partitions_restore_into_a_live_table_counts_only_those_partitions(
         server_engine.sql(f"OPTIMIZE TABLE {db}.t PARTITION 202403 FINAL")
     server_engine.sql(f"SYSTEM START MERGES {db}.t")
     server_engine.sql(f"DROP DATABASE {db}")
+
+
+def _typed_backup(engine: Engine, dbname: str, cli: Any) -> None:
+    """Backup b of ``dbname``: t (d, id, v UInt64, s String), two months of rows, and u."""
+    db = q(dbname)
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(
+        f"CREATE TABLE {db}.t (d Date, id UInt64, v UInt64, s String) ENGINE = MergeTree "
+        "PARTITION BY toYYYYMM(d) ORDER BY id"
+    )
+    engine.sql(
+        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 40, number, "
+        "number * 1000, toString(number) FROM numbers(100)"
+    )
+    engine.sql(f"CREATE TABLE {db}.u (id UInt64) ENGINE = MergeTree ORDER BY id")
+    engine.sql(f"INSERT INTO {db}.u SELECT number FROM numbers(10)")
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code == 0
+
+
+def _detached(engine: Engine, database: str, table: str) -> list[str]:
+    server = server_for(engine)
+    try:
+        found = server.table(database, table)
+        assert found is not None
+        return sorted(p.name for p in (Path(found.data_paths[0]) / "detached").glob("*"))
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--data-only",), ("--data-only", "--drop-existing"), ("--partitions", "202401")],
+    ids=["empty", "data-only", "data-only-drop-existing", "partitions"],
+)
+def test_a_reused_table_with_another_column_type_is_refused_before_any_change(
+    engine: Engine, dbname: str, cli: Any, args: tuple[str, ...]
+) -> None:
+    """ATTACH PART took UInt64 parts into a String column: 18.16 read garbage strings, exit 0."""
+    db = q(dbname)
+    _typed_backup(engine, dbname, cli)
+    engine.sql(f"DROP TABLE {db}.t")
+    engine.sql(f"DROP TABLE {db}.u")  # restored by the plain restore, if it went ahead
+    engine.sql(
+        f"CREATE TABLE {db}.t (d Date, id UInt64, v String, s String) ENGINE = MergeTree "
+        "PARTITION BY toYYYYMM(d) ORDER BY id"
+    )
+    if "--drop-existing" in args or "--partitions" in args:  # rows the restore must not touch
+        engine.sql(f"INSERT INTO {db}.t SELECT toDate('2024-03-01'), 1, 'live', 'x'")
+    before = engine.sql(f"SELECT name FROM system.parts WHERE database = '{dbname}' AND active")
+    tables = ("--tables", f"{dbname}.t") if "--data-only" in args else ()
+    refused = cli(engine, "restore", "b", *args, *tables)
+    assert refused.code == ExitCode.CONFLICT, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line == (
+        f"casbackup: error: {dbname}.t exists with column v of type String, but the backup's "
+        "parts hold v as UInt64: ATTACH would read them as the table's type; nothing was "
+        "changed (use --drop-existing to restore the backup's definition, or --as to restore "
+        "into another database)"
+    )
+    assert engine.sql(f"SELECT name FROM system.parts WHERE database = '{dbname}' AND active") == (
+        before
+    )
+    assert engine.value(f"SELECT count() FROM {db}.t") == len(before)
+    assert _detached(engine, dbname, "t") == []
+    assert engine.sql(f"SELECT name FROM system.tables WHERE database = '{dbname}'") == [("t",)]
+
+    replaced = cli(engine, "restore", "b", "--drop-existing")
+    assert replaced.code == 0, replaced.stderr
+    assert engine.value(f"SELECT toTypeName(v) FROM {db}.t LIMIT 1") == "UInt64"
+    assert engine.value(f"SELECT sum(v) FROM {db}.t") == 1000 * 99 * 100 // 2
+
+
+def test_a_reused_table_of_compatible_columns_is_restored(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """Same types, a column added and one dropped since the backup: ATTACH copes, as before."""
+    db = q(dbname)
+    _typed_backup(engine, dbname, cli)
+    engine.sql(f"DROP TABLE {db}.t")
+    engine.sql(f"TRUNCATE TABLE {db}.u")
+    engine.sql(
+        f"CREATE TABLE {db}.t (d Date, id UInt64, v UInt64, extra UInt8 DEFAULT 7) "
+        "ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+    )
+    restored = cli(engine, "restore", "b")
+    assert restored.code == 0, restored.stderr
+    assert engine.sql(f"SELECT count(), sum(v), min(extra), max(extra) FROM {db}.t") == [
+        (100, 1000 * 99 * 100 // 2, 7, 7)
+    ]
+    assert engine.value(f"SELECT count() FROM {db}.u") == 10
+    assert _detached(engine, dbname, "t") == []

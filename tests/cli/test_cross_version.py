@@ -9,7 +9,7 @@ import pytest
 
 from casbackup.errors import ExitCode
 from tests.cli.test_verify import set_fingerprints
-from tests.clickhouse.schema import fingerprints
+from tests.clickhouse.schema import create_realistic, fingerprints, odd_database, q
 from tests.engines import ChdbEngine, ServerEngine
 
 
@@ -164,3 +164,49 @@ def test_a_backup_of_18_16_restores_and_verifies_on_26(
         for engine in (server_engine, chdb_engine):
             for name in (db, copy):
                 engine.sql(f"DROP DATABASE IF EXISTS {name}")
+
+
+def test_tables_of_an_18_16_backups_definitions_on_26_are_reused_without_a_type_conflict(
+    server_engine: ServerEngine, chdb_engine: ChdbEngine, cli: Any
+) -> None:
+    """18.16's columns.txt and 26.x's system.columns spell the same types alike: no refusal."""
+    db = "xv_types"
+    for engine in (server_engine, chdb_engine):
+        for name in (db, odd_database(db)):
+            engine.sql(f"DROP DATABASE IF EXISTS {q(name)}")
+    create_realistic(server_engine, db, rows=2000)
+    server_engine.sql(
+        f"CREATE TABLE {db}.more (a Decimal(18,2), b Nullable(Decimal32(3)), "
+        "d DateTime('UTC'), e Enum16('x y' = 1, 'z,w' = -2), f FixedString(16), g Float64, "
+        "h Int8, i UUID, j Nested(k UInt8, l String)) ENGINE = MergeTree ORDER BY tuple()"
+    )
+    server_engine.sql(f"INSERT INTO {db}.more (a, h) SELECT number / 3, 1 FROM numbers(50)")
+
+    def rows(engine: ServerEngine | ChdbEngine) -> dict[str, int]:
+        return {
+            f"{d}.{n}": int(engine.value(f"SELECT count() FROM {q(d)}.{q(n)}"))
+            for d, n in engine.sql(
+                "SELECT database, name FROM system.tables WHERE database IN "
+                f"('{db}', '{odd_database(db)}') AND engine LIKE '%MergeTree' "
+                "AND name NOT LIKE '.inner%'"
+            )
+        }
+
+    before = rows(server_engine)
+    try:
+        assert cli(server_engine, "init").code == 0
+        assert (
+            cli(server_engine, "create", "old", "--tables", f"{db}.*,{odd_database(db)}.*").code
+            == 0
+        )
+        schema = cli(chdb_engine, "restore", "old", "--schema-only")
+        assert schema.code == 0, schema.stderr
+        restored = cli(chdb_engine, "restore", "old", "--data-only")
+        assert restored.code == 0, restored.stderr
+        assert rows(chdb_engine) == before
+        summed = f"SELECT toString(sum(a)), toString(sum(h)) FROM {db}.more"
+        assert chdb_engine.sql(summed) == [("408.17", "50")] == server_engine.sql(summed)
+    finally:
+        for engine in (server_engine, chdb_engine):
+            for name in (db, odd_database(db)):
+                engine.sql(f"DROP DATABASE IF EXISTS {q(name)}")

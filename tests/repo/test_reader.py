@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from casbackup.errors import IntegrityError
 from casbackup.repo import keys, reader
-from casbackup.repo.chunker import chunk_id
-from casbackup.repo.reader import ChunkFetcher, ChunkLocation, plan_reads, preallocate
+from casbackup.repo.chunker import chunk_id, file_id
+from casbackup.repo.manifest import FileContent
+from casbackup.repo.reader import ChunkFetcher, ChunkLocation, plan_reads, preallocate, read_files
 from casbackup.store.local import LocalStore
 from tests.helpers import hinted_one_ahead
 
@@ -121,6 +123,33 @@ def test_every_read_after_the_first_wave_is_hinted_once(tmp_path: Path, threads:
     assert sorted(store.hinted) == sorted(planned[threads:])
     if threads == 1:  # one worker: the order is fixed, each read hinted one read before it
         assert store.events == hinted_one_ahead(planned, "read")
+
+
+def test_small_files_are_read_whole_in_memory(tmp_path: Path) -> None:
+    """A chunk two files share, and one file using a chunk twice, are placed at every offset."""
+    store = LocalStore(tmp_path / "repo")
+    a, b, c = b"columns format version: 1\n", b"2 columns:\n", b"`id` UInt64\n"
+    pack_id = b"\x05" * 32
+    locations = {}
+    offset = 0
+    for data in (a, b, c):
+        locations[chunk_id(data)] = ChunkLocation(pack_id, offset, len(data), len(data), 0)
+        offset += len(data)
+    store.put(keys.pack_key(pack_id), a + b + c)
+
+    def content(*parts: bytes) -> FileContent:
+        ids = [chunk_id(part) for part in parts]
+        return FileContent(id=file_id(ids), size=sum(map(len, parts)), chunks=ids)
+
+    one, other = content(a, b, c), content(c, c)
+    fetcher = ChunkFetcher(store, threads=2, max_gap=0)
+    assert read_files(fetcher, lambda _: locations, [one, other, one]) == {
+        one.id: a + b + c,
+        other.id: c + c,
+    }
+    del locations[chunk_id(b)]
+    with pytest.raises(IntegrityError, match="1 chunks are not in the index"):
+        read_files(fetcher, lambda _: locations, [one])
 
 
 def test_prefetch_first_hints_the_first_wave_only(tmp_path: Path) -> None:

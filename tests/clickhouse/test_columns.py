@@ -1,0 +1,141 @@
+"""A part's columns.txt read back, and type names compared as ClickHouse spells them."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from casbackup.clickhouse.columns import (
+    TypeConflict,
+    normalise_type,
+    parse_columns_txt,
+    type_conflicts,
+)
+
+# What writeBackQuotedString escapes (WriteHelpers.h, writeAnyEscapedString).
+_WRITER_ESCAPES = {
+    "\\": "\\\\",
+    "`": "\\`",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\0": "\\0",
+}
+
+
+def columns_txt(columns: list[tuple[str, str]]) -> bytes:
+    """``NamesAndTypesList::writeText``, as ClickHouse writes a part's columns.txt."""
+    lines = ["columns format version: 1", f"{len(columns)} columns:"]
+    for name, type_name in columns:
+        quoted = "".join(_WRITER_ESCAPES.get(ch, ch) for ch in name)
+        lines.append(f"`{quoted}` {type_name}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+# Both engines wrote exactly this for these columns (18.16 and 26.x alike).
+SEEN = (
+    b"columns format version: 1\n5 columns:\n`a\\`b` UInt8\n`c\\\\d` UInt8\n`e\\nf` UInt8\n"
+    b"`\xc3\xbc g` UInt8\n`h\\tq` Enum8('x\\ny' = 1, 'q\\'r' = 2, 'a\\\\b' = 3)\n"
+)
+
+
+def test_reads_what_clickhouse_wrote() -> None:
+    assert parse_columns_txt(SEEN) == [
+        ("a`b", "UInt8"),
+        ("c\\d", "UInt8"),
+        ("e\nf", "UInt8"),
+        ("ü g", "UInt8"),
+        ("h\tq", "Enum8('x\\ny' = 1, 'q\\'r' = 2, 'a\\\\b' = 3)"),
+    ]
+
+
+def test_reads_no_columns() -> None:
+    assert parse_columns_txt(b"columns format version: 1\n0 columns:\n") == []
+
+
+# Column names: any text; types: one line, not empty (getName never prints a newline).
+_names = st.text(st.characters(codec="utf-8"), max_size=20)
+_types = st.text(st.characters(codec="utf-8", exclude_characters="\n"), min_size=1, max_size=30)
+
+
+@given(st.lists(st.tuples(_names, _types), max_size=8, unique_by=lambda c: c[0]))
+def test_round_trips_what_clickhouse_writes(columns: list[tuple[str, str]]) -> None:
+    assert parse_columns_txt(columns_txt(columns)) == columns
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_or_raise_value_error(data: bytes) -> None:
+    with contextlib.suppress(ValueError):  # never another exception: the file is untrusted
+        parse_columns_txt(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"", "first line"),
+        (b"columns format version: 2\n1 columns:\n`a` UInt8\n", "first line"),
+        (b"columns format version: 1\nmany columns:\n", "second line"),
+        (b"columns format version: 1\n2 columns:\n`a` UInt8\n", "column 2: no back-quoted"),
+        (b"columns format version: 1\n1 columns:\n`a UInt8\n", "column 1: no back-quoted"),
+        (b"columns format version: 1\n1 columns:\n`a` UInt8", "column 1: no type"),
+        (b"columns format version: 1\n1 columns:\n`a`\n", "column 1: no type"),
+        (b"columns format version: 1\n1 columns:\n`a` \n", "column 1: no type"),
+        (b"columns format version: 1\n1 columns:\n`a` UInt8\n`b` UInt8\n", "more than the 1"),
+        (b"columns format version: 1\n2 columns:\n`a` UInt8\n`a` String\n", "listed twice"),
+        (b"columns format version: 1\n999999999 columns:\n`a` UInt8\n", "column 2"),
+    ],
+)
+def test_refuses_what_clickhouse_does_not_write(data: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        parse_columns_txt(data)
+
+
+def test_names_that_are_not_utf8_are_kept_apart() -> None:
+    [(name, _)] = parse_columns_txt(b"columns format version: 1\n1 columns:\n`\xff` UInt8\n")
+    assert name != "\ufffd" and name.encode("utf-8", "surrogateescape") == b"\xff"
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("Decimal(18, 2)", "Decimal(18,2)"),
+        ("Nullable( Decimal(9,3) )", "Nullable(Decimal(9, 3))"),
+        ("Enum8('a'=1,'b'=2)", "Enum8('a' = 1, 'b' = 2)"),
+        ("Tuple(a  UInt8,\tb String)", "Tuple(a UInt8, b String)"),
+        (" UInt64 ", "UInt64"),
+    ],
+)
+def test_spacing_is_not_a_different_type(one: str, other: str) -> None:
+    assert normalise_type(one) == normalise_type(other)
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("UInt64", "String"),
+        ("Decimal(18, 2)", "Decimal(18, 3)"),
+        ("LowCardinality(String)", "String"),
+        ("Enum8('a b' = 1)", "Enum8('a  b' = 1)"),  # inside quotes, spacing is the value
+        ("Enum8('a,b' = 1)", "Enum8('a, b' = 1)"),
+        ("Tuple(a UInt8)", "Tuple(aUInt8)"),
+    ],
+)
+def test_other_types_stay_apart(one: str, other: str) -> None:
+    assert normalise_type(one) != normalise_type(other)
+
+
+@given(_types)
+def test_normalising_is_idempotent(type_name: str) -> None:
+    once = normalise_type(type_name)
+    assert normalise_type(once) == once
+
+
+def test_only_columns_on_both_sides_can_conflict() -> None:
+    parts = [("id", "UInt64"), ("s", "String"), ("gone", "UInt8"), ("d", "Decimal(18,2)")]
+    table = {"id": "String", "s": "String", "added": "UInt8", "d": "Decimal(18, 2)"}
+    assert type_conflicts(parts, table) == [TypeConflict("id", "UInt64", "String")]
