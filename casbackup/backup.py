@@ -345,7 +345,7 @@ class BackupService:
             for disk_name, part_dir in self._selected_parts(table, freeze_name, known)
         ]
         everything = [(f, sums.get(f.relative)) for _, _, files, sums in frozen for f in files]
-        stored = {} if self.options.rehash else self._unchanged_files(snapshot, everything)
+        stored = {} if self.options.rehash else self._unchanged_files(snapshot, table, everything)
         to_read = [f.path for f, _ in everything if f.path not in stored]
         for path, result in snapshot.archiver.store_files(to_read):
             snapshot.add_file(result)
@@ -488,7 +488,10 @@ class BackupService:
         return result, sorted(name for name in keys if name not in result)
 
     def _unchanged_files(
-        self, snapshot: SnapshotWriter, files: list[tuple[DiskFile, FileChecksum | None]]
+        self,
+        snapshot: SnapshotWriter,
+        table: TableInfo,
+        files: list[tuple[DiskFile, FileChecksum | None]],
     ) -> dict[Path, StoredFile]:
         """Files a committed backup already stored, recognised without reading them.
 
@@ -499,7 +502,9 @@ class BackupService:
         """
         candidates = [(f, c) for f, c in files if c is not None and c.size == f.size]
         previous = previous_files(
-            self.catalog.db, [(f.dev, f.ino, f.size, f.mtime_ns) for f, _ in candidates]
+            self.catalog.db,
+            [(f.dev, f.ino, f.size, f.mtime_ns) for f, _ in candidates],
+            (table.database, table.name),
         )
         matched: list[tuple[DiskFile, PreviousFile]] = []
         for f, checksum in candidates:
