@@ -18,6 +18,12 @@ prints it (quotes inside an Enum are escaped, so it holds no newline).
 bytes as strings (garbage), while 26.x converts them. Restore compares them
 first (``type_conflicts``). The file comes from repository data, so it is
 untrusted: anything that is not this format is a ``ValueError``.
+
+Types that differ are not always a conflict: an ALTER that changes no
+stored byte (values added to an Enum, a DateTime's time zone) rewrites no
+part on 26.x, whose parts then keep the old type in ``columns.txt`` while
+the table has the new one (seen on chdb). Such parts read as the table's
+type byte for byte, on 18.16 too (``reads_as``).
 """
 
 from __future__ import annotations
@@ -92,6 +98,64 @@ def normalise_type(type_name: str) -> str:
     return "".join(out)
 
 
+# (part's type, table's type) of the same bytes on disk: the conversions ClickHouse's ALTER
+# makes without rewriting parts (MergeTreeData::isMetadataOnlyConversion), by type name.
+_SAME_BYTES = {
+    ("Enum8", "Int8"),
+    ("Enum16", "Int16"),
+    ("DateTime", "UInt32"),
+    ("UInt32", "DateTime"),
+    ("Date", "UInt16"),
+    ("UInt16", "Date"),
+}
+
+
+def _split_type(type_name: str) -> tuple[str, list[str]] | None:
+    """``Name(a, b)`` as (Name, [a, b]) with arguments normalised; None if it is not that shape."""
+    tokens = [t for t in tokenize(normalise_type(type_name)) if t.kind is not Kind.SPACE]
+    if not tokens or tokens[0].kind is not Kind.WORD:
+        return None
+    if len(tokens) == 1:
+        return tokens[0].text, []
+    if tokens[1].text != "(" or tokens[-1].text != ")":
+        return None
+    arguments: list[list[Token]] = [[]]
+    depth = 0
+    for token in tokens[2:-1]:
+        if token.kind is Kind.PUNCT and token.text in "()":
+            depth += 1 if token.text == "(" else -1
+            if depth < 0:
+                return None  # Name(a)(b): not one type
+        if token.kind is Kind.PUNCT and token.text == "," and depth == 0:
+            arguments.append([])
+        else:
+            arguments[-1].append(token)
+    return tokens[0].text, ["".join(t.text for t in argument) for argument in arguments]
+
+
+def reads_as(part_type: str, table_type: str) -> bool:
+    """Whether a part's column of ``part_type`` holds the bytes a ``table_type`` column reads.
+
+    The same type, or one an ALTER turned into the table's without rewriting
+    parts: an Enum whose every value the table's Enum (of the same width) has,
+    a DateTime of another time zone, and ``_SAME_BYTES``; also inside Array
+    and Nullable. Anything else is a conflict.
+    """
+    if normalise_type(part_type) == normalise_type(table_type):
+        return True
+    part, table = _split_type(part_type), _split_type(table_type)
+    if part is None or table is None:
+        return False
+    (part_name, part_args), (table_name, table_args) = part, table
+    if part_name != table_name:
+        return (part_name, table_name) in _SAME_BYTES
+    if part_name in ("Array", "Nullable") and len(part_args) == len(table_args) == 1:
+        return reads_as(part_args[0], table_args[0])
+    if part_name in ("Enum8", "Enum16"):
+        return set(part_args) <= set(table_args)
+    return part_name == "DateTime" and len(part_args) <= 1 and len(table_args) <= 1
+
+
 @dataclass(frozen=True)
 class TypeConflict:
     """A column the parts and the table both have, with different types."""
@@ -108,11 +172,11 @@ def type_conflicts(
 
     A column on one side only is no conflict: ATTACH leaves a column the
     table lacks out and fills one the parts lack with its default, as after
-    ``ADD COLUMN`` (docs/operations.md).
+    ``ADD COLUMN`` (docs/operations.md). Nor is a type the table's reads
+    byte for byte (``reads_as``).
     """
     return [
         TypeConflict(name, type_name, table_columns[name])
         for name, type_name in part_columns
-        if name in table_columns
-        and normalise_type(type_name) != normalise_type(table_columns[name])
+        if name in table_columns and not reads_as(type_name, table_columns[name])
     ]

@@ -794,3 +794,50 @@ def test_a_reused_table_of_compatible_columns_is_restored(
     ]
     assert engine.value(f"SELECT count() FROM {db}.u") == 10
     assert _detached(engine, dbname, "t") == []
+
+
+def test_parts_a_metadata_only_alter_left_behind_restore_into_the_altered_table(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """ALTER MODIFY COLUMN adding an Enum value, or changing a DateTime's time zone, rewrites no
+    part on 26.x: its parts keep the old type in columns.txt. Restoring them into the table they
+    came from (or one of its definition) was refused as a type conflict, though ATTACH reads
+    them as they are, as ClickHouse does after such an ALTER."""
+    db = q(dbname)
+    engine.sql(f"CREATE DATABASE {db}")
+    old = "d Date, id UInt64, e Enum8('a' = 1), ts DateTime, n Array(Nullable(Enum16('x' = 1)))"
+    altered = [
+        "e Enum8('a' = 1, 'b' = 2)",
+        "ts DateTime('UTC')",
+        "n Array(Nullable(Enum16('x' = 1, 'y' = 2)))",
+    ]
+    # Further values and another zone again, for the table the restore reuses: on 18.16, whose
+    # ALTER rewrote the parts' columns.txt, too.
+    further = [
+        "e Enum8('a' = 1, 'b' = 2, 'c' = 3)",
+        "ts DateTime('Asia/Tokyo')",
+        "n Array(Nullable(Enum16('x' = 1, 'y' = 2, 'z' = -3)))",
+    ]
+    engine.sql(
+        f"CREATE TABLE {db}.t ({old}) ENGINE = MergeTree PARTITION BY toYYYYMM(d) ORDER BY id"
+    )
+    engine.sql(
+        f"INSERT INTO {db}.t SELECT toDate('2024-01-01') + number % 40, number, 'a', "
+        "toDateTime(1700000000 + number, 'UTC'), ['x'] FROM numbers(100)"
+    )
+    for column in altered:
+        engine.sql(f"ALTER TABLE {db}.t MODIFY COLUMN {column}")
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.t").code == 0
+    expected = engine.sql(f"SELECT id, e, toUnixTimestamp(ts), n FROM {db}.t ORDER BY id")
+
+    into_live = cli(engine, "restore", "b", "--partitions", "202401", "--drop-existing")
+    assert into_live.code == 0, into_live.stderr
+    engine.sql(f"DROP TABLE {db}.t")
+    engine.sql(
+        f"CREATE TABLE {db}.t (d Date, id UInt64, {', '.join(further)}) ENGINE = MergeTree "
+        "PARTITION BY toYYYYMM(d) ORDER BY id"
+    )
+    into_empty = cli(engine, "restore", "b")
+    assert into_empty.code == 0, into_empty.stderr
+    assert engine.sql(f"SELECT id, e, toUnixTimestamp(ts), n FROM {db}.t ORDER BY id") == expected

@@ -12,6 +12,7 @@ from casbackup.clickhouse.columns import (
     TypeConflict,
     normalise_type,
     parse_columns_txt,
+    reads_as,
     type_conflicts,
 )
 
@@ -139,3 +140,45 @@ def test_only_columns_on_both_sides_can_conflict() -> None:
     parts = [("id", "UInt64"), ("s", "String"), ("gone", "UInt8"), ("d", "Decimal(18,2)")]
     table = {"id": "String", "s": "String", "added": "UInt8", "d": "Decimal(18, 2)"}
     assert type_conflicts(parts, table) == [TypeConflict("id", "UInt64", "String")]
+
+
+@pytest.mark.parametrize(
+    ("part", "table"),
+    [
+        ("Enum8('a' = 1)", "Enum8('a' = 1, 'b' = 2)"),  # ALTER added a value: parts not rewritten
+        ("Enum16('a,b' = -1)", "Enum16('c' = 2, 'a,b' = -1)"),
+        ("DateTime", "DateTime('UTC')"),
+        ("DateTime('UTC')", "DateTime('Asia/Tokyo')"),
+        ("Array(Nullable(Enum8('x' = 1)))", "Array(Nullable(Enum8('x' = 1, 'y' = 2)))"),
+        ("Enum8('a' = 1)", "Int8"),
+        ("DateTime('UTC')", "UInt32"),
+        ("UInt16", "Date"),
+    ],
+)
+def test_what_an_alter_leaves_in_parts_reads_as_the_table_type(part: str, table: str) -> None:
+    assert reads_as(part, table)
+    assert type_conflicts([("c", part)], {"c": table}) == []
+
+
+@pytest.mark.parametrize(
+    ("part", "table"),
+    [
+        ("Enum8('a' = 1, 'b' = 2)", "Enum8('a' = 1)"),  # a value the table cannot name
+        ("Enum8('a' = 1)", "Enum8('a' = 2)"),
+        ("Enum8('a,b' = 1)", "Enum8('a' = 1, 'b' = 1)"),
+        ("Enum8('a' = 1)", "Enum16('a' = 1)"),  # other width
+        ("Int8", "Enum8('a' = 1)"),
+        ("DateTime", "DateTime64(3)"),
+        ("UInt32", "Nullable(UInt32)"),  # a null map the part does not have
+        ("Array(UInt8)", "Array(Int16)"),
+        ("Tuple(a DateTime)", "Tuple(a UInt32)"),
+        ("Array(UInt8)(x)", "Array(UInt8)"),
+    ],
+)
+def test_other_bytes_stay_a_conflict(part: str, table: str) -> None:
+    assert not reads_as(part, table)
+
+
+@given(st.text(max_size=60), st.text(max_size=60))
+def test_reads_as_takes_any_text(part: str, table: str) -> None:
+    assert reads_as(part, table) in (True, False)
