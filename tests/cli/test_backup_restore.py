@@ -841,3 +841,24 @@ def test_parts_a_metadata_only_alter_left_behind_restore_into_the_altered_table(
     into_empty = cli(engine, "restore", "b")
     assert into_empty.code == 0, into_empty.stderr
     assert engine.sql(f"SELECT id, e, toUnixTimestamp(ts), n FROM {db}.t ORDER BY id") == expected
+
+
+def test_every_distinct_columns_txt_of_a_table_is_compared(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """Parts of one columns.txt are compared once; one of another columns.txt still is."""
+    db = q(dbname)
+    engine.sql(f"CREATE DATABASE {db}")
+    engine.sql(f"CREATE TABLE {db}.t (id UInt64) ENGINE = MergeTree ORDER BY id")
+    engine.sql(f"SYSTEM STOP MERGES {db}.t")
+    for i in range(3):
+        engine.sql(f"INSERT INTO {db}.t SELECT {i}")
+    engine.sql(f"ALTER TABLE {db}.t ADD COLUMN v UInt64")  # the old parts keep their columns.txt
+    engine.sql(f"INSERT INTO {db}.t SELECT 9, 9")
+    cli(engine, "init")
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.t").code == 0
+    engine.sql(f"DROP TABLE {db}.t")
+    engine.sql(f"CREATE TABLE {db}.t (id UInt64, v String) ENGINE = MergeTree ORDER BY id")
+    refused = cli(engine, "restore", "b")
+    assert refused.code == ExitCode.CONFLICT, refused.stderr
+    assert "column v of type String, but the backup's parts hold v as UInt64" in refused.stderr
