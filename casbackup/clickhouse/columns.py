@@ -35,9 +35,12 @@ from dataclasses import dataclass
 from casbackup.clickhouse.sql import Kind, Token, tokenize
 
 HEADER = "columns format version: 1"
+_WHITESPACE = re.compile(r"\s")
 _COUNT = re.compile(r"([0-9]{1,9}) columns:")
-# A back-quoted name: closing quote unless escaped by a backslash or doubled.
-_NAME = re.compile(r"`(?:[^`\\]|\\.|``)*`", re.DOTALL)
+# A back-quoted name: closing quote unless escaped by a backslash or doubled. Possessive
+# (``*+``) and by runs: sre kept ~120 bytes per character of a plain ``*`` group for
+# backtracking it never needs (no two alternatives start alike), 4 GB for a 32 MiB name.
+_NAME = re.compile(r"`(?:[^`\\]+|\\.|``)*+`", re.DOTALL)
 
 
 def parse_columns_txt(data: bytes) -> list[tuple[str, str]]:
@@ -63,7 +66,11 @@ def parse_columns_txt(data: bytes) -> list[tuple[str, str]]:
         end = rest.find("\n", name.end())
         if end < 0 or rest[name.end() : name.end() + 1] != " " or end == name.end() + 1:
             raise ValueError(f"column {len(columns) + 1}: no type after the name")
-        identifier = Token(Kind.QUOTED, name.group()).identifier
+        body = name.group()[1:-1]
+        # Unescaped only if escaped: _unescape holds a list entry per character.
+        identifier = (
+            Token(Kind.QUOTED, name.group()).identifier if "\\" in body or "``" in body else body
+        )
         assert identifier is not None  # a QUOTED token always names one
         columns.append((identifier, rest[name.end() + 1 : end]))
         position = end + 1
@@ -86,15 +93,20 @@ def normalise_type(type_name: str) -> str:
     FixedString, UUID, Float64 and Nested columns, identically, so spacing
     is all this takes out; aliases (Decimal32(3)) are already resolved in both.
     """
-    tokens = list(tokenize(type_name.strip()))
+    text = type_name.strip()
+    if _WHITESPACE.search(text) is None:
+        return text  # nothing to take out: no tokens (a Token per character of "((((...")
     out: list[str] = []
-    for index, token in enumerate(tokens):
-        if token.kind is not Kind.SPACE or not token.text.isspace():  # (a comment: no type has one)
-            out.append(token.text)
+    previous: Token | None = None
+    spaced = False  # whitespace since ``previous``, written if neither side is punctuation
+    for token in tokenize(text):
+        if token.kind is Kind.SPACE and token.text.isspace():  # (a comment: no type has one)
+            spaced = True
             continue
-        neighbours = tokens[index - 1 : index] + tokens[index + 1 : index + 2]
-        if not any(t.kind is Kind.PUNCT for t in neighbours):
+        if spaced and previous is not None and Kind.PUNCT not in (previous.kind, token.kind):
             out.append(" ")
+        out.append(token.text)
+        previous, spaced = token, False
     return "".join(out)
 
 
@@ -111,26 +123,41 @@ _SAME_BYTES = {
 
 
 def _split_type(type_name: str) -> tuple[str, list[str]] | None:
-    """``Name(a, b)`` as (Name, [a, b]) with arguments normalised; None if it is not that shape."""
-    tokens = [t for t in tokenize(normalise_type(type_name)) if t.kind is not Kind.SPACE]
-    if not tokens or tokens[0].kind is not Kind.WORD:
+    """``Name(a, b)`` as (Name, [a, b]) with arguments normalised; None if it is not that shape.
+
+    Token by token, keeping offsets only: the part's type is untrusted, up to
+    ``MAX_COLUMNS_TXT`` long.
+    """
+    text = normalise_type(type_name)
+    tokens = tokenize(text)
+    head = next(tokens, None)
+    if head is None or head.kind is not Kind.WORD:
         return None
-    if len(tokens) == 1:
-        return tokens[0].text, []
-    if tokens[1].text != "(" or tokens[-1].text != ")":
-        return None
-    arguments: list[list[Token]] = [[]]
+    arguments: list[str] = []
+    position = start = len(head.text)
     depth = 0
-    for token in tokens[2:-1]:
-        if token.kind is Kind.PUNCT and token.text in "()":
-            depth += 1 if token.text == "(" else -1
+    for token in tokens:
+        at, position = position, position + len(token.text)
+        if token.kind is Kind.PUNCT and token.text == "(":
+            depth += 1
+            if depth == 1:
+                if at != len(head.text):
+                    return None  # Name(a)(b), or text before the parenthesis
+                start = position
+        elif token.kind is Kind.PUNCT and token.text in ",)" and depth == 1:
+            arguments.append(text[start:at])
+            start = position
+            if token.text == ")":
+                depth = 0
+        elif token.kind is Kind.PUNCT and token.text == ")":
+            depth -= 1
             if depth < 0:
-                return None  # Name(a)(b): not one type
-        if token.kind is Kind.PUNCT and token.text == "," and depth == 0:
-            arguments.append([])
-        else:
-            arguments[-1].append(token)
-    return tokens[0].text, ["".join(t.text for t in argument) for argument in arguments]
+                return None
+        elif depth == 0:
+            return None  # text after the closing parenthesis
+    if depth != 0:
+        return None
+    return head.text, arguments
 
 
 def reads_as(part_type: str, table_type: str) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -182,3 +184,31 @@ def test_other_bytes_stay_a_conflict(part: str, table: str) -> None:
 @given(st.text(max_size=60), st.text(max_size=60))
 def test_reads_as_takes_any_text(part: str, table: str) -> None:
     assert reads_as(part, table) in (True, False)
+
+
+_HOSTILE = """
+import resource, sys
+from casbackup.clickhouse.columns import parse_columns_txt, type_conflicts
+
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
+size = 16 * 1024 * 1024
+for name, type_name in [("a" * size, "UInt8"), ("id", "x" * size), ("id", "(" * size)]:
+    data = f"columns format version: 1\\n1 columns:\\n`{name}` {type_name}\\n".encode()
+    [(parsed_name, parsed_type)] = parse_columns_txt(data)
+    assert len(parsed_name) == len(name) and len(parsed_type) == len(type_name)
+    assert len(type_conflicts([(parsed_name, parsed_type)], {"id": "UInt64", "a": "UInt8"})) == (
+        parsed_name == "id"
+    )
+"""
+
+
+def test_a_hostile_columns_txt_takes_memory_in_proportion_to_its_size() -> None:
+    """16 MiB names or types (the cap is 64 MiB) took 2 GB each: sre's stack for ``(a|b)*``
+    groups and a Token per character. Now within 512 MiB of address space, all of them."""
+    done = subprocess.run(
+        [sys.executable, "-c", _HOSTILE, str(512 * 1024 * 1024)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
