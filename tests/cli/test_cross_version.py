@@ -181,6 +181,18 @@ def test_tables_of_an_18_16_backups_definitions_on_26_are_reused_without_a_type_
         "h Int8, i UUID, j Nested(k UInt8, l String)) ENGINE = MergeTree ORDER BY tuple()"
     )
     server_engine.sql(f"INSERT INTO {db}.more (a, h) SELECT number / 3, 1 FROM numbers(50)")
+    # 26.x names a versioned aggregate function's state type with its version, which the
+    # 18.16 parts' columns.txt lacks: AggregateFunction(1, sumMap, ...).
+    server_engine.sql(
+        f"CREATE TABLE {db}.states (k UInt64, "
+        "s AggregateFunction(sumMap, Array(UInt8), Array(UInt64)), "
+        "u AggregateFunction(uniq, UInt64)) ENGINE = AggregatingMergeTree ORDER BY k"
+    )
+    server_engine.sql(
+        f"INSERT INTO {db}.states SELECT number % 3, "
+        "sumMapState([toUInt8(number % 5)], [toUInt64(number)]), uniqState(number) "
+        "FROM numbers(100) GROUP BY number % 3"
+    )
 
     def rows(engine: ServerEngine | ChdbEngine) -> dict[str, int]:
         return {
@@ -206,6 +218,8 @@ def test_tables_of_an_18_16_backups_definitions_on_26_are_reused_without_a_type_
         assert rows(chdb_engine) == before
         summed = f"SELECT toString(sum(a)), toString(sum(h)) FROM {db}.more"
         assert chdb_engine.sql(summed) == [("408.17", "50")] == server_engine.sql(summed)
+        merged = f"SELECT k, toString(sumMapMerge(s)), uniqMerge(u) FROM {db}.states GROUP BY k"
+        assert sorted(chdb_engine.sql(merged)) == sorted(server_engine.sql(merged))
     finally:
         for engine in (server_engine, chdb_engine):
             for name in (db, odd_database(db)):

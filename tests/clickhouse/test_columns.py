@@ -155,6 +155,15 @@ def test_only_columns_on_both_sides_can_conflict() -> None:
         ("Enum8('a' = 1)", "Int8"),
         ("DateTime('UTC')", "UInt32"),
         ("UInt16", "Date"),
+        # 18.16's name of a state type, and 26.x's (its default version) for the same text
+        (
+            "AggregateFunction(sumMap, Array(UInt8), Array(UInt64))",
+            "AggregateFunction(1, sumMap, Array(UInt8), Array(UInt64))",
+        ),
+        (
+            "AggregateFunction(quantiles(0.5, 0.9), UInt64)",
+            "AggregateFunction(2, quantiles(0.5,0.9), UInt64)",
+        ),
     ],
 )
 def test_what_an_alter_leaves_in_parts_reads_as_the_table_type(part: str, table: str) -> None:
@@ -175,6 +184,9 @@ def test_what_an_alter_leaves_in_parts_reads_as_the_table_type(part: str, table:
         ("Array(UInt8)", "Array(Int16)"),
         ("Tuple(a DateTime)", "Tuple(a UInt32)"),
         ("Array(UInt8)(x)", "Array(UInt8)"),
+        ("AggregateFunction(uniq, UInt64)", "AggregateFunction(1, uniqExact, UInt64)"),
+        ("AggregateFunction(1, sumMap, Array(UInt8))", "AggregateFunction(sumMap, Array(UInt8))"),
+        ("AggregateFunction(uniq, UInt64)", "AggregateFunction"),
     ],
 )
 def test_other_bytes_stay_a_conflict(part: str, table: str) -> None:
