@@ -288,7 +288,7 @@ class NewerServerBackup(CasbackupError):
 
 
 class ColumnTypeConflict(CasbackupError):
-    """{table} exists with column {column} of type {table_type}, but the backup's parts hold {column} as {backup_type}{more}: ATTACH would read them as the table's type; nothing was changed (use --drop-existing to restore the backup's definition, or --as to restore into another database)"""
+    """{table} exists with column {column} of type {table_type}, but the backup's parts hold {column} as {backup_type}{more}: ATTACH would read them as the table's type; nothing was changed (use --drop-existing to restore the backup's definition, --as to restore into another database, or --allow-type-change on a ClickHouse release that converts them as after MODIFY COLUMN, e.g. 26.x)"""
 
     # ATTACH PART does not compare types: 18.16 reads UInt64 parts in a
     # String column as garbage strings, silently. Found while planning, like

@@ -145,7 +145,8 @@ class RestoreOptions:
     keep_merges_stopped: bool = False
     # Compare the column types of the parts with those of a table the restore
     # reuses. verify --restore leaves it off: its --data-only targets are
-    # scratch tables it has just created from the backup's own definitions.
+    # scratch tables it has just created from the backup's own definitions;
+    # so does --allow-type-change, for releases that convert on read.
     check_column_types: bool = True
 
 

@@ -133,6 +133,15 @@ def restore(
             "(about 1 s per GB more).",
         ),
     ] = False,
+    allow_type_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-type-change",
+            help="Attach parts into an existing table whose column types differ from theirs "
+            "all the same: 26.x converts them as after MODIFY COLUMN; 18.16 reads their bytes "
+            "as the table's type (garbage).",
+        ),
+    ] = False,
     allow_older_server: Annotated[
         bool,
         typer.Option(
@@ -173,6 +182,7 @@ def restore(
         check_parts=check,
         follow_repacks=True,
         allow_older_server=allow_older_server,
+        check_column_types=not allow_type_change,
     )
     manifest = app.repository.read_manifest(name)
     catalog = app.synced_catalog()
