@@ -4,14 +4,27 @@
     .venv/bin/python tools/kill_campaign.py --engine server --kills 150 --out /tmp/camp
     .venv/bin/python tools/kill_campaign.py --engine chdb --kills 150 --out /tmp/camp --seed 7
     .venv/bin/python tools/kill_campaign.py --engine server --only restore_as --kills 40 --out /tmp/camp
+    .venv/bin/python tools/kill_campaign.py --engine chdb --store s3 --kills 100 --out /tmp/camp
 
 The promise (README.md): a failed or killed run never loses or corrupts
 anything already committed, and leaves nothing behind that the next run or
 `casbackup clean` does not remove. tests/cli/test_failures.py kills at a few
-fixed points; this kills at a uniformly random moment within each command's
+fixed points; this kills at a random moment within each command's
 measured unkilled duration, against a private ClickHouse 18.16 server
 (tools/clickhouse_server.py) or chdb (each step its own process: chdb locks
-its directory to one process).
+its directory to one process; it runs under a users.xml with access
+management, so `create --rbac` / `restore --rbac`, in the mix on chdb only,
+have entities to capture). The repository is a local directory, or with
+--store s3 a prefix of a bucket on moto's S3 server on loopback
+(tests/s3server.py), with multipart uploads from 5 MiB and a table of
+--blob-mb (default 6) incompressible MiB made anew before each create, so
+that packs go up in parts and a kill can leave an upload open.
+
+Kill moments (--timing work, the default): start-up (Python, imports, config)
+ends at the first line of `-v` log output, or when a `list` would have ended
+if that is earlier; one kill in ten lands uniformly in the start-up, the
+others uniformly between its end and the measured duration. --timing
+uniform is the first campaign's uniform moment in [0, duration].
 
 Each round: prepare (churn before `create`, a free target before `restore
 --as`), run one command as `python -m casbackup`, SIGKILL it, run `clean`
@@ -23,17 +36,22 @@ and `clean --broken --margin 1s`, then check:
 - nothing is left: no `shadow/casbackup_*`, no `casbackup_*` under any
   `detached/` (a partial-restore marker only if clean reported it), no
   `_casbackup_verify_*` database, nothing under the repository's locks/, no
-  `.tmp-` store temporaries, no `.catalog*`/`catalog.sqlite-*` file beside
-  the catalog, and no `casbackup_merges_paused_` marker (stopped merges are
-  not probed on the server otherwise; chdb forgets STOP MERGES with its
-  process);
+  `.tmp-` store temporaries or open multipart uploads (`clean --broken
+  --margin 1s` aborts those older than a second), no `.catalog*`/
+  `catalog.sqlite-*` file beside the catalog, and no
+  `casbackup_merges_paused_` marker (stopped merges are not probed on the
+  server otherwise; chdb forgets STOP MERGES with its process);
+- every object in the store is accounted for: `config`, a manifest of a
+  listed backup, a pack the catalog indexes (`clean --broken` indexes and
+  condemns a killed run's unrecorded packs; gc frees unused ones), a lock
+  (reported above) or a gc mark under `condemned/`;
 - the same command run again unkilled succeeds (a restore refused because a
   killed one left data is run again with --drop-existing, as its message
   says), and leaves no hidden `.casbackup_tmp_` config files behind.
 
-Every round is one JSON line in OUT/<engine>/rounds.jsonl (command, measured
-duration, kill moment, whether the kill came after the command had ended,
-violations); violations are also printed. A summary per command is printed
+Every round is one JSON line in OUT/<engine>[-s3]/rounds.jsonl (command,
+measured duration and start-up, kill moment and phase, whether the kill came
+after the command had ended, violations); violations are also printed. A summary per command is printed
 at the end. --deadline HH:MM (UTC) stops the campaign in time; SIGTERM
 stops it too (and the server it started). A round takes 10-15 s: run one
 campaign at a time. To reproduce a violation, kill at a fixed point instead
@@ -43,14 +61,17 @@ campaign at a time. To reproduce a violation, kill at a fixed point instead
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -73,11 +94,15 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from tests.engines import ChdbEngine
 engine = ChdbEngine(Path(sys.argv[1]))
-engine.start()
+if sys.argv[4]:  # a server config (users.xml with access management, for --rbac)
+    from chdb import session
+    engine._session = session.Session(f"{sys.argv[1]}?config-file={sys.argv[4]}")
+else:
+    engine.start()
 try:
     if sys.argv[3] == "setup":
         from tests.clickhouse.schema import create_realistic
-        create_realistic(engine, json.loads(sys.stdin.read())["db"], json.loads(sys.argv[4]))
+        create_realistic(engine, json.loads(sys.stdin.read())["db"], json.loads(sys.argv[5]))
         print("[]")
     else:
         print(json.dumps([engine.sql(q) for q in json.loads(sys.stdin.read())], default=str))
@@ -129,14 +154,35 @@ class ServerTarget(Target):
 
 
 class ChdbTarget(Target):
+    """chdb under a users.xml with access management, so `--rbac` has entities to capture."""
+
     def __init__(self, root: Path) -> None:
+        from tests.cli.test_server_state import USERS_XML
+
         root.mkdir(parents=True, exist_ok=True)
-        self.name, self.url, self.modern = "chdb", f"chdb://{root}", True
-        self.data_root = root
+        self.data_root = root / "data"
+        (root / "users.xml").write_text(USERS_XML)
+        self.config_file = root / "config.xml"
+        self.config_file.write_text(
+            f"<clickhouse><users_config>{root / 'users.xml'}</users_config>"
+            "<display_secrets_in_show_and_select>1</display_secrets_in_show_and_select>"
+            "</clickhouse>"
+        )
+        self.name, self.modern = "chdb", True
+        self.url = f"chdb://{self.data_root}?config={self.config_file}"
 
     def _run(self, mode: str, stdin: str, *extra: str) -> str:
         done = subprocess.run(
-            [PYTHON, "-c", _CHDB_RUNNER, str(self.data_root), str(ROOT), mode, *extra],
+            [
+                PYTHON,
+                "-c",
+                _CHDB_RUNNER,
+                str(self.data_root),
+                str(ROOT),
+                mode,
+                str(self.config_file),
+                *extra,
+            ],
             input=stdin,
             capture_output=True,
             text=True,
@@ -154,6 +200,99 @@ class ChdbTarget(Target):
         self._run("setup", json.dumps({"db": DB}), json.dumps(rows))
 
 
+# --- stores ------------------------------------------------------------------------------------
+
+
+class LocalRepo:
+    """The repository in a local directory, its catalog beside it (the default layout)."""
+
+    name = "local"
+
+    def __init__(self, work: Path) -> None:
+        self.root = work / "repo"
+        self.location = str(self.root)
+        self.catalog = self.root / "catalog.sqlite"
+
+    def config_lines(self) -> str:
+        return ""
+
+    def objects(self) -> dict[str, int]:
+        """Every file of the repository but the catalog's, by store key."""
+        if not self.root.is_dir():
+            return {}
+        return {
+            str(p.relative_to(self.root)): p.stat().st_size
+            for p in self.root.rglob("*")
+            if p.is_file()
+            and not p.name.startswith((".tmp-", ".catalog"))  # leftovers() reports these
+            and not (p.parent == self.root and p.name.startswith("catalog.sqlite"))
+        }
+
+    def open_uploads(self) -> list[str]:
+        return [str(p.relative_to(self.root)) for p in self.root.rglob(".tmp-*")]
+
+    def stop(self) -> None:
+        pass
+
+
+class S3Repo:
+    """The repository under a prefix of a bucket on moto's server on loopback (tests/s3server.py).
+
+    Credentials, region and endpoint reach casbackup through boto3's standard
+    environment, as in tests/cli/test_s3.py; the catalog is a SQLite file in
+    the work directory (``[catalog] url``), so its debris is checked there.
+    Multipart uploads start at 5 MiB (S3's least) so that packs of a `create`
+    go up in parts and a kill can leave an upload open.
+    """
+
+    name = "s3"
+    PREFIX = "camp/repo"
+
+    def __init__(self, work: Path) -> None:
+        from tests.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3Server
+
+        self.server = S3Server(work)
+        self.server.start()
+        for variable in list(os.environ):
+            if variable.startswith("AWS_"):
+                del os.environ[variable]
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=ACCESS_KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+            AWS_DEFAULT_REGION=REGION,
+            AWS_EC2_METADATA_DISABLED="true",
+            AWS_CONFIG_FILE="/nonexistent/casbackup-camp/config",
+            AWS_SHARED_CREDENTIALS_FILE="/nonexistent/casbackup-camp/credentials",
+            AWS_ENDPOINT_URL_S3=self.server.endpoint,
+        )
+        self.bucket = "casbackup-camp"
+        self.server.client().create_bucket(Bucket=self.bucket)
+        self.location = f"s3://{self.bucket}/{self.PREFIX}"
+        (work / "catalog").mkdir(parents=True, exist_ok=True)
+        self.catalog = work / "catalog" / "catalog.sqlite"
+
+    def config_lines(self) -> str:
+        return (
+            f'[catalog]\nurl = "sqlite:///{self.catalog}"\n'
+            "[s3]\nmultipart_threshold_mb = 5\nmultipart_chunk_mb = 5\nconcurrency = 2\n"
+        )
+
+    def objects(self) -> dict[str, int]:
+        keys = self.server.keys(self.bucket)
+        return {k.removeprefix(self.PREFIX + "/"): size for k, size in keys.items()}
+
+    def open_uploads(self) -> list[str]:
+        """Multipart uploads neither completed nor aborted, anywhere in the bucket."""
+        found: list[str] = []
+        pages = self.server.client().get_paginator("list_multipart_uploads")
+        for page in pages.paginate(Bucket=self.bucket):
+            found += [f"{u['Key']} ({u['UploadId'][:12]})" for u in page.get("Uploads", ())]
+        return found
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
 # --- the campaign ----------------------------------------------------------------------------
 
 
@@ -169,17 +308,19 @@ class Outcome:
 @dataclass
 class Campaign:
     target: Target
+    store: LocalRepo | S3Repo
     work: Path
     rng: random.Random
     verify_restore_every: int
+    timing: str = "work"
+    blob_mb: int = 0
     durations: dict[str, float] = field(default_factory=dict)
+    startups: dict[str, float] = field(default_factory=dict)
+    rbac_backups: set[str] = field(default_factory=set)
+    list_seconds: float | None = None
     counter: int = 0
     rounds: int = 0
     log: Any = None
-
-    @property
-    def repo(self) -> Path:
-        return self.work / "repo"
 
     @property
     def config(self) -> Path:
@@ -193,12 +334,16 @@ class Campaign:
     def files_target(self) -> Path:
         return self.work / "files"
 
+    @property
+    def access(self) -> Path:
+        return self.work / "access"
+
     def base(self) -> list[str]:
         return [
             "--config",
             str(self.config),
             "--repo",
-            str(self.repo),
+            self.store.location,
             "--clickhouse",
             self.target.url,
         ]
@@ -213,11 +358,58 @@ class Campaign:
             raise RuntimeError(f"casbackup {' '.join(args)}: exit {done.returncode}: {done.stderr}")
         return outcome
 
+    def timed(self, args: list[str]) -> tuple[Outcome, float]:
+        """Run ``args`` with ``-v`` unkilled; also when start-up ended, as far as can be seen.
+
+        Python's start-up and imports print nothing. Start-up ends at the first
+        line of -v log output, or, for commands that log late or not at all
+        (gc, delete, restore on chdb), when a `list` (imports, config, store
+        and catalog opened, no ClickHouse) would have ended.
+        """
+        started = time.monotonic()
+        with tempfile.TemporaryFile("w+") as out:
+            process = subprocess.Popen(
+                [*CASBACKUP, "-v", *self.base(), *args],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert process.stderr is not None
+            first: float | None = None
+            lines: list[str] = []
+            for line in process.stderr:
+                if first is None:
+                    first = time.monotonic() - started
+                lines.append(line)
+            process.wait(timeout=TIMEOUT_S)
+            seconds = time.monotonic() - started
+            out.seek(0)
+            outcome = Outcome(process.returncode, out.read(), "".join(lines), seconds)
+        if self.list_seconds is None:
+            self.list_seconds = min(self.casbackup("list", "--json").seconds for _ in range(3))
+        return outcome, min(seconds if first is None else first, self.list_seconds)
+
+    def kill_moment(self, command: str) -> tuple[float, str]:
+        """When to kill ``command``, and in which phase that is.
+
+        --timing uniform: anywhere in the measured duration (the first
+        campaign's choice; many kills then land in Python's start-up).
+        --timing work: one kill in ten in the start-up (up to the first -v
+        log line), the others uniformly in the rest of the run.
+        """
+        duration = self.durations[command]
+        if self.timing == "uniform":
+            return self.rng.uniform(0, duration), "any"
+        startup = min(self.startups[command], 0.9 * duration)
+        if self.rng.random() < 0.1:
+            return self.rng.uniform(0, startup), "start-up"
+        return self.rng.uniform(startup, duration), "work"
+
     def killed_at(self, args: list[str], at: float) -> Outcome:
         """Run ``args``, SIGKILL it ``at`` seconds after its start (unless it ended before)."""
         started = time.monotonic()
         process = subprocess.Popen(
-            [*CASBACKUP, *self.base(), *args],
+            [*CASBACKUP, "-v", *self.base(), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -247,8 +439,14 @@ class Campaign:
             "[backup]\n"
             f'configs = true\nconfigs_path = "{self.etc}"\n'
             '[gc]\nmin_age = "1s"\n'
-            '[verify]\nread_data_subset = "20%"\nrestore = false\n'
+            '[verify]\nread_data_subset = "20%"\nrestore = false\n' + self.store.config_lines()
         )
+        self.access.mkdir(parents=True, exist_ok=True)  # what `--access-path` points at
+        (self.access / "users.list").write_bytes(b"\x01binary index")
+        for i in range(3):
+            (self.access / f"{i:08x}.sql").write_text(
+                f"ATTACH USER u{i} IDENTIFIED WITH no_password;\n"
+            )
         self.target.setup(rows)
         self.casbackup("init", check=True)
         for _ in range(4):  # `delete` takes the oldest of at least four
@@ -273,6 +471,17 @@ class Campaign:
         ]
         if self.rng.random() < 0.3:
             queries.append(f"OPTIMIZE TABLE {DB}.{table} FINAL")
+        if self.blob_mb:
+            # --blob-mb: a table of incompressible bytes made anew, so each create
+            # seals a pack of that size (multipart uploads on S3 from 5 MiB).
+            # (rand64's argument keeps the 16 calls apart: equal calls are computed once.)
+            words = ", ".join(f"reinterpretAsString(rand64({i}))" for i in range(16))
+            queries += [
+                f"DROP TABLE IF EXISTS {DB}.blob",
+                f"CREATE TABLE {DB}.blob (k UInt64, b String) ENGINE = MergeTree ORDER BY k",
+                f"INSERT INTO {DB}.blob SELECT number, concat({words}) "
+                f"FROM numbers({self.blob_mb * 1024 * 1024 // 128})",
+            ]
         self.target.sql(queries)
 
     # --- state -------------------------------------------------------------------------------
@@ -309,17 +518,38 @@ class Campaign:
         metadata = self.target.data_root / "metadata"
         if metadata.is_dir():
             found += [f"scratch database {p.name}" for p in metadata.glob("_casbackup_verify_*")]
-        locks = self.repo / "locks"
-        if locks.is_dir():
-            found += [
-                f"lock object {p.relative_to(self.repo)}" for p in locks.rglob("*") if p.is_file()
-            ]
-        found += [f"store temporary {p.relative_to(self.repo)}" for p in self.repo.rglob(".tmp-*")]
-        for p in self.repo.iterdir():
+        found += [f"lock object {k}" for k in self.store.objects() if k.startswith("locks/")]
+        found += [f"store temporary {k}" for k in self.store.open_uploads()]
+        for p in self.store.catalog.parent.iterdir():
             if (p.is_file() and p.name.startswith(".catalog")) or p.name.startswith(
                 "catalog.sqlite-"
             ):
                 found.append(f"catalog directory file {p.name}")
+        return found
+
+    def store_debris(self, listed: list[str]) -> list[str]:
+        """Objects that no listed backup, the catalog's index or gc's marks account for.
+
+        After `clean --broken` (which indexes a killed run's unrecorded packs and
+        condemns them) every pack is in the catalog: gc frees what no backup uses.
+        A manifest is a backup, so it must be listed; anything else is unknown.
+        """
+        # Closed explicitly: an open connection leaves -wal/-shm files beside the
+        # catalog, which leftovers() would report.
+        with contextlib.closing(sqlite3.connect(self.store.catalog)) as db:
+            indexed = {row[0] for row in db.execute("SELECT digest FROM packs")}
+        found: list[str] = []
+        for key in sorted(self.store.objects()):
+            if key == "config" or key.startswith(("locks/", "condemned/")):
+                continue  # locks: leftovers(); condemned/: gc's marks
+            if key.startswith("manifests/"):
+                if key.removeprefix("manifests/") not in listed:
+                    found.append(f"manifest of no listed backup: {key}")
+            elif key.startswith("packs/"):
+                if key.rsplit("/", 1)[-1] not in indexed:
+                    found.append(f"pack the catalog does not index: {key}")
+            else:
+                found.append(f"unknown object in the store: {key}")
         return found
 
     def config_temporaries(self) -> list[str]:
@@ -334,10 +564,17 @@ class Campaign:
         if command == "create":
             self.churn()
             return ["create", self.new_name()], set()
+        if command == "create_rbac":
+            self.churn()
+            name = self.new_name()
+            self.rbac_backups.add(name)
+            return ["create", name, "--rbac", "--access-path", str(self.access)], set()
         if command == "run":
             self.churn()
             time.sleep(1.05)  # the nightly name is the UTC second
             return ["run"], set()
+        if command == "restore_rbac":
+            names = [n for n in names if n in self.rbac_backups]
         if not names:
             return None
         name = self.rng.choice(names)
@@ -346,6 +583,25 @@ class Campaign:
             return ["restore", name, "--tables", f"{DB}.*", "--as", f"{DB}:{COPY}"], set()
         if command == "restore_drop":
             return ["restore", name, "--tables", f"{DB}.*", "--drop-existing"], set()
+        if command == "restore_partitions":
+            # The source tables are partitioned by month (2024-01..03): one or two
+            # of them, in place (just those partitions dropped) or into a new database.
+            months = self.rng.sample(["202401", "202402", "202403"], self.rng.choice([1, 2]))
+            args = ["restore", name, "--tables", f"{DB}.events*", "--partitions", ",".join(months)]
+            if self.rng.random() < 0.5:
+                return [*args, "--drop-existing"], set()
+            self.target.sql([f"DROP DATABASE IF EXISTS {COPY}"])
+            return [*args, "--as", f"{DB}:{COPY}"], set()
+        if command == "restore_rbac":
+            return [
+                "restore",
+                name,
+                "--no-tables",
+                "--rbac",
+                "--files-target",
+                str(self.files_target),
+                "--overwrite",
+            ], set()
         if command == "restore_configs":
             return [
                 "restore",
@@ -371,10 +627,12 @@ class Campaign:
 
     def again(self, command: str, args: list[str], names_after: list[str]) -> tuple[Outcome, str]:
         """The same command unkilled; how it was run again."""
-        if command == "create":
+        if command in ("create", "create_rbac"):
             name = args[1]
             if name in names_after:  # committed before the kill: a new name for the same job
-                args = ["create", self.new_name()]
+                args = [args[0], self.new_name(), *args[2:]]
+                if command == "create_rbac":
+                    self.rbac_backups.add(args[1])
             return self.casbackup(*args), " ".join(args)
         if command == "run":
             time.sleep(1.05)
@@ -395,7 +653,7 @@ class Campaign:
         planned = self.plan(command, names)
         if planned is None:
             return 0.0
-        out = self.casbackup(*planned[0])
+        out, self.startups[command] = self.timed(planned[0])
         if out.returncode not in (0, 1):
             raise RuntimeError(f"unkilled {planned[0]} failed: exit {out.returncode}: {out.stderr}")
         if command == "delete":
@@ -411,7 +669,7 @@ class Campaign:
             return None
         args, may_vanish = planned
         duration = self.durations[command]
-        at = self.rng.uniform(0, duration)
+        at, phase = self.kill_moment(command)
         outcome = self.killed_at(args, at)
         violations: list[str] = []
         if not outcome.killed and outcome.returncode not in (0, 1):
@@ -443,6 +701,7 @@ class Campaign:
             violations.append(f"clean exit 1 without a warning: {clean.stderr[-300:]}")
         violations += self.leftovers()
         after = self.listed()
+        violations += self.store_debris(after)
         lost = set(names) - may_vanish - set(after)
         if lost:
             violations.append(f"committed backups lost: {sorted(lost)}")
@@ -473,6 +732,9 @@ class Campaign:
             "args": args,
             "duration": round(duration, 3),
             "kill_at": round(at, 3),
+            "startup": round(self.startups[command], 3),
+            "phase": phase,
+            "store": self.store.name,
             "killed": outcome.killed,
             "returncode": outcome.returncode,
             "clean": clean.returncode,
@@ -486,15 +748,20 @@ class Campaign:
 
 COMMANDS = [
     "create",
+    "create_rbac",
     "restore_as",
     "restore_drop",
+    "restore_partitions",
     "restore_configs",
+    "restore_rbac",
     "delete",
     "gc",
     "run",
     "verify_restore",
     "catalog_rebuild",
 ]
+# 18.16 has no SQL access control: `--rbac` there only warns (tests/cli/test_server_state.py).
+CHDB_ONLY = {"create_rbac", "restore_rbac"}
 
 
 def past(deadline: str | None) -> bool:
@@ -510,31 +777,58 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--engine", choices=["server", "chdb"], required=True)
+    parser.add_argument("--store", choices=["local", "s3"], default="local")
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--only", action="append", choices=COMMANDS)
     parser.add_argument("--verify-restore-every", type=int, default=8)
+    parser.add_argument("--timing", choices=["work", "uniform"], default="work")
+    parser.add_argument(
+        "--blob-mb",
+        type=int,
+        help="MiB of incompressible data made anew before each create (default: 6 on S3, else 0)",
+    )
     parser.add_argument("--deadline", help="HH:MM UTC: stop starting rounds from then on")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the finally below stops the server
 
-    work = args.out / args.engine
+    work = args.out / (args.engine if args.store == "local" else f"{args.engine}-{args.store}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    target: Target = (
-        ServerTarget(work / "server") if args.engine == "server" else ChdbTarget(work / "chdb")
-    )
-    commands = args.only or COMMANDS
-    campaign = Campaign(target, work, random.Random(args.seed), args.verify_restore_every)
+    commands = [c for c in args.only or COMMANDS if args.engine == "chdb" or c not in CHDB_ONLY]
+    blob_mb = args.blob_mb if args.blob_mb is not None else (6 if args.store == "s3" else 0)
+    store: LocalRepo | S3Repo = LocalRepo(work) if args.store == "local" else S3Repo(work)
+    target: Target | None = None
     counts: Counter[str] = Counter()
+    kills: Counter[str] = Counter()
     broken: dict[str, int] = defaultdict(int)
     try:
+        target = (
+            ServerTarget(work / "server") if args.engine == "server" else ChdbTarget(work / "chdb")
+        )
+        campaign = Campaign(
+            target,
+            store,
+            work,
+            random.Random(args.seed),
+            args.verify_restore_every,
+            timing=args.timing,
+            blob_mb=blob_mb,
+        )
         campaign.setup(args.rows)
-        for command in commands:
+        for command in list(commands):
             campaign.durations[command] = campaign.measure(command)
-            print(f"measured {command}: {campaign.durations[command]:.2f} s", flush=True)
+            if not campaign.durations[command]:
+                print(f"measured {command}: nothing to run it on; left out", flush=True)
+                commands.remove(command)
+                continue
+            print(
+                f"measured {command}: {campaign.durations[command]:.2f} s "
+                f"(first log line at {campaign.startups[command]:.2f} s)",
+                flush=True,
+            )
         with open(work / "rounds.jsonl", "a") as log:
             while sum(counts.values()) < args.kills and not past(args.deadline):
                 command = campaign.rng.choice(commands)
@@ -542,12 +836,13 @@ def main() -> None:
                 if result is None:
                     continue
                 counts[command] += 1
+                kills[command] += result["killed"]
                 log.write(json.dumps(result) + "\n")
                 log.flush()
                 tag = "KILLED" if result["killed"] else "ended"
                 print(
-                    f"{sum(counts.values()):4d} {command:16s} at {result['kill_at']:.2f}/"
-                    f"{result['duration']:.2f} s {tag} clean={result['clean']}",
+                    f"{sum(counts.values()):4d} {command:18s} at {result['kill_at']:.2f}/"
+                    f"{result['duration']:.2f} s ({result['phase']}) {tag} clean={result['clean']}",
                     flush=True,
                 )
                 if result["violations"]:
@@ -555,10 +850,12 @@ def main() -> None:
                     for violation in result["violations"]:
                         print(f"     VIOLATION: {violation}", flush=True)
     finally:
-        target.stop()
-        print(f"\n{target.name}: rounds per command (with violations):")
+        if target is not None:
+            target.stop()
+        store.stop()
+        print(f"\n{args.engine} / {args.store}: rounds per command (killed, with violations):")
         for command in commands:
-            print(f"  {command:16s} {counts[command]:4d} ({broken[command]})")
+            print(f"  {command:18s} {counts[command]:4d} ({kills[command]}, {broken[command]})")
 
 
 if __name__ == "__main__":
