@@ -107,6 +107,24 @@ LOOKUPS_BEFORE_LISTING = 8
 # this, it is not one ClickHouse wrote (10,000 columns of long Enum types
 # make a few MiB).
 MAX_COLUMNS_TXT = 64 * 1024 * 1024
+# And they are read this many bytes at a time: a repository's manifest could
+# name thousands of distinct ones of up to MAX_COLUMNS_TXT (files are chunk
+# lists, and the same chunks in another order make another file).
+COLUMNS_TXT_BATCH = 64 * 1024 * 1024
+
+
+def _batches_of_bytes(contents: list[mf.FileContent], limit: int) -> Iterator[list[mf.FileContent]]:
+    """``contents`` in order, in batches of at most ``limit`` bytes (or one file, if bigger)."""
+    batch: list[mf.FileContent] = []
+    size = 0
+    for content in contents:
+        if batch and size + content.size > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(content)
+        size += content.size
+    if batch:
+        yield batch
 
 
 @dataclass(frozen=True)
@@ -569,30 +587,37 @@ class RestoreService:
         if self.options.schema_only or not self.options.check_column_types:
             return
         reused = [item for item in items if self._reused(item)]
-        listed = {id(item): self._columns_files(item) for item in reused}
-        contents = {content.id: content for found in listed.values() for _, content in found}
-        texts = self._read_files(list(contents.values())) if contents else {}
-        parsed: dict[bytes, list[tuple[str, str]]] = {}
-        conflicts: list[tuple[_Item, TypeConflict]] = []
+        # Per table, the distinct columns.txt of its parts, each with the first part holding it.
+        distinct: list[dict[bytes, tuple[mf.Part, mf.FileContent]]] = []
         for item in reused:
-            table_columns = self.server.stored_columns(item.database, item.name)
-            seen: set[str] = set()
-            compared: set[bytes] = set()
-            for part, content in listed[id(item)]:
-                if content.id in compared:  # parts of one schema: compared once per table
-                    continue
-                compared.add(content.id)
-                if content.id not in parsed:
+            found: dict[bytes, tuple[mf.Part, mf.FileContent]] = {}
+            for part, content in self._columns_files(item):
+                found.setdefault(content.id, (part, content))
+            distinct.append(found)
+        contents = {cid: content for found in distinct for cid, (_, content) in found.items()}
+        table_columns: dict[int, dict[str, str]] = {}
+        by_table: dict[int, dict[str, TypeConflict]] = {}  # first conflict per column
+        for batch in _batches_of_bytes(list(contents.values()), COLUMNS_TXT_BATCH):
+            texts = self._read_files(batch)
+            for index, item in enumerate(reused):
+                for cid, (part, _) in distinct[index].items():
+                    if cid not in texts:
+                        continue
                     try:
-                        parsed[content.id] = parse_columns_txt(texts[content.id])
+                        columns = parse_columns_txt(texts[cid])
                     except ValueError as exc:
                         raise PartDamaged(
                             table=item.target, part=part.name, detail=f"columns.txt: {exc}"
                         ) from None
-                for conflict in type_conflicts(parsed[content.id], table_columns):
-                    if conflict.column not in seen:
-                        seen.add(conflict.column)
-                        conflicts.append((item, conflict))
+                    if index not in table_columns:
+                        table_columns[index] = self.server.stored_columns(item.database, item.name)
+                    for conflict in type_conflicts(columns, table_columns[index]):
+                        by_table.setdefault(index, {}).setdefault(conflict.column, conflict)
+        conflicts = [
+            (reused[index], conflict)
+            for index in sorted(by_table)
+            for conflict in by_table[index].values()
+        ]
         if conflicts:
             item, first = conflicts[0]
             others = len(conflicts) - 1

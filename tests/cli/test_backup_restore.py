@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from casbackup import restore
+from casbackup import restore as restore_module
 from casbackup.errors import ExitCode
 from casbackup.process import ProcessTag
 from casbackup.repo.reader import ChunkFetcher
@@ -868,10 +869,17 @@ def test_parts_a_metadata_only_alter_left_behind_restore_into_the_altered_table(
     assert engine.sql(f"SELECT id, e, toUnixTimestamp(ts), n FROM {db}.t ORDER BY id") == expected
 
 
+@pytest.mark.parametrize("batch", ["default", "one file"])
 def test_every_distinct_columns_txt_of_a_table_is_compared(
-    engine: Engine, dbname: str, cli: Any
+    engine: Engine, dbname: str, cli: Any, monkeypatch: pytest.MonkeyPatch, batch: str
 ) -> None:
-    """Parts of one columns.txt are compared once; one of another columns.txt still is."""
+    """Parts of one columns.txt are compared once; one of another columns.txt still is.
+
+    Also when each is read in a batch of its own (``COLUMNS_TXT_BATCH``, which
+    bounds the memory a hostile manifest of many large ones could take).
+    """
+    if batch == "one file":
+        monkeypatch.setattr(restore_module, "COLUMNS_TXT_BATCH", 1)
     db = q(dbname)
     engine.sql(f"CREATE DATABASE {db}")
     engine.sql(f"CREATE TABLE {db}.t (id UInt64) ENGINE = MergeTree ORDER BY id")
