@@ -75,7 +75,7 @@ from casbackup.errors import (
 )
 from casbackup.file_errors import writing
 from casbackup.ordering import is_inner_table
-from casbackup.process import ProcessTag, name_owner, tagged_name
+from casbackup.process import NAME_MAX, ProcessTag, name_owner, tagged_name
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import (
     ChunkFetcher,
@@ -87,7 +87,6 @@ from casbackup.repo.reader import (
 from casbackup.repo.repository import Repository
 from casbackup.selection import partition_selected, select, spec_selects
 from casbackup.server_state import (
-    NAME_MAX,
     check_no_clashes,
     replaced_files,
     restore_directory,

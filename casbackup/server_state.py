@@ -36,8 +36,7 @@ from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import Kind, quote_identifier, rename_databases, tokenize
 from casbackup.errors import ClickHouseError, FilesConflict, RestoreConflict, UsageError
 from casbackup.file_errors import writing
-from casbackup.process import NAME_MAX as NAME_MAX  # restore.py takes it from here
-from casbackup.process import cut_to_bytes, name_owner, tagged_name
+from casbackup.process import NAME_MAX, cut_to_bytes, name_owner, tagged_name
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository

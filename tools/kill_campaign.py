@@ -157,17 +157,11 @@ class ChdbTarget(Target):
     """chdb under a users.xml with access management, so `--rbac` has entities to capture."""
 
     def __init__(self, root: Path) -> None:
-        from tests.cli.test_server_state import USERS_XML
+        from tests.cli.test_server_state import write_access_config
 
         root.mkdir(parents=True, exist_ok=True)
         self.data_root = root / "data"
-        (root / "users.xml").write_text(USERS_XML)
-        self.config_file = root / "config.xml"
-        self.config_file.write_text(
-            f"<clickhouse><users_config>{root / 'users.xml'}</users_config>"
-            "<display_secrets_in_show_and_select>1</display_secrets_in_show_and_select>"
-            "</clickhouse>"
-        )
+        self.config_file = write_access_config(root)
         self.name, self.modern = "chdb", True
         self.url = f"chdb://{self.data_root}?config={self.config_file}"
 

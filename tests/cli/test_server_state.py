@@ -224,6 +224,21 @@ USERS_XML = """<clickhouse>
 """
 
 
+def write_access_config(root: Path) -> Path:
+    """users.xml (USERS_XML) and a chdb config.xml naming it under ``root``; the config's path.
+
+    Access management on, secrets shown: what `--rbac` needs to capture entities.
+    """
+    (root / "users.xml").write_text(USERS_XML)
+    config = root / "config.xml"
+    config.write_text(
+        f"<clickhouse><users_config>{root / 'users.xml'}</users_config>"
+        "<display_secrets_in_show_and_select>1</display_secrets_in_show_and_select>"
+        "</clickhouse>"
+    )
+    return config
+
+
 class ConfiguredChdb:
     """casbackup and SQL in child processes against a chdb data directory with a config file.
 
@@ -234,13 +249,7 @@ class ConfiguredChdb:
     def __init__(self, root: Path) -> None:
         pytest.importorskip("chdb")
         self.root = root
-        (root / "users.xml").write_text(USERS_XML)
-        self.config = root / "config.xml"
-        self.config.write_text(
-            f"<clickhouse><users_config>{root / 'users.xml'}</users_config>"
-            "<display_secrets_in_show_and_select>1</display_secrets_in_show_and_select>"
-            "</clickhouse>"
-        )
+        self.config = write_access_config(root)
         url = f"chdb://{root / 'data'}?config={self.config}"
         self.base = [*CASBACKUP, "--repo", str(root / "repo"), "--clickhouse", url]
 
