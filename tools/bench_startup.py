@@ -7,7 +7,7 @@ of the run (the churn benchmark's "unchanged night" goal weighs it against a
 full backup), so it is measured here layer by layer, reproducibly, instead of
 by hand.
 
-Usage: python tools/bench_startup.py [--rounds 15] [--chdb] [--json-out PATH]
+Usage: python tools/bench_startup.py [--rounds 15] [--chdb] [--against CHECKOUT] [--json-out PATH]
 
 Measured, each in fresh processes, rounds alternated so a slow phase of the
 machine hits every row alike; medians with the range:
@@ -20,13 +20,18 @@ machine hits every row alike; medians with the range:
   - commands: `python -c pass`, and `casbackup --version` and `casbackup list
     --json` on an empty local repository (the floor under every command);
   - with --chdb: loading chdb as casbackup loads it (pyarrow hidden) and
-    starting its engine on an empty data directory.
+    starting its engine on an empty data directory;
+  - with --against CHECKOUT (a checkout of another commit, e.g. `git
+    worktree add /tmp/old COMMIT`): importing `casbackup.cli.main` from it
+    (PYTHONPATH, same interpreter and libraries) and from this tree, GC
+    paused, alternated: what a change to the command line's imports did.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -67,6 +72,14 @@ for modules in json.loads(sys.argv[2]):
 print(json.dumps(steps))
 """
 
+CLI_PROBE = """
+import gc, time
+gc.disable()
+start = time.perf_counter()
+import casbackup.cli.main
+print(time.perf_counter() - start)
+"""
+
 CHDB_PROBE = """
 import tempfile, time
 from casbackup.clickhouse.embedded import _import_chdb_session
@@ -99,6 +112,16 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
+def run_cli_import(python: str, checkout: Path) -> float:
+    """Seconds to import the command line of ``checkout``, bytecode written as a wheel has it."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(checkout)
+    proc = subprocess.run(
+        [python, "-c", CLI_PROBE], capture_output=True, text=True, check=True, cwd="/", env=env
+    )
+    return float(proc.stdout)
+
+
 def run_chdb(python: str) -> tuple[float, float]:
     out = subprocess.run(
         [python, "-c", CHDB_PROBE], capture_output=True, text=True, check=True, cwd=REPO_ROOT
@@ -118,6 +141,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--chdb", action="store_true", help="also measure loading chdb")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also time importing the command line of another checkout against this one",
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     python = sys.executable
@@ -134,7 +163,11 @@ def main() -> int:
         layers: list[list[float]] = []
         command_times: dict[str, list[float]] = {name: [] for name in commands}
         chdb: list[tuple[float, float]] = []
+        against: dict[str, list[float]] = {"this tree": [], str(args.against): []}
         for _ in range(args.rounds):
+            if args.against:
+                against[str(args.against)].append(run_cli_import(python, args.against))
+                against["this tree"].append(run_cli_import(python, REPO_ROOT))
             layers.append(run_layers(python))
             for name, cmd in commands.items():
                 command_times[name].append(timed(cmd))
@@ -153,6 +186,10 @@ def main() -> int:
         result["chdb"] = {
             "load chdb (pyarrow hidden)": summary([c[0] for c in chdb]),
             "start its engine on an empty directory, SELECT 1": summary([c[1] for c in chdb]),
+        }
+    if args.against:
+        result["cli_import"] = {
+            f"import casbackup.cli.main, {name}": summary(times) for name, times in against.items()
         }
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))
@@ -174,6 +211,7 @@ def render(result: dict[str, Any]) -> str:
     lines.append(row("**all of the above**", result["import_total"]))
     lines += [row(name, s) for name, s in result["commands"].items()]
     lines += [row(name, s) for name, s in result.get("chdb", {}).items()]
+    lines += [row(name, s) for name, s in result.get("cli_import", {}).items()]
     return "\n".join(lines)
 
 
