@@ -47,10 +47,28 @@ class CasbackupError(Exception):
     @property
     def message(self) -> str:
         template = (self.__doc__ or "{detail}").strip().splitlines()[0]
+        fields = {name: clip(value) for name, value in self.fields.items()}
         try:
-            return template.format(**self.fields)
+            return template.format(**fields)
         except (KeyError, IndexError):  # a missing field must not hide the error itself
-            return f"{type(self).__name__}: {self.fields}"
+            return f"{type(self).__name__}: {fields}"
+
+
+# Longer than any path (PATH_MAX is 4096 bytes) or name ClickHouse accepts in practice.
+FIELD_MAX = 4096
+
+
+def clip(value: Any) -> Any:
+    """A string field cut to FIELD_MAX characters, its start and end kept; anything else as is.
+
+    Fields carry names and types read back from repository data, which is
+    untrusted: a hostile columns.txt can hold a 64 MiB type, and the error
+    naming it must stay one line a terminal or a log can take.
+    """
+    if not isinstance(value, str) or len(value) <= FIELD_MAX:
+        return value
+    keep = FIELD_MAX // 2
+    return f"{value[:keep]}...[{len(value) - 2 * keep} characters]...{value[-keep:]}"
 
 
 # --- configuration -----------------------------------------------------------

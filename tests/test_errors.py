@@ -32,6 +32,19 @@ def test_missing_field_does_not_hide_the_error() -> None:
     assert "ObjectNotFound" in errors.ObjectNotFound().message
 
 
+def test_a_field_of_megabytes_is_cut_to_a_line_a_log_can_take() -> None:
+    """Fields carry what repository data says (a hostile columns.txt's type of 8 MiB)."""
+    hostile = "Enum8(" + "x" * 8_000_000 + "'end' = 1)"
+    message = errors.ColumnTypeConflict(
+        table="db.t", column="c", table_type="Int64", backup_type=hostile, more=""
+    ).message
+    assert len(message) < 3 * errors.FIELD_MAX
+    assert f"Enum8({'x' * 100}" in message and "x'end' = 1)" in message
+    assert f"[{len(hostile) - errors.FIELD_MAX} characters]" in message
+    assert errors.clip("y" * errors.FIELD_MAX) == "y" * errors.FIELD_MAX
+    assert errors.clip(12345) == 12345
+
+
 def test_every_exit_code_is_documented() -> None:
     operations = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", operations, re.MULTILINE)}

@@ -224,3 +224,35 @@ def test_a_hostile_columns_txt_takes_memory_in_proportion_to_its_size() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_long_enum_still_reads_as_the_int_it_was_altered_to() -> None:
+    """Enum8 → Int8 is metadata-only: the part's type may be any length more than the table's."""
+    values = ", ".join(f"'value number {n} of a long enum' = {n}" for n in range(-128, 128))
+    assert reads_as(f"Enum8({values})", "Int8")
+    assert reads_as(f"Array(Enum8({values}))", "Array(Int8)")
+    assert reads_as(f"Enum16({values})", "Nullable(Int16)") is False  # a null map it lacks
+
+
+def test_a_part_type_far_longer_than_the_table_type_is_not_tokenized(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hostile columns.txt's type of megabytes, with spaces: 8 MiB took 29 s to normalise."""
+    import casbackup.clickhouse.columns as columns
+
+    tokenized: list[int] = []
+    real = columns.tokenize
+
+    def counting(text: str) -> object:
+        tokenized.append(len(text))
+        return real(text)
+
+    monkeypatch.setattr(columns, "tokenize", counting)
+    hostile = "Decimal(18, 2" + ", 2" * 1_000_000 + ")"
+    assert not reads_as(hostile, "Decimal(18,2)")
+    assert type_conflicts([("d", hostile)], {"d": "Decimal(18,2)"}) == [
+        TypeConflict("d", hostile, "Decimal(18,2)")
+    ]
+    assert tokenized == []
+    assert reads_as("Decimal(18, 2)", "Decimal(18,2)")  # spacing alone still reads as it
+    assert tokenized
