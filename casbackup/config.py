@@ -298,11 +298,13 @@ def load_settings(
     from_environment: dict[tuple[str, str], str] = {}
     for variable, (section, key) in ENVIRONMENT.items():
         if env.get(variable):
-            _override(document, section, key, env[variable], source)
+            _override(document, section, key, _utf8(env[variable], variable), source)
             from_environment[(section, key)] = variable
     for (section, key), value in (overrides or {}).items():
         if value is not None:
-            _override(document, section, key, value, source)
+            _override(
+                document, section, key, _utf8(value, f"{section}.{key} on the command line"), source
+            )
             from_environment.pop((section, key), None)
     try:
         return Settings.model_validate({**document, "source": source})
@@ -316,6 +318,24 @@ def load_settings(
             variable = from_environment[section_key]  # type: ignore[index]
             raise ConfigError(detail=f"{variable} ({where}): {message}") from None
         raise ConfigError(detail=f"{source}: {where}: {message}") from None
+
+
+def _utf8(value: Any, origin: str) -> Any:
+    """``value``, refused if it is a string that is not UTF-8 text.
+
+    Python hands environment variables and arguments over with undecodable
+    bytes as lone surrogates; a path or URL holding one got through to the
+    first place that encodes it (SQLAlchemy's, at ``init``), as an internal
+    error. A TOML file cannot hold one.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ConfigError(
+                detail=f"{origin} is not UTF-8 text; paths and URLs must be"
+            ) from None
+    return value
 
 
 def _override(document: dict[str, Any], section: str, key: str, value: Any, source: str) -> None:

@@ -116,6 +116,24 @@ def test_a_config_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path)
         load_settings(path, environ={})
 
 
+# What os.environ and sys.argv hold for the bytes b"/srv/r\xff": the byte as a lone surrogate.
+NOT_UTF8 = os.fsdecode(b"/srv/r\xff")
+
+
+@pytest.mark.parametrize(
+    "variable", ["CASBACKUP_REPO", "CASBACKUP_CATALOG", "CASBACKUP_CLICKHOUSE"]
+)
+def test_an_environment_variable_that_is_not_utf8_is_a_configuration_error(variable: str) -> None:
+    """CASBACKUP_CATALOG of such a path failed at `init` as an internal error (exit 70)."""
+    with pytest.raises(ConfigError, match=f"{variable} is not UTF-8 text"):
+        load_settings(environ={variable: f"sqlite://{NOT_UTF8}"})
+
+
+def test_a_command_line_value_that_is_not_utf8_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match=r"repository\.location on the command line is not UTF-8"):
+        load_settings(environ={}, overrides={("repository", "location"): NOT_UTF8})
+
+
 @pytest.mark.parametrize(
     "variable", ["CASBACKUP_REPO", "CASBACKUP_CATALOG", "CASBACKUP_CLICKHOUSE_PASSWORD"]
 )
