@@ -273,6 +273,14 @@ class BackupNotFound(CasbackupError):
     exit_code = ExitCode.NOT_FOUND
 
 
+class NoBackups(CasbackupError):
+    """the repository holds no committed backup to {action}"""
+
+    # verify --restore of an empty repository said "verify OK": a drill that
+    # restores nothing must not pass (like NothingSelected).
+    exit_code = ExitCode.NOT_FOUND
+
+
 class BackupExists(CasbackupError):
     """a backup named {name!r} already exists"""
 

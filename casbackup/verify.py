@@ -47,6 +47,7 @@ from casbackup.errors import (
     ClickHouseError,
     IntegrityError,
     NewerServerBackup,
+    NoBackups,
     NothingSelected,
     ObjectTooLarge,
     PackMissing,
@@ -450,6 +451,8 @@ class Verifier:
     def _restore(self) -> None:
         if self.server is None:
             raise UsageError(detail="--restore needs a ClickHouse server (--clickhouse)")
+        if not self.report.backups:
+            raise NoBackups(action="test-restore")
         prefix = f"{SCRATCH_PREFIX}{ProcessTag.current()}_"
         chosen = {
             name: select_tables(manifest.tables, self.options.tables)

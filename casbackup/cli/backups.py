@@ -47,6 +47,18 @@ JsonOption = Annotated[
 ]
 
 
+def nonempty_name(name: str) -> str:
+    """A backup name given on the command line; an empty one is a mistake, not "the default".
+
+    ``casbackup verify "$(casbackup list --json | ...)" --restore`` on an
+    empty repository passed an empty name, which read as "every backup" (of
+    which there were none) and said "verify OK".
+    """
+    if not name:
+        raise UsageError(detail="the backup name is empty")
+    return name
+
+
 def patterns(values: list[str] | None, default: list[str]) -> tuple[str, ...]:
     """Command-line patterns; one that can match no ``db.table`` name is a mistake, not a no-op.
 
@@ -159,7 +171,7 @@ def create(
     app: AppContext = ctx.obj
     options = backup_options(
         app.settings,
-        name=name,
+        name=None if name is None else nonempty_name(name),
         tables=tables,
         exclude=exclude,
         rehash=rehash,

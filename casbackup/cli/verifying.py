@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from casbackup.cli.backups import JsonOption, TablesOption, patterns
+from casbackup.cli.backups import JsonOption, TablesOption, nonempty_name, patterns
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import emit_json, human_bytes, note, print_table
 from casbackup.errors import ExitCode, UsageError, VerifyFailed
@@ -78,7 +78,7 @@ def verify(
     if subset and not read_data:
         read_data = True
     options = VerifyOptions(
-        names=(name,) if name else (),
+        names=() if name is None else (nonempty_name(name),),
         read_data=read_data,
         subset=subset,
         restore=restore,

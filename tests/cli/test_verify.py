@@ -472,6 +472,19 @@ def test_verify_one_backup_and_tables(engine: Engine, dbname: str, cli: Any) -> 
     assert "--tables chooses what --restore restores" in without_restore.stderr
 
 
+def test_a_drill_of_nothing_does_not_pass(engine: Engine, cli: Any) -> None:
+    """`verify "$(casbackup list ...)" --restore` on an empty repository said "verify OK"."""
+    assert cli(None, "init").code == 0
+    empty = cli(engine, "verify", "", "--restore")
+    assert empty.code == ExitCode.USAGE and "the backup name is empty" in empty.stderr
+    assert cli(engine, "create", "").code == ExitCode.USAGE
+    nothing = cli(engine, "verify", "--restore")
+    assert nothing.code == ExitCode.NOT_FOUND
+    assert "holds no committed backup to test-restore" in nothing.stderr
+    assert cli(None, "verify").code == 0  # the structure of an empty repository is sound
+    assert cli(None, "list", "--json").json() == []
+
+
 def scans(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The parts each backup from now on scans for fingerprints, one list per table."""
     import casbackup.backup as backup_module
