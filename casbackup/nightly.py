@@ -4,7 +4,8 @@ create, then forget with the configured retention policy (if any), then gc.
 Two runs never overlap (an exclusive ``run`` lock); a manual ``create`` may
 run alongside, protected like any backup by its lease. Each step's result is
 reported; a failing step stops the job with that step's error and exit code,
-and what earlier steps committed stays committed.
+and what earlier steps committed stays committed: the error then says so
+(the backup committed, the backups forget removed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class NightlyReport:
     gc: GcReport | None = None
     verify: VerifyReport | None = None
     warnings: list[str] = field(default_factory=list)
+    step: str = "create"  # the step running, or the last one run
 
 
 def gc_settings(settings: Settings, pack_size: int) -> GcSettings:
@@ -52,23 +54,55 @@ def run_nightly(
     with Lock(repo.store, "run", exclusive=True, command="run"):
         report = NightlyReport(backup=BackupService(server, repo, catalog, options, progress).run())
         report.warnings += report.backup.warnings
-        policy = settings.retention.policy()
-        if not policy.empty:
-            report.forget = forget(repo, catalog, policy)
-        with Lock(repo.store, "gc", exclusive=True, command="gc (run)") as lock:
-            report.gc = collect_garbage(
-                repo, catalog, gc_settings(settings, options.pack_size), run_id=lock.id
-            )
-        report.warnings += report.gc.warnings
-        report.verify = Verifier(
-            repo,
-            catalog,
-            VerifyOptions(
-                read_data=settings.verify.read_data_subset is not None,
-                subset=settings.verify.read_data_subset,
-                restore=settings.verify.restore,
-                names=(report.backup.name,) if settings.verify.restore else (),
-            ),
-            server,
-        ).run()
+        try:
+            _after_backup(server, repo, catalog, settings, options, report)
+        except BaseException as exc:
+            # The step's own error and exit code stand; the log must still say
+            # that the night's backup was committed and what forget removed.
+            exc.add_note(done_before_failing(report))
+            raise
     return report
+
+
+def _after_backup(
+    server: ClickHouseServer,
+    repo: Repository,
+    catalog: Catalog,
+    settings: Settings,
+    options: BackupOptions,
+    report: NightlyReport,
+) -> None:
+    policy = settings.retention.policy()
+    if not policy.empty:
+        report.step = "forget"
+        report.forget = forget(repo, catalog, policy)
+    report.step = "gc"
+    with Lock(repo.store, "gc", exclusive=True, command="gc (run)") as lock:
+        report.gc = collect_garbage(
+            repo, catalog, gc_settings(settings, options.pack_size), run_id=lock.id
+        )
+    report.warnings += report.gc.warnings
+    report.step = "verify"
+    report.verify = Verifier(
+        repo,
+        catalog,
+        VerifyOptions(
+            read_data=settings.verify.read_data_subset is not None,
+            subset=settings.verify.read_data_subset,
+            restore=settings.verify.restore,
+            names=(report.backup.name,) if settings.verify.restore else (),
+        ),
+        server,
+    ).run()
+
+
+def done_before_failing(report: NightlyReport) -> str:
+    """What a run that stopped after its backup had already committed, in one clause."""
+    done = [f"run had committed backup {report.backup.name}"]
+    if report.forget is not None:
+        removed = report.forget.remove
+        done.append(
+            f"forget had removed {len(removed)} backup{'' if len(removed) == 1 else 's'}"
+            + (f" ({', '.join(removed[:5])}{', …' if len(removed) > 5 else ''})" if removed else "")
+        )
+    return f"{' and '.join(done)} when it stopped in {report.step}"

@@ -318,6 +318,36 @@ def test_nightly_run_applies_retention_and_collects(
     assert cli(engine, "restore", latest).code == 0
 
 
+def test_a_run_that_stops_after_its_backup_says_what_it_had_done(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """A run whose gc failed printed only gc's error: not that it had committed the night's
+    backup and that forget had deleted the oldest (found in an operator drill)."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[backup]\ntables = ["{dbname}.*"]\n[retention]\nkeep_last = 2\n')
+    cli(engine, "--config", str(config), "init")
+    for _ in range(2):
+        assert cli(engine, "--config", str(config), "run").code == 0
+        time.sleep(1.1)  # distinct backup names (second resolution)
+    first, second = (b["name"] for b in cli(engine, "list", "--json").json())
+    with (tmp_path / "repo" / "manifests" / second).open("ab") as manifest:
+        manifest.write(b"x")  # gc's strict sync refuses a manifest it cannot decode
+    # The catalog forgets the damaged backup: keeping 1 removes the first.
+    config.write_text(f'[backup]\ntables = ["{dbname}.*"]\n[retention]\nkeep_last = 1\n')
+    result = cli(engine, "--config", str(config), "run")
+    assert result.code == ExitCode.INTEGRITY, result.stderr
+    newest = cli(engine, "list", "--json").json()[-1]["name"]
+    assert newest not in (first, second)
+    [error] = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert "gc frees nothing while" in error
+    assert error.endswith(
+        f"; run had committed backup {newest} and forget had removed 1 backup ({first}) "
+        "when it stopped in gc"
+    )
+
+
 def test_nightly_run_reports_its_test_restore(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
