@@ -119,3 +119,19 @@ def test_the_command_line_loads_services_only_for_their_commands() -> None:
     ).stdout.split()
     assert "casbackup.backup" in loaded  # the probe sees the services that are loaded
     assert not set(SERVICES_LOADED_ON_USE) & set(loaded)
+
+
+def test_warnings_of_the_log_and_of_the_commands_read_alike(tmp_path: Path) -> None:
+    """A log grep found `casbackup: WARNING: ...` from the log and `warning: ...` from the
+    commands; both are `casbackup: warning: ...` now, as errors are `casbackup: error: ...`."""
+    repo = tmp_path / "repo"
+    base = [str(SCRIPT), "--repo", str(repo), "--clickhouse", "clickhouse://default@127.0.0.1:1"]
+    subprocess.run([*base, "init"], capture_output=True, check=True)
+    (repo / "manifests").mkdir(exist_ok=True)
+    (repo / "manifests" / "b1").write_bytes(b"not a manifest")
+    logged = subprocess.run([*base, "catalog", "sync"], capture_output=True, text=True)
+    assert logged.returncode == ExitCode.WARNING
+    assert logged.stderr.startswith("casbackup: warning: backup b1 not indexed: "), logged.stderr
+    noted = subprocess.run([*base, "clean"], capture_output=True, text=True)
+    assert noted.returncode == ExitCode.WARNING
+    assert "casbackup: warning: skipped ClickHouse cleanup: " in noted.stderr.splitlines()[-1]

@@ -24,6 +24,7 @@ from casbackup.cli.output import (
     one_line,
     print_table,
     ratio,
+    warn,
 )
 from casbackup.clickhouse.server import TableInfo
 from casbackup.config import Settings
@@ -239,7 +240,7 @@ def _print_report(report: BackupReport, quiet: bool) -> None:
         f"in {m.stats.duration_ms / 1000:.1f} s"
     )
     for warning in report.warnings:
-        note(f"warning: {warning}")
+        warn(warning)
 
 
 def list_backups(ctx: typer.Context, json_output: JsonOption = False) -> None:

@@ -20,7 +20,7 @@ from casbackup.cli.backups import (
     backup_options,
 )
 from casbackup.cli.context import AppContext
-from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table
+from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table, warn
 from casbackup.cli.verifying import raise_if_failed, report_document
 from casbackup.config import duration_seconds
 from casbackup.errors import ExitCode, UsageError
@@ -157,7 +157,7 @@ def _print_gc(report: GcReport, dry_run: bool) -> None:
     for mark, why in plan.waiting_marks:
         note(f"mark {mark.id} ({len(mark.packs)} packs) waits: {why}")
     for warning in report.warnings:
-        note(f"warning: {warning}")
+        warn(warning)
 
 
 def gc(

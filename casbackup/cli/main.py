@@ -91,10 +91,11 @@ def main(
     ] = False,
 ) -> None:
     _refuse_empty(ctx, config=config, repo=repo, clickhouse=clickhouse)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogLine())
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
-        format="casbackup: %(levelname)s: %(message)s",
-        stream=sys.stderr,
+        handlers=[handler],
     )
     # clickhouse-driver logs each failed connection attempt as a warning with
     # its traceback; casbackup reports the failure itself, in one line.
@@ -195,6 +196,13 @@ def run(argv: list[str] | None = None) -> int:
         return ExitCode.INTERNAL
     finally:
         restore_signals()
+
+
+class _LogLine(logging.Formatter):
+    """``casbackup: warning: ...``: the form of the CLI's own warnings and errors, one to grep."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return f"casbackup: {record.levelname.lower()}: {record.message}"
 
 
 def _usage_error(exc: typer.TyperException) -> int:

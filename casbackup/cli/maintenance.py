@@ -19,7 +19,7 @@ from casbackup.catalog.rebuild import rebuild, sync
 from casbackup.cli.backups import JsonOption
 from casbackup.cli.context import AppContext
 from casbackup.cli.lifecycle import duration_seconds_cli
-from casbackup.cli.output import emit_json, human_bytes, note
+from casbackup.cli.output import emit_json, human_bytes, note, warn
 from casbackup.config import duration_seconds, render_default_config
 from casbackup.errors import CasbackupError, ClickHouseError, ExitCode, RepositoryError
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
@@ -96,12 +96,12 @@ def clean(
     try:
         clean_clickhouse(app.server, report, dry_run=dry_run)
     except ClickHouseError as exc:
-        note(f"warning: skipped ClickHouse cleanup: {exc.message}")
+        warn(f"skipped ClickHouse cleanup: {exc.message}")
         status = ExitCode.WARNING
     temp_age = min(STORE_TEMP_MIN_AGE_S, margin_s) if broken else STORE_TEMP_MIN_AGE_S
     clean_store(app.store, report, dry_run=dry_run, min_age=temp_age)
     for warning in report.warnings:
-        note(f"warning: {warning}")
+        warn(warning)
         status = ExitCode.WARNING
     try:
         catalog_url: str | None = app.settings.catalog_url(app.repository.id)

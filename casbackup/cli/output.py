@@ -163,3 +163,8 @@ def note(message: str) -> None:
     from rich.text import Text
 
     stderr().print(Text(one_line(message)), soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr, as the log's warnings read (``casbackup: warning: ...``): one form to grep."""
+    note(f"casbackup: warning: {message}")

@@ -20,7 +20,7 @@ from casbackup.cli.backups import (
     patterns,
 )
 from casbackup.cli.context import AppContext
-from casbackup.cli.output import ByteProgress, emit_json, note, print_table
+from casbackup.cli.output import ByteProgress, emit_json, note, print_table, warn
 from casbackup.config import default_state_dir
 from casbackup.errors import ExitCode, UsageError
 from casbackup.selection import split_specs
@@ -215,7 +215,7 @@ def restore(
     for line in report.notes:
         note(line)
     for warning in report.warnings:
-        note(f"warning: {warning}")
+        warn(warning)
     return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 

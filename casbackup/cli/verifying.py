@@ -12,7 +12,7 @@ import typer
 
 from casbackup.cli.backups import JsonOption, TablesOption, nonempty_name, patterns
 from casbackup.cli.context import AppContext
-from casbackup.cli.output import emit_json, human_bytes, note, print_table
+from casbackup.cli.output import emit_json, human_bytes, note, print_table, warn
 from casbackup.errors import ExitCode, UsageError, VerifyFailed
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def verify(
         for problem in report.problems:
             note(f"problem: {problem}")
         for skipped in report.skipped:
-            note(f"warning: {skipped}")
+            warn(skipped)
         if report.ok:
             print("verify OK" + (" (with warnings)" if report.skipped else ""))
     raise_if_failed(report)
