@@ -110,8 +110,9 @@ def clean(
     if catalog_url is not None:
         clean_catalog(catalog_url, report, dry_run=dry_run)
     broken_document: dict[str, object] | None = None
+    broken_lines: list[str] = []
     if broken:
-        broken_document = _clean_broken(app, margin_s, dry_run)
+        broken_document, broken_lines = _clean_broken(app, margin_s, dry_run)
     if json_output:
         emit_json(
             {
@@ -146,6 +147,8 @@ def clean(
         )
     for path in report.catalog_temporaries:
         print(f"{verb} {path} (a catalog rebuild that was killed)")
+    for line in broken_lines:  # on stdout with the rest of the report
+        print(line)
     for path in report.skipped_live:
         note(f"left alone (its run is still going): {path}")
     if not (
@@ -157,7 +160,7 @@ def clean(
         or report.catalog_temporaries
         or report.merges_resumed
         or report.partial_restores
-        or (  # --broken says what it did in its notes
+        or (  # --broken says what it did in its own lines
             broken_document is not None
             and any(
                 broken_document[k]
@@ -169,7 +172,9 @@ def clean(
     return status
 
 
-def _clean_broken(app: AppContext, margin: float, dry_run: bool) -> dict[str, object]:
+def _clean_broken(
+    app: AppContext, margin: float, dry_run: bool
+) -> tuple[dict[str, object], list[str]]:
     """Abandoned running backups (process gone, older than margin) and the packs only they wrote."""
     from casbackup.gc import collect_garbage
     from casbackup.nightly import gc_settings
@@ -188,21 +193,21 @@ def _clean_broken(app: AppContext, margin: float, dry_run: bool) -> dict[str, ob
     with Lock(repo.store, "gc", exclusive=True, command="clean --broken") as lock:
         report = collect_garbage(repo, catalog, settings, run_id=lock.id, dry_run=dry_run)
     verb = "would forget" if dry_run else "forgot"
-    if not app.quiet:
-        for run in runs:
-            note(
-                f"{verb} abandoned backup {run.name} (started {run.started_at:%Y-%m-%d %H:%M:%S} UTC)"
-            )
-        note(
-            f"broken packs: deleted {report.packs_deleted} ({human_bytes(report.bytes_freed)}), "
-            f"condemned {len(report.plan.condemn)} (deleted by a later gc or clean --broken)"
-        )
-    return {
+    lines = [
+        f"{verb} abandoned backup {run.name} (started {run.started_at:%Y-%m-%d %H:%M:%S} UTC)"
+        for run in runs
+    ]
+    lines.append(
+        f"broken packs: deleted {report.packs_deleted} ({human_bytes(report.bytes_freed)}), "
+        f"condemned {len(report.plan.condemn)} (deleted by a later gc or clean --broken)"
+    )
+    document: dict[str, object] = {
         "abandoned_backups": [r.name for r in runs],
         "packs_deleted": report.packs_deleted,
         "bytes_freed": report.bytes_freed,
         "packs_condemned": len(report.plan.condemn),
     }
+    return document, lines
 
 
 catalog_app = typer.Typer(
