@@ -350,7 +350,8 @@ DEFAULT_CONFIG = """\
 # Location: --config PATH, $CASBACKUP_CONFIG, /etc/casbackup/casbackup.toml (root)
 # or $XDG_CONFIG_HOME/casbackup/casbackup.toml (default ~/.config/casbackup/casbackup.toml).
 # Environment overrides: CASBACKUP_REPO, CASBACKUP_CATALOG, CASBACKUP_CLICKHOUSE,
-# CASBACKUP_CLICKHOUSE_PASSWORD. Command-line --repo/--clickhouse win over all.
+# CASBACKUP_CLICKHOUSE_PASSWORD. Command-line --repo/--clickhouse win over all, except
+# that a [clickhouse] password (or CASBACKUP_CLICKHOUSE_PASSWORD) wins over one in a URL.
 
 [repository]
 # Where backups live: a local directory (or mount), or s3://bucket/prefix.
@@ -425,8 +426,9 @@ lease_ttl = "15m"
 # After gc, `run` checks the repository's structure and reads this share of
 # the packs (a window that moves every day: 5% covers everything in 20 runs).
 read_data_subset = "5%"
-# Also test-restore the night's backup into scratch databases and compare
-# fingerprints (needs the backup's size free on the ClickHouse disk).
+# Also test-restore the night's backup into scratch databases, every file checked
+# against its part's checksums.txt (and fingerprints, if [backup] fingerprints took
+# them); needs the backup's size free on the ClickHouse disk.
 restore = false
 
 [s3]
