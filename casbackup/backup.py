@@ -51,7 +51,14 @@ from casbackup.repo import manifest as mf
 from casbackup.repo.archiver import StoredFile
 from casbackup.repo.chunker import Chunker, chunk_id, file_id
 from casbackup.repo.repository import Repository
-from casbackup.selection import matches, partition_selected, select, spec_selects
+from casbackup.selection import (
+    matches,
+    partition_selected,
+    select,
+    spec_selects,
+    unmatched,
+    unmatched_warning,
+)
 from casbackup.server_state import (
     access_directory,
     capture_access,
@@ -138,17 +145,32 @@ def select_tables(
     return chosen
 
 
+@dataclass
+class BackupPlan:
+    tables: list[TableInfo]  # in creation order (dependencies first)
+    unmatched: list[str]  # include patterns that match no table (selection.unmatched)
+
+    def warnings(self) -> list[str]:
+        return [
+            unmatched_warning(p, "the other patterns' tables are backed up") for p in self.unmatched
+        ]
+
+
 def plan_backup(
     server: ClickHouseServer, include: tuple[str, ...], exclude: tuple[str, ...]
-) -> list[TableInfo]:
-    """The tables `create` backs up, in creation order (dependencies first)."""
-    tables = select_tables(server.tables(), include, exclude)
+) -> BackupPlan:
+    """The tables `create` backs up, in creation order, and the patterns that chose none."""
+    every = server.tables()
+    tables = select_tables(every, include, exclude)
     if not tables:
         raise NothingSelected(patterns=", ".join(include))
     edges = [
         (needed, (t.database, t.name)) for t in tables for needed in t.loading_dependencies
     ] + [((t.database, t.name), dependent) for t in tables for dependent in t.dependents]
-    return [tables[i] for i in creation_order(tables, edges)]
+    return BackupPlan(
+        [tables[i] for i in creation_order(tables, edges)],
+        unmatched([t for t in every if not t.database.startswith(SCRATCH_PREFIX)], include),
+    )
 
 
 class BackupService:
@@ -177,7 +199,8 @@ class BackupService:
         ):
             if directory is not None and not directory.is_dir():
                 raise UsageError(detail=f"{flag}: {directory} is not a directory")
-        tables = plan_backup(self.server, self.options.tables, self.options.exclude)
+        plan = plan_backup(self.server, self.options.tables, self.options.exclude)
+        tables = plan.tables
         name = self.options.name or default_backup_name()
         wanted_databases = {t.database for t in tables}
         databases = [
@@ -188,7 +211,7 @@ class BackupService:
         self.progress.start(tables, 0)
         freeze_name = FreezeName.for_this_process()
         reports: list[TableReport] = []
-        warnings: list[str] = []
+        warnings: list[str] = plan.warnings()
         recorded: list[mf.Table] = []
         with SnapshotWriter(
             self.repo,

@@ -85,7 +85,13 @@ from casbackup.repo.reader import (
     write_files,
 )
 from casbackup.repo.repository import Repository
-from casbackup.selection import partition_selected, select, spec_selects
+from casbackup.selection import (
+    partition_selected,
+    select,
+    spec_selects,
+    unmatched,
+    unmatched_warning,
+)
 from casbackup.server_state import (
     check_no_clashes,
     replaced_files,
@@ -366,6 +372,7 @@ class RestoreService:
         # after the check (verify) does not hide it.
         self.checked: dict[str, int] = {}
         self.unused_specs: list[str] = []  # --partitions specs that chose nothing (plan)
+        self.unmatched_patterns: list[str] = []  # --tables patterns that chose nothing (plan)
         # What `db.x` can name as a table when --as rewrites statements.
         self.backed_up = frozenset((t.database, t.name) for t in manifest.tables)
         self.synced = False  # follow_repacks: the catalog was synced once already
@@ -390,6 +397,7 @@ class RestoreService:
         chosen = select(self.manifest.tables, self.options.tables, self.options.exclude)
         if not chosen:
             raise NothingSelected(patterns=", ".join(self.options.tables))
+        self.unmatched_patterns = unmatched(self.manifest.tables, self.options.tables)
         keys = {(t.database, t.name) for t in chosen}
         views = {
             (t.database, t.name): t for t in self.manifest.tables if t.engine == "MaterializedView"
@@ -702,6 +710,10 @@ class RestoreService:
         items = self.plan()
         report = RestoreReport(backup=self.manifest.name)
         report.warnings += self._unused_spec_warnings(items)
+        report.warnings += [
+            unmatched_warning(p, "the tables of the other patterns are restored")
+            for p in self.unmatched_patterns
+        ]
         report.warnings += [
             f"{item.target} restored empty: the backup holds its schema only "
             f"({item.entry.engine} engine rows are not backed up)"

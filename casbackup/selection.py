@@ -33,6 +33,22 @@ def select(items: Iterable[T], include: Sequence[str], exclude: Sequence[str] = 
     ]
 
 
+def unmatched(items: Iterable[Named], include: Sequence[str]) -> list[str]:
+    """Include patterns that match none of ``items`` (before any exclusion), in their order.
+
+    Only when none matches is it an error (``NothingSelected``); one of
+    several that matches nothing (``--tables 'shop.users,shop.evnts'``, or
+    the same in ``[backup] tables``) is most likely a typo, and was ignored
+    without a word: a table the operator named, never backed up.
+    """
+    names = [f"{t.database}.{t.name}" for t in items]
+    return [p for p in include if not any(fnmatchcase(name, p) for name in names)]
+
+
+def unmatched_warning(pattern: str, doing: str) -> str:
+    return f"pattern {pattern!r} matches no table (a typo?); {doing}"
+
+
 def partition_selected(
     database: str,
     table: str,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from casbackup.selection import partition_selected, split_specs
+from casbackup.selection import partition_selected, split_specs, unmatched
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,18 @@ def test_a_table_only_scoped_specs_exist_for_is_whole_for_create_and_empty_for_r
 
 def test_no_specs_select_every_partition() -> None:
     assert partition_selected("db", "t", "x", "x", [])
+
+
+class _T:
+    def __init__(self, database: str, name: str) -> None:
+        self.database, self.name = database, name
+
+
+def test_unmatched_patterns_in_their_order() -> None:
+    items = [_T("shop", "users"), _T("shop", "events"), _T("logs", "hits")]
+    assert unmatched(items, ["shop.*", "shop.evnts", "*.hits", "Shop.users", "x.*"]) == [
+        "shop.evnts",
+        "Shop.users",  # case-sensitive, as matching is
+        "x.*",
+    ]
+    assert unmatched([], ["*.*"]) == ["*.*"]

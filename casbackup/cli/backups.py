@@ -388,15 +388,16 @@ def tables(
     tables: TablesOption = None,
     exclude: ExcludeOption = None,
     json_output: JsonOption = False,
-) -> None:
+) -> int:
     """List the tables `create` would back up, in the order it would."""
     app: AppContext = ctx.obj
     settings = app.settings
-    planned = plan_backup(
+    plan = plan_backup(
         app.server,
         patterns(tables, settings.backup.tables),
         patterns(exclude, settings.backup.exclude),
     )
+    planned = plan.tables
     sizes = {}
     for t in planned:
         if t.has_data:
@@ -420,7 +421,14 @@ def tables(
                 for t in planned
             ]
         )
-        return
+    else:
+        _print_planned(planned, sizes)
+    for warning in plan.warnings():  # on stderr, beside --json too
+        warn(warning)
+    return ExitCode.WARNING if plan.unmatched else ExitCode.OK
+
+
+def _print_planned(planned: list[TableInfo], sizes: dict[str, tuple[int, int, int]]) -> None:
     print_table(
         ["table", "engine", "data", "parts", "rows", "bytes"],
         [
