@@ -440,9 +440,12 @@ class S3Store:
 
     def _reason(self, exc: Exception) -> str:
         underlying = getattr(exc, "kwargs", {}).get("error", "")
-        found = _ERRNO.search(f"{underlying} {exc}")
-        if found:
-            return self._clean(found.group(0).strip())
+        # Each text on its own: searched joined, the errno's text ran on into
+        # botocore's ("Connection refused Could not connect to the endpoint URL:").
+        for text in (str(underlying), str(exc)):
+            found = _ERRNO.search(text)
+            if found:
+                return self._clean(found.group(0).strip())
         return _CONNECTION_FAILURES.get(type(exc).__name__, type(exc).__name__)
 
     def _clean(self, text: str) -> str:

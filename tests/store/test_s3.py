@@ -158,6 +158,9 @@ def test_unreachable_endpoint_is_a_clear_error(s3_server: S3Server, s3_bucket: s
     assert message.startswith("object store error: cannot reach S3 endpoint 127.0.0.1:")
     assert "Connection refused" in message and "after 2 attempts" in message
     assert "\n" not in message and SECRET_KEY not in message
+    # The errno's text alone: it ran on into botocore's own ("... refused Could not connect
+    # to the endpoint URL:, after 2 attempts").
+    assert message.endswith("[Errno 111] Connection refused, after 2 attempts)"), message
 
 
 def test_no_credentials_anywhere_is_a_config_error(
