@@ -1280,7 +1280,7 @@ def staging_batches(parts: list[mf.Part]) -> Iterator[list[mf.Part]]:
 def _partial_hint(table: TableInfo | None) -> str:
     if table is None or not left_partial(table):
         return ""
-    return " (only some of it: a restore stopped while attaching; add --drop-existing)"
+    return " (only some of it: a restore stopped while attaching)"
 
 
 def _exists(path: Path) -> bool:

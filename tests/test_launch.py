@@ -135,3 +135,5 @@ def test_warnings_of_the_log_and_of_the_commands_read_alike(tmp_path: Path) -> N
     noted = subprocess.run([*base, "clean"], capture_output=True, text=True)
     assert noted.returncode == ExitCode.WARNING
     assert "casbackup: warning: skipped ClickHouse cleanup: " in noted.stderr.splitlines()[-1]
+    # Not "nothing to clean": it could not look at ClickHouse.
+    assert noted.stdout == "nothing to clean in the store\n"

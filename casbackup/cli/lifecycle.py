@@ -286,6 +286,15 @@ def unlock(
         )
     if not chosen:
         print("nothing to remove")
+    live = [r for r in records if r not in chosen and not r.stale(now, ttl)]
+    if live and not keys:
+        # Else "nothing to remove" beside a lock `locks` lists reads as a failure to remove it.
+        print(
+            f"kept {len(live)} live lock{'s' if len(live) > 1 else ''} "
+            f"({', '.join(r.key for r in live[:3])}{', …' if len(live) > 3 else ''}): their "
+            "process runs, or ran within the lease's time to live; `unlock KEY` or `--all` "
+            "removes them"
+        )
     return ExitCode.OK
 
 

@@ -93,8 +93,10 @@ def clean(
     margin_s = duration_seconds_cli(margin)  # a typo must stop clean before it removes anything
     report = CleanReport()
     status = ExitCode.OK
+    looked_at_clickhouse = False
     try:
         clean_clickhouse(app.server, report, dry_run=dry_run)
+        looked_at_clickhouse = True
     except ClickHouseError as exc:
         warn(f"skipped ClickHouse cleanup: {exc.message}")
         status = ExitCode.WARNING
@@ -168,7 +170,8 @@ def clean(
             )
         )
     ):
-        print("nothing to clean")
+        # Not "nothing to clean" when the server could not be asked (warned above).
+        print("nothing to clean" if looked_at_clickhouse else "nothing to clean in the store")
     return status
 
 

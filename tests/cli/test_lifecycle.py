@@ -235,7 +235,11 @@ def test_locks_and_unlock(cli: Any, tmp_path: Path) -> None:
     (repo / "locks" / "backup-live").write_bytes(live.encode())
     result = cli(None, "unlock")
     assert result.code == 0 and "backup-deadbeef" in result.stdout
+    assert "kept 1 live lock (locks/backup-live): " in result.stdout
     assert [lk["key"] for lk in cli(None, "locks", "--json").json()] == ["locks/backup-live"]
+    # Only a live lock: "nothing to remove" alone read as a failure to remove it.
+    again = cli(None, "unlock").stdout.splitlines()
+    assert again[0] == "nothing to remove" and again[1].startswith("kept 1 live lock (")
     assert cli(None, "unlock", "locks/backup-live").code == 0
     assert cli(None, "locks", "--json").json() == []
 
