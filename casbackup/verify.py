@@ -184,6 +184,8 @@ class Verifier:
         with self.catalog.db.read() as conn:
             in_catalog = set(conn.scalars(select(Backup.name).where(Backup.state == COMMITTED)))
         names = list(self.options.names) or sorted(in_store | in_catalog)
+        # Backups kept share nearly every part: each is validated once, not once per backup.
+        memo = mf.DecodeMemo()
         for name in names:
             if name not in in_store and name not in in_catalog:
                 raise BackupNotFound(name=name)  # a typo, not a failed verification
@@ -197,7 +199,7 @@ class Verifier:
                 )
                 continue
             try:
-                self.manifests[name] = self.repo.read_manifest(name)
+                self.manifests[name] = self.repo.read_manifest(name, memo)
             except CasbackupError as exc:
                 # Not also "the catalog does not know it": no sync indexes a manifest that
                 # does not decode.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import blake3
 import msgpack
@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -134,6 +135,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+_M = TypeVar("_M", bound=_Model)
+
+# The context of a manifest assembled by DecodeMemo: its parts and file
+# contents are instances validated on their own already, and pydantic runs a
+# model's after-validators again on every instance it is handed.
+_MEMO_CONTEXT = {"parts and files validated": True}
+
+
+def _memoized(info: ValidationInfo) -> bool:
+    return info.context is _MEMO_CONTEXT
+
+
 class FileContent(_Model):
     """The content of one distinct file: its chunks, in order."""
 
@@ -142,7 +155,9 @@ class FileContent(_Model):
     chunks: list[Digest]
 
     @model_validator(mode="after")
-    def _consistent(self) -> FileContent:
+    def _consistent(self, info: ValidationInfo) -> FileContent:
+        if _memoized(info):
+            return self
         if file_id(self.chunks) != self.id:
             raise ValueError("file id does not match its chunk list")
         if len(self.chunks) > self.size or self.size > len(self.chunks) * MAX_CHUNK_SIZE:
@@ -193,7 +208,9 @@ class Part(_Model):
     fingerprint: PartFingerprint | None = None
 
     @model_validator(mode="after")
-    def _files_form_a_tree(self) -> Part:
+    def _files_form_a_tree(self, info: ValidationInfo) -> Part:
+        if _memoized(info):
+            return self
         one_tree([f.path for f in self.files])
         return self
 
@@ -356,7 +373,26 @@ def encode(manifest: Manifest) -> bytes:
     return MAGIC + blake3.blake3(body).digest() + body
 
 
-def decode(data: bytes | memoryview, name: str) -> Manifest:
+class DecodeMemo:
+    """Parts and file contents already validated, for decoding many manifests of one repository.
+
+    Consecutive backups share nearly all their parts and files, and validating
+    them (paths, digests, file ids against chunk lists) is most of what
+    decoding a manifest costs: a reader of every manifest (verify) would
+    repeat it per backup kept (and hold a copy of each per backup). A part or
+    file content encoded exactly as one validated before (the same msgpack
+    bytes) is that frozen object, shared; anything else is validated as
+    ``decode`` alone would, and a manifest that fails in any way is decoded
+    again without the memo, so its error is exactly ``decode``'s. Holds the
+    distinct parts and file contents seen, and their encoded forms.
+    """
+
+    def __init__(self) -> None:
+        self.parts: dict[bytes, Part] = {}  # by its encoded form in the document
+        self.files: dict[bytes, FileContent] = {}
+
+
+def decode(data: bytes | memoryview, name: str, memo: DecodeMemo | None = None) -> Manifest:
     view = memoryview(data)  # slices of it copy nothing
     if len(view) < HEADER_SIZE or view[: len(MAGIC)] != MAGIC:
         raise ManifestCorrupt(
@@ -367,6 +403,15 @@ def decode(data: bytes | memoryview, name: str) -> Manifest:
     body = view[HEADER_SIZE:]
     if blake3.blake3(body).digest() != view[len(MAGIC) : HEADER_SIZE]:
         raise ManifestCorrupt(backup=name, detail="digest mismatch (damaged in storage)")
+    if memo is not None:
+        try:
+            manifest = _decode_with(memo, body, name)
+        except MemoryError:
+            raise
+        except Exception:  # decoded again below, for decode's own error
+            manifest = None
+        if manifest is not None:
+            return manifest
     doc = _unpack_document(body, name)
     if not isinstance(doc, dict):
         raise ManifestCorrupt(backup=name, detail="top level is not a map")
@@ -387,6 +432,113 @@ def decode(data: bytes | memoryview, name: str) -> Manifest:
             backup=name, detail=f"stored under {name!r} but names itself {manifest.name!r}"
         )
     return manifest
+
+
+def _decode_with(memo: DecodeMemo, body: memoryview, name: str) -> Manifest | None:
+    """``decode``'s document through the memo; None where decode must judge it alone.
+
+    The document is walked with msgpack's own unpacker, streamed as
+    ``_unpack_document`` streams it; each part and file content is skipped
+    over and looked up by its encoded bytes, so one seen before costs a
+    lookup, not a decoding and a validation. One not seen before is decoded
+    with ``decode``'s limits and validated alone, then remembered.
+    """
+    with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+        stream = _Recording(_Bounded(reader, MAX_MANIFEST_BYTES))
+        unpacker = _unpacker(_UNPACK_BUFFER, stream)
+        doc: dict[str, Any] = {}
+        for _ in range(unpacker.read_map_header()):
+            key = unpacker.unpack()
+            if key == "tables":
+                doc[key] = [
+                    _table(unpacker, stream, memo) for _ in range(unpacker.read_array_header())
+                ]
+            elif key == "files":
+                doc[key] = [
+                    _remembered(unpacker, stream, memo.files, FileContent)
+                    for _ in range(unpacker.read_array_header())
+                ]
+            else:
+                doc[key] = unpacker.unpack()
+        if stream.count > unpacker.tell() or stream.read(1):
+            return None
+    if doc.get("version") != FORMAT_VERSION:
+        return None
+    manifest = Manifest.model_validate(doc, context=_MEMO_CONTEXT)
+    return manifest if manifest.name == name else None
+
+
+def _table(unpacker: msgpack.Unpacker, stream: _Recording, memo: DecodeMemo) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for _ in range(unpacker.read_map_header()):
+        key = unpacker.unpack()
+        if key == "parts":
+            table[key] = [
+                _remembered(unpacker, stream, memo.parts, Part)
+                for _ in range(unpacker.read_array_header())
+            ]
+        else:
+            table[key] = unpacker.unpack()
+    return table
+
+
+def _remembered(
+    unpacker: msgpack.Unpacker, stream: _Recording, cache: dict[bytes, _M], model: type[_M]
+) -> _M:
+    start = unpacker.tell()
+    unpacker.skip()
+    encoded = stream.take(start, unpacker.tell())
+    found = cache.get(encoded)
+    if found is None:
+        one = _unpacker(len(encoded))
+        one.feed(encoded)
+        found = cache[encoded] = model.model_validate(one.unpack())
+    return found
+
+
+class _Recording:
+    """A reader that keeps what it read, so that an object the unpacker skipped can be taken."""
+
+    def __init__(self, stream: _Bounded) -> None:
+        self.stream = stream
+        self.kept = bytearray()
+        self.base = 0  # the document offset of kept[0]
+
+    @property
+    def count(self) -> int:
+        return self.stream.count
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.kept += data
+        return data
+
+    def take(self, start: int, end: int) -> bytes:
+        """The document's bytes [start, end); what comes before ``end`` is not kept for long."""
+        encoded = bytes(self.kept[start - self.base : end - self.base])
+        if end - self.base > _KEEP:  # dropped now and then, not per object: a move of the rest
+            del self.kept[: end - self.base]
+            self.base = end
+        return encoded
+
+
+_KEEP = 8 * MiB
+
+
+def _unpacker(buffer_size: int, file_like: Any = None) -> msgpack.Unpacker:
+    """The unpacker of a manifest's document, with the limits every reader applies."""
+    return msgpack.Unpacker(
+        file_like,
+        raw=False,
+        strict_map_key=True,
+        read_size=_READ_SIZE,
+        max_buffer_size=max(buffer_size, _UNPACK_BUFFER),
+        max_str_len=MAX_STRING_BYTES,
+        max_bin_len=_MAX_BIN_BYTES,
+        max_map_len=_MAX_MAP_ENTRIES,
+        max_array_len=MAX_ARRAY_ITEMS,
+        max_ext_len=0,
+    )
 
 
 class _TooLarge(Exception):
@@ -420,18 +572,7 @@ def _unpack_document(body: memoryview, name: str) -> Any:
     try:
         with zstandard.ZstdDecompressor().stream_reader(body) as reader:
             stream = _Bounded(reader, MAX_MANIFEST_BYTES)
-            unpacker = msgpack.Unpacker(
-                stream,
-                raw=False,
-                strict_map_key=True,
-                read_size=_READ_SIZE,
-                max_buffer_size=_UNPACK_BUFFER,
-                max_str_len=MAX_STRING_BYTES,
-                max_bin_len=_MAX_BIN_BYTES,
-                max_map_len=_MAX_MAP_ENTRIES,
-                max_array_len=MAX_ARRAY_ITEMS,
-                max_ext_len=0,
-            )
+            unpacker = _unpacker(_UNPACK_BUFFER, stream)
             doc = unpacker.unpack()
             if stream.count > unpacker.tell() or stream.read(1):
                 raise ManifestCorrupt(backup=name, detail="msgpack: extra data after the document")

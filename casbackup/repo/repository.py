@@ -376,8 +376,9 @@ class Repository:
         """
         return manifest_object(self.store, name)
 
-    def read_manifest(self, name: str) -> Manifest:
-        manifest = manifest_codec.decode(self.manifest_object(name), name)
+    def read_manifest(self, name: str, memo: manifest_codec.DecodeMemo | None = None) -> Manifest:
+        """A backup's manifest; ``memo``: shared with the other manifests a caller reads."""
+        manifest = manifest_codec.decode(self.manifest_object(name), name, memo)
         if manifest.repository_id != self.id:
             raise RepositoryError(
                 detail=f"manifest {name} belongs to repository {manifest.repository_id}"

@@ -10,15 +10,18 @@ from typing import Any
 
 import pytest
 
+from casbackup.catalog import Catalog
 from casbackup.clickhouse.server import SCRATCH_PREFIX
 from casbackup.clickhouse.sql import qualified
-from casbackup.errors import ClickHouseError, ExitCode
+from casbackup.errors import CasbackupError, ClickHouseError, ExitCode
+from casbackup.repo import manifest as mf
+from casbackup.repo.keys import manifest_key
 from casbackup.repo.repository import Repository
 from casbackup.store.local import LocalStore
 from casbackup.verify import Verifier, choose_subset
 from tests.cli.test_incremental import create_table, fill, mutate
 from tests.engines import Engine
-from tests.helpers import StagedParts, after_staging, flip_byte
+from tests.helpers import StagedParts, after_staging, flip_byte, snapshot_directory, write_tree
 
 
 def backed_up(engine: Engine, dbname: str, cli: Any, name: str = "b1", rows: int = 300_000) -> None:
@@ -538,6 +541,38 @@ def test_fingerprints_scan_only_new_parts(
     repo = Repository.open(LocalStore(tmp_path / "repo"))
     assert all(p.fingerprint is not None for t in repo.read_manifest("b3").tables for p in t.parts)
     assert verify(cli, engine, "b3", "--restore")[1]["tables"][0]["fingerprint"] == "match"
+
+
+def test_a_manifest_damaged_in_a_part_other_backups_share_is_still_refused(
+    cli: Any, tmp_path: Path
+) -> None:
+    """verify validates a part the backups kept share once, not per backup (DecodeMemo).
+
+    A manifest whose copy of such a part is unsafe, written with a valid
+    digest, is one problem with the error it gets decoded alone; the backups
+    before and after it, holding the sound part, pass.
+    """
+    assert cli(None, "init").code == 0
+    repo_dir = tmp_path / "repo"
+    repo = Repository.open(LocalStore(repo_dir))
+    write_tree(tmp_path / "data" / "all_1_1_0", {"data.bin": b"x" * 1000, "count.txt": b"1000"})
+    with Catalog.open(f"sqlite:///{repo_dir / 'catalog.sqlite'}", repo.id) as catalog:
+        for name in ("b1", "b2", "b3"):
+            snapshot_directory(repo, catalog, name, tmp_path / "data")
+
+    def unsafe(doc: dict[str, Any]) -> None:
+        doc["tables"][0]["parts"][0]["files"][0]["path"] = "../escape"
+
+    from tests.cli.test_older_releases import rewrite_manifest  # which imports this module
+
+    rewrite_manifest(repo_dir, "b2", unsafe)
+    with pytest.raises(CasbackupError) as alone:
+        mf.decode((repo_dir / manifest_key("b2")).read_bytes(), "b2")
+    code, report = verify(cli, None)
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert (problem["level"], problem["object"]) == ("structure", "backup b2")
+    assert alone.value.message in problem["detail"] and "../escape" in problem["detail"]
 
 
 def test_subset_windows_cover_everything_over_consecutive_days() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,6 +127,43 @@ def test_roundtrip(manifest: Manifest) -> None:
     assert codec.decode(codec.encode(manifest), manifest.name) == manifest
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(manifests(), min_size=1, max_size=3))
+def test_decoding_with_a_memo_gives_the_same_manifests(found: list[Manifest]) -> None:
+    memo = codec.DecodeMemo()
+    for manifest in found:
+        data = codec.encode(manifest)
+        assert codec.decode(data, manifest.name, memo) == manifest
+        again = codec.decode(data, manifest.name, memo)
+        assert again == manifest
+        # A part or file content seen before is the object validated then.
+        first = codec.decode(data, manifest.name, memo)
+        assert all(a is b for a, b in zip(first.files, again.files, strict=True))
+        assert all(
+            a is b
+            for s, t in zip(first.tables, again.tables, strict=True)
+            for a, b in zip(s.parts, t.parts, strict=True)
+        )
+
+
+Decode = Callable[[bytes, str], Manifest]
+
+
+@pytest.fixture(params=["alone", "with a memo"])
+def decode(request: pytest.FixtureRequest) -> Decode:
+    """``codec.decode``, or through a memo that already holds the valid sample's parts and files.
+
+    A document refused alone must be refused alike (same error) through a
+    memo, also when all but one field of it was accepted before.
+    """
+    if request.param == "alone":
+        return codec.decode
+    memo = codec.DecodeMemo()
+    codec.decode(codec.encode(_sample()), "b-1", memo)
+    assert memo.parts and memo.files
+    return lambda data, name: codec.decode(data, name, memo)
+
+
 def _raw_doc(manifest: Manifest) -> dict[str, Any]:
     data = codec.encode(manifest)
     return msgpack.unpackb(zstandard.ZstdDecompressor().decompress(data[40:]), raw=False)
@@ -177,41 +215,41 @@ def _sample() -> Manifest:
 @pytest.mark.parametrize(
     "path", ["../../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "./x", "x/.", "a\x00b", ""]
 )
-def test_unsafe_paths_refused(path: str) -> None:
+def test_unsafe_paths_refused(path: str, decode: Decode) -> None:
     doc = _raw_doc(_sample())
     doc["tables"][0]["parts"][0]["files"][0]["path"] = path
     with pytest.raises(UnsafePath):
-        codec.decode(_encode_doc(doc), "b-1")
+        decode(_encode_doc(doc), "b-1")
 
 
 @pytest.mark.parametrize(
     "name", ["../x", "a/b", "attaching_1_1_1_0", "deleting_x", "", "tmp_merge_1", "-", "--1_1_1_0"]
 )
-def test_unsafe_part_names_refused(name: str) -> None:
+def test_unsafe_part_names_refused(name: str, decode: Decode) -> None:
     doc = _raw_doc(_sample())
     doc["tables"][0]["parts"][0]["name"] = name
     with pytest.raises(UnsafePath):
-        codec.decode(_encode_doc(doc), "b-1")
+        decode(_encode_doc(doc), "b-1")
 
 
-def test_flipped_byte_detected() -> None:
+def test_flipped_byte_detected(decode: Decode) -> None:
     data = bytearray(codec.encode(_sample()))
     data[60] ^= 1
     with pytest.raises(ManifestCorrupt, match="digest mismatch"):
-        codec.decode(bytes(data), "b-1")
+        decode(bytes(data), "b-1")
 
 
 @pytest.mark.parametrize("data", [b"", b"CASMANI1", b"garbage" * 20])
-def test_not_a_manifest(data: bytes) -> None:
+def test_not_a_manifest(data: bytes, decode: Decode) -> None:
     with pytest.raises(ManifestCorrupt):
-        codec.decode(data, "b-1")
+        decode(data, "b-1")
 
 
-def test_newer_version_refused_with_advice() -> None:
+def test_newer_version_refused_with_advice(decode: Decode) -> None:
     doc = _raw_doc(_sample())
     doc["version"] = 2
     with pytest.raises(UnsupportedFormat, match="version 2"):
-        codec.decode(_encode_doc(doc), "b-1")
+        decode(_encode_doc(doc), "b-1")
 
 
 def _files(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -252,19 +290,19 @@ def _files(doc: dict[str, Any]) -> list[dict[str, Any]]:
         (lambda d: d["tables"].append(copy.deepcopy(d["tables"][0])), "a table is listed twice"),
     ],
 )
-def test_inconsistent_documents_refused(mutate: Any, message: str) -> None:
+def test_inconsistent_documents_refused(mutate: Any, message: str, decode: Decode) -> None:
     doc = _raw_doc(_sample())
     mutate(doc)
     with pytest.raises(ManifestCorrupt, match=message):
-        codec.decode(_encode_doc(doc), "b-1")
+        decode(_encode_doc(doc), "b-1")
 
 
-def test_non_map_top_level() -> None:
+def test_non_map_top_level(decode: Decode) -> None:
     import blake3
 
     body = zstandard.ZstdCompressor().compress(msgpack.packb([1, 2, 3]))
     with pytest.raises(ManifestCorrupt, match="not a map"):
-        codec.decode(codec.MAGIC + blake3.blake3(body).digest() + body, "b-1")
+        decode(codec.MAGIC + blake3.blake3(body).digest() + body, "b-1")
 
 
 # --- hostile sizes: memory bounded by the document, not by what follows it ----------
@@ -297,37 +335,39 @@ def _peak_allocation(action: Any) -> int:
         tracemalloc.stop()
 
 
-def test_trailing_zeros_are_refused_without_decompressing_them() -> None:
+def test_trailing_zeros_are_refused_without_decompressing_them(decode: Decode) -> None:
     """A valid document then 2 GiB of zeros: ~70 KB stored, and 4 GB of memory before the fix."""
     document = msgpack.packb(_raw_doc(_sample()), use_bin_type=True)
     data = _with_body(_zstd_of(document, bytes(8 << 20), repeat_last=256))
     assert len(data) < 200_000
 
-    def decode() -> None:
+    def refuse() -> None:
         with pytest.raises(ManifestCorrupt, match="extra data after the document"):
-            codec.decode(data, "b-1")
+            decode(data, "b-1")
 
-    assert _peak_allocation(decode) < 8 << 20
+    assert _peak_allocation(refuse) < 8 << 20
 
 
 @pytest.mark.parametrize("extra", [b"\x00", b"\xc0" * 3, msgpack.packb({"version": 1})])
-def test_any_trailing_data_is_refused(extra: bytes) -> None:
+def test_any_trailing_data_is_refused(extra: bytes, decode: Decode) -> None:
     document = msgpack.packb(_raw_doc(_sample()), use_bin_type=True)
     with pytest.raises(ManifestCorrupt, match="extra data after the document"):
-        codec.decode(_with_body(_zstd_of(document + extra)), "b-1")
+        decode(_with_body(_zstd_of(document + extra)), "b-1")
 
 
-def test_a_truncated_document_is_refused() -> None:
+def test_a_truncated_document_is_refused(decode: Decode) -> None:
     document = msgpack.packb(_raw_doc(_sample()), use_bin_type=True)
     with pytest.raises(ManifestCorrupt, match="truncated document"):
-        codec.decode(_with_body(_zstd_of(document[:-5])), "b-1")
+        decode(_with_body(_zstd_of(document[:-5])), "b-1")
 
 
-def test_a_document_beyond_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_document_beyond_the_limit_is_refused(
+    monkeypatch: pytest.MonkeyPatch, decode: Decode
+) -> None:
     data = codec.encode(_sample())
     monkeypatch.setattr(codec, "MAX_MANIFEST_BYTES", 100)
     with pytest.raises(ManifestCorrupt, match="decompresses to more than the 100-byte limit"):
-        codec.decode(data, "b-1")
+        decode(data, "b-1")
 
 
 def test_a_manifest_readers_would_refuse_is_never_written(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,6 +389,6 @@ def test_a_manifest_readers_would_refuse_is_never_written(monkeypatch: pytest.Mo
         (b"\xdf\xff\xff\xff\xff", "exceeds max_map_len"),
     ],
 )
-def test_msgpack_lengths_are_bounded(document: bytes, message: str) -> None:
+def test_msgpack_lengths_are_bounded(document: bytes, message: str, decode: Decode) -> None:
     with pytest.raises(ManifestCorrupt, match=message):
-        codec.decode(_with_body(_zstd_of(document)), "b-1")
+        decode(_with_body(_zstd_of(document)), "b-1")
