@@ -18,12 +18,14 @@ other file is reused as `create` reuses an unchanged file (its stored chunk
 list, not read again). When the count reaches each of --backups, it times
 whole CLI processes: ``verify`` (structure only, the default) and
 ``verify --read-data --subset 5%`` (what `run` verifies by default), then
-``--profile`` prints where the structure check spends its time (cProfile,
-in this process). --reuse keeps an existing --workdir's repository and
+runs one structure check in a process of its own per code tree and prints
+the wall time of its steps (manifests, catalog chunk lists, chunk
+locations, the rest) and the peak RSS; ``--profile`` adds cProfile's top
+functions (which inflates per-call costs). --reuse keeps an existing --workdir's repository and
 goes on from the backups it holds (or only measures, if it holds enough).
 --code DIR times the casbackup package found in DIR (a checkout of another
 commit) with this interpreter, alternating with the others given, round by
-round; --profile then runs in a process of its own per code tree.
+round.
 """
 
 from __future__ import annotations
@@ -186,21 +188,63 @@ def timed_cli(root: Path, args: list[str], env: dict[str, str]) -> float:
     return took
 
 
-def profile(root: Path, top: int) -> None:
+def phases(root: Path, top: int) -> None:
+    """One structure check in this process: wall time of its steps, peak RSS; cProfile if top."""
+    import functools
+    import resource
+
+    from casbackup import verify
+    from casbackup.catalog.index import ChunkIndex
+
+    spent: dict[str, float] = {}
+
+    def timed(owner: type, name: str) -> None:
+        call = getattr(owner, name)
+
+        @functools.wraps(call)
+        def wrapper(*args: object, **kwargs: object) -> object:
+            started = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                key = f"{owner.__name__}.{name}"
+                spent[key] = spent.get(key, 0.0) + time.perf_counter() - started
+
+        setattr(owner, name, wrapper)
+
+    steps = [
+        (Repository, "read_manifest"),
+        (verify.Verifier, "_compare_chunk_lists"),
+        (ChunkIndex, "locate"),
+        (verify.Verifier, "_unknown_packs"),
+    ]
+    for owner, name in [*steps, (verify.Verifier, "_structure")]:
+        timed(owner, name)
+    profiler = cProfile.Profile() if top else None
+    started = time.perf_counter()
     repo = Repository.open(LocalStore(root))
     with Catalog.open(f"sqlite:///{root / 'catalog.sqlite'}", repo.id) as catalog:
-        profiler = cProfile.Profile()
-        started = time.perf_counter()
-        profiler.enable()
+        if profiler:
+            profiler.enable()
         report = Verifier(repo, catalog, VerifyOptions()).run()
-        profiler.disable()
-        took = time.perf_counter() - started
-    assert report.ok, report.problems
-    print(f"  in-process structure check {took:.2f} s (under cProfile)")
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.sort_stats("cumulative").print_stats(top)
-    print("\n".join("    " + line for line in out.getvalue().splitlines() if line.strip()))
+        if profiler:
+            profiler.disable()
+    took = time.perf_counter() - started
+    assert report.ok, report.problems[:3]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"  {Path(verify.__file__).parent.parent}: in-process {took:.2f} s"
+        f"{' (under cProfile)' if profiler else ''}, peak RSS {peak:.0f} MiB"
+    )
+    stepped = sum(spent.get(f"{o.__name__}.{n}", 0.0) for o, n in steps)
+    for key, value in spent.items():
+        print(f"    {key:34s} {value:6.2f} s")
+    rest = spent["Verifier._structure"] - stepped
+    print(f"    {'rest of _structure':34s} {rest:6.2f} s  (chunk users, pack listing and checks)")
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
+        print("\n".join("    " + line for line in out.getvalue().splitlines() if line.strip()))
 
 
 def main() -> None:
@@ -213,10 +257,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--code", type=Path, action="append")
-    parser.add_argument("--profile-only", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--phases-only", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.profile_only:
-        profile(args.profile_only, args.top)
+    if args.phases_only:
+        phases(args.phases_only, args.top if args.profile else 0)
         return
     codes: list[Path | None] = list(args.code or [None])
     targets = sorted(int(n) for n in args.backups.split(","))
@@ -259,21 +303,20 @@ def main() -> None:
                         f"  (runs {', '.join(f'{t:.2f}' for t in runs)})",
                         flush=True,
                     )
-            if args.profile:
-                for code in codes:
-                    print(f"  profile of {code or 'this checkout'}:", flush=True)
-                    subprocess.run(
-                        [
-                            sys.executable,
-                            __file__,
-                            "--profile-only",
-                            str(root),
-                            "--top",
-                            str(args.top),
-                        ],
-                        env=code_env(env, code),
-                        check=True,
-                    )
+            for code in codes:
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--phases-only",
+                        str(root),
+                        "--top",
+                        str(args.top),
+                        *(["--profile"] if args.profile else []),
+                    ],
+                    env=code_env(env, code),
+                    check=True,
+                )
     finally:
         builder.close()
 
