@@ -105,6 +105,10 @@ class GcPlan:
     incomplete_marks: list[Mark] = field(default_factory=list)
     condemn: list[PackAction] = field(default_factory=list)
     repack: list[PackAction] = field(default_factory=list)
+    # Packs it would condemn or repack but for their age (< min_age): a drill's
+    # `forget` then `gc` freed nothing, and did not say why.
+    too_young: list[PackAction] = field(default_factory=list)
+    min_age: float = 0.0
 
     @property
     def bytes_to_free(self) -> int:
@@ -146,7 +150,7 @@ def plan_gc(
     marks = read_marks(repo.store)
     alive = alive_backup_leases(read_locks(repo.store), now, settings.lease_ttl)
     usage = {u.pack_id: u for u in pack_usage(catalog.db)}
-    plan = GcPlan(now=now, marks=marks)
+    plan = GcPlan(now=now, marks=marks, min_age=settings.min_age)
     committed_runs = committed_run_ids(catalog) if settings.only_dead_runs else set()
     marked: set[bytes] = set()
     for mark in marks:
@@ -176,7 +180,7 @@ def plan_gc(
             else:
                 plan.delete.append(PackAction(pack, u.size))
     for u in sorted(usage.values(), key=lambda u: u.pack_id):
-        if u.pack_id in marked or not _old_enough(u, now, settings) or (u.created_by in alive):
+        if u.pack_id in marked or (u.created_by in alive):
             continue
         if settings.only_dead_runs and u.created_by in committed_runs:
             # clean --broken: not packs of runs that committed (a deleted backup's
@@ -184,13 +188,16 @@ def plan_gc(
             # uploaded before recording them.
             continue
         if u.live_chunks == 0:
-            plan.condemn.append(PackAction(u.pack_id, u.size))
+            chosen, action = plan.condemn, PackAction(u.pack_id, u.size)
         elif (
             not settings.only_dead_runs
             and u.live_chunks < u.chunks  # all live: a repack would rewrite the same pack
             and u.live_fraction < settings.repack_below
         ):
-            plan.repack.append(PackAction(u.pack_id, u.size, u.live_bytes))
+            chosen, action = plan.repack, PackAction(u.pack_id, u.size, u.live_bytes)
+        else:
+            continue
+        (chosen if _old_enough(u, now, settings) else plan.too_young).append(action)
     return plan
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from casbackup.catalog import Catalog
 from casbackup.errors import LockLost
-from casbackup.gc import GcSettings, collect_garbage
+from casbackup.gc import GcPlan, GcSettings, collect_garbage
 from casbackup.lifecycle import delete_backups
 from casbackup.repo import keys
 from casbackup.repo.marks import read_marks
@@ -101,6 +102,29 @@ def test_gc_frees_exactly_the_unreferenced_packs(
     assert restore_manifest(
         repo, catalog, repo.read_manifest("b"), tmp_path / "out"
     ) == tree_contents(tmp_path / "b")
+
+
+def test_packs_too_young_to_condemn_are_named_in_the_plan(
+    repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock
+) -> None:
+    """`forget` then `gc` in a drill freed nothing and said nothing of why: min_age."""
+    random_tree(tmp_path / "a", seed=1, shared=1)
+    random_tree(tmp_path / "b", seed=2, shared=2)
+    snapshot_directory(repo, catalog, "a", tmp_path / "a", pack_size=SMALL_PACKS)
+    snapshot_directory(repo, catalog, "b", tmp_path / "b", pack_size=SMALL_PACKS)
+    delete_backups(repo, catalog, ["a"])
+    garbage = {p for p, _ in repo.list_packs()} - set(packs_needed_by(repo, ["b"]))
+    clock.now = time.time()  # the packs were written just now
+
+    def plan(min_age: float) -> GcPlan:
+        chosen = GcSettings(min_age=min_age, pack_size=SMALL_PACKS)
+        return collect_garbage(repo, catalog, chosen, run_id="t", dry_run=True, clock=clock).plan
+
+    young = plan(3600.0)
+    assert young.condemn == [] and young.min_age == 3600.0
+    assert {a.pack_id for a in young.too_young} == garbage
+    ripe = plan(0.0)
+    assert {a.pack_id for a in ripe.condemn} == garbage and ripe.too_young == []
 
 
 def test_gc_splits_a_large_condemnation_into_marks_readers_accept(

@@ -127,6 +127,7 @@ def _gc_document(report: GcReport, dry_run: bool) -> dict[str, object]:
             ],
             "bytes_to_free": plan.bytes_to_free,
             "bytes_to_condemn": plan.bytes_to_condemn,
+            "too_young": [{"pack": a.name, "bytes": a.size} for a in plan.too_young],
         },
         "packs_deleted": report.packs_deleted,
         "bytes_freed": report.bytes_freed,
@@ -156,6 +157,14 @@ def _print_gc(report: GcReport, dry_run: bool) -> None:
         )
     for mark, why in plan.waiting_marks:
         note(f"mark {mark.id} ({len(mark.packs)} packs) waits: {why}")
+    if plan.too_young:
+        young = plan.too_young
+        note(
+            f"{len(young)} pack{'s' if len(young) > 1 else ''} "
+            f"({human_bytes(sum(a.size - a.live_bytes for a in young))} no backup needs) "
+            f"{'are' if len(young) > 1 else 'is'} younger than min age ({plan.min_age:.0f} s), "
+            "left for a later gc (--min-age 0s in drills)"
+        )
     for warning in report.warnings:
         warn(warning)
 
