@@ -108,12 +108,9 @@ def test_packs_too_young_to_condemn_are_named_in_the_plan(
     repo: Repository, catalog: Catalog, tmp_path: Path, clock: Clock
 ) -> None:
     """`forget` then `gc` in a drill freed nothing and said nothing of why: min_age."""
-    random_tree(tmp_path / "a", seed=1, shared=1)
-    random_tree(tmp_path / "b", seed=2, shared=2)
-    snapshot_directory(repo, catalog, "a", tmp_path / "a", pack_size=SMALL_PACKS)
-    snapshot_directory(repo, catalog, "b", tmp_path / "b", pack_size=SMALL_PACKS)
-    delete_backups(repo, catalog, ["a"])
-    garbage = {p for p, _ in repo.list_packs()} - set(packs_needed_by(repo, ["b"]))
+    backed_up_then_deleted(repo, catalog, tmp_path, 2, seed=1, shared=1, deleted=["b0"])
+    garbage = {p for p, _ in repo.list_packs()} - set(packs_needed_by(repo, ["b1"]))
+    assert garbage
     clock.now = time.time()  # the packs were written just now
 
     def plan(min_age: float) -> GcPlan:
