@@ -141,10 +141,12 @@ def sync(
         forget_packs(db, moved)
         report.packs_forgotten += len(moved)
 
+    # A rebuild imports every backup kept, which share nearly every part: each once.
+    memo = manifest_codec.DecodeMemo()
     for name in sorted(store_names - committed):
         try:
             data = repo.manifest_object(name)
-            manifest = manifest_codec.decode(data, name)
+            manifest = manifest_codec.decode(data, name, memo)
             if manifest.repository_id != repo.id:
                 raise ManifestCorrupt(
                     backup=name, detail=f"it belongs to repository {manifest.repository_id}"
