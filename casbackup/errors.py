@@ -106,10 +106,10 @@ class ObjectExists(StoreError):
 
 
 class NotAnObject(StoreError):
-    """{key} in the store at {location} is a directory, not an object; move it away"""
+    """{key} in the store at {location} is {kind}, not an object; move it away"""
 
-    # A local store only: a key is an object or nothing, and a directory is
-    # neither. Treating it as "absent" let `create b5` run a whole backup
+    # A local store only: a key is an object or nothing, and a directory (or a
+    # FIFO, a device, a socket) is neither. Treating it as "absent" let `create b5` run a whole backup
     # before its manifest could not be written over manifests/b5/.
     exit_code = ExitCode.INTEGRITY
 

@@ -102,7 +102,11 @@ class LocalStore:
         validate_range(offset, length)
         path = self._path(key)
         try:
-            with open(path, "rb") as handle:
+            # O_NONBLOCK: opening a FIFO at the key would otherwise wait for a writer, for ever.
+            with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), "rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    raise NotAnObject(key=key, location=str(self.root), kind=_kind(mode))
                 if offset:
                     handle.seek(offset)
                 if length is None:
@@ -143,7 +147,7 @@ class LocalStore:
         except OSError as exc:
             raise self._translate(exc, key) from exc
         if stat.S_ISDIR(st.st_mode):
-            raise NotAnObject(key=key, location=str(self.root))
+            raise NotAnObject(key=key, location=str(self.root), kind=_kind(st.st_mode))
         if not stat.S_ISREG(st.st_mode):
             raise ObjectNotFound(key=key)
         return ObjectInfo(key=key, size=st.st_size, version=_version(st))
@@ -169,6 +173,8 @@ class LocalStore:
                         st = os.stat(os.path.join(dirpath, name))
                     except (FileNotFoundError, StoreError):
                         continue  # deleted under us, or a stranger's file: not an object
+                    if not stat.S_ISREG(st.st_mode):
+                        continue  # a FIFO, a device, a socket: no object either
                     found.append(ObjectInfo(key=key, size=st.st_size, version=_version(st)))
         except OSError as exc:
             raise self._translate(exc, prefix) from exc
@@ -236,13 +242,26 @@ class LocalStore:
             _fsync_directory(created.parent)
 
     def _translate(self, exc: OSError, key: str) -> StoreError:
-        if exc.errno == errno.EISDIR:  # read, or a rename over it
-            return NotAnObject(key=key, location=str(self.root))
+        if exc.errno == errno.EISDIR:  # a rename over it
+            return NotAnObject(key=key, location=str(self.root), kind="a directory")
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return StoreFull(key=key, detail=f"{self.root}: {exc.strerror}")
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return StorePermissionDenied(key=key, detail=f"{self.root}: {exc.strerror}")
         return StoreError(detail=f"{self.root}/{key}: {exc.strerror or exc}")
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file at a key is, for the message that names it."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -105,3 +105,18 @@ def test_a_directory_at_a_key_is_named_not_absent(tmp_path: Path) -> None:
             operation()
     assert NotAnObject.exit_code == ExitCode.INTEGRITY
     assert [i.key for i in store.list("manifests/")] == []
+
+
+def test_a_fifo_at_a_key_is_named_and_never_waited_on(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until something writes to it: every command hung on one."""
+    store = LocalStore(tmp_path)
+    store.put("packs/aa/x", b"1")
+    (tmp_path / "locks").mkdir()
+    os.mkfifo(tmp_path / "config")
+    os.mkfifo(tmp_path / "locks" / "backup-abc")
+    os.symlink("/dev/zero", tmp_path / "packs" / "aa" / "y")
+    for key in ("config", "locks/backup-abc", "packs/aa/y"):
+        for length in (None, 10):
+            with pytest.raises(NotAnObject, match=rf"{key} in the store at .* is a (FIFO|device)"):
+                store.get(key, 0, length)
+    assert [i.key for i in store.list("")] == ["packs/aa/x"]
