@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from casbackup.errors import (
     LockHeld,
@@ -110,8 +112,8 @@ class LockRecord:
                 machine=str(doc["machine"]),
                 pid=int(doc["pid"]),
                 process_start=int(doc["process_start"]),
-                created_at=float(doc["created_at"]),
-                heartbeat_at=float(doc["heartbeat_at"]),
+                created_at=_time(doc["created_at"]),
+                heartbeat_at=_time(doc["heartbeat_at"]),
                 command=str(doc.get("command", "")),
             )
         except (ValueError, KeyError, TypeError, RecursionError):
@@ -122,6 +124,15 @@ class LockRecord:
         return cls(
             key, "unreadable", "?", False, "?", "?", 0, 0, 0.0, 0.0, "unreadable lock object"
         )
+
+
+def _time(value: Any) -> float:
+    """A lock's time; NaN and infinities (json reads NaN, Infinity, 1e999) are no time a clock
+    gives, and a NaN heartbeat would never be stale: such a lock is unreadable, like garbage."""
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is no time")
+    return seconds
 
 
 def read_lock(store: ObjectStore, key: str) -> LockRecord:

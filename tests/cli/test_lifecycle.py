@@ -257,6 +257,27 @@ def test_an_unreadable_lock_shows_no_age(cli: Any, tmp_path: Path) -> None:
     assert row.split()[-3:] == ["?", "?", "yes"], row
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", '"nan"'])
+def test_a_lock_that_records_no_real_time_is_unreadable(
+    cli: Any, tmp_path: Path, value: str
+) -> None:
+    """json reads NaN and Infinity: a NaN heartbeat was never stale, so `unlock` left it
+    and every `run` stopped at it (exit 18); `locks --json` printed NaN, which is no JSON."""
+    cli(None, "init")
+    (tmp_path / "repo" / "locks").mkdir(exist_ok=True)
+    lock = tmp_path / "repo" / "locks" / "exclusive-run"
+    lock.write_text(
+        '{"kind": "exclusive", "id": "ab", "exclusive": true, "host": "db2", "machine": "m2",'
+        f' "pid": 7, "process_start": 9, "created_at": 1700000000.0, "heartbeat_at": {value},'
+        ' "command": "run"}'
+    )
+    [shown] = cli(None, "locks", "--json").json()
+    assert (shown["kind"], shown["stale"], shown["heartbeat_age_s"]) == ("unreadable", True, None)
+    removed = cli(None, "unlock")
+    assert removed.code == 0 and "removed locks/exclusive-run" in removed.stdout, removed
+    assert not lock.exists()
+
+
 def test_a_live_exclusive_lock_stops_a_second_run(
     server_engine: ServerEngine, cli: Any, tmp_path: Path
 ) -> None:
