@@ -333,6 +333,11 @@ class Manifest(_Model):
             raise ValueError("a database is listed twice")
         if len({(t.database, t.name) for t in self.tables}) != len(self.tables):
             raise ValueError("a table is listed twice")
+        # Catalogs sum these in SQL, where a total beyond 64 bits is an error
+        # (SQLite's "integer overflow") of every query that lists backups.
+        for field in ("rows", "bytes"):
+            if sum(getattr(t, field) for t in self.tables) >= 2**63:
+                raise ValueError(f"the {field} of the tables add up to more than 2^63 - 1")
         for fileset in (self.access_files, self.configs):
             if fileset is None:
                 continue
