@@ -194,10 +194,10 @@ class BackupRecords:
                     hostname=r.hostname,
                     tables=r.tables or 0,
                     rows=int(r.rows or 0),
-                    logical_bytes=r.logical_bytes,
-                    new_bytes=r.new_bytes,
-                    read_bytes=r.read_bytes,
-                    duration_ms=r.duration_ms,
+                    logical_bytes=int(r.logical_bytes),
+                    new_bytes=int(r.new_bytes),
+                    read_bytes=int(r.read_bytes),
+                    duration_ms=int(r.duration_ms),
                 )
                 for r in rows
             ]

@@ -202,13 +202,25 @@ class CatalogDatabase:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A consistent read-only snapshot that never blocks writers."""
+        """A consistent read-only snapshot that never blocks writers.
+
+        What is read is turned into digests, times and sizes inside the block:
+        a value that does not convert (a digest that is no hex, a time that is
+        no time, text in a size) was written by no casbackup, since the schema
+        checks what it writes, so it is damage to the catalog (exit 17), not a bug.
+        """
         with (
             self.errors(),
             self.engine.connect().execution_options(sqlite_begin="DEFERRED") as conn,
             conn.begin(),
         ):
-            yield conn
+            try:
+                yield conn
+            except (ValueError, TypeError) as exc:
+                raise CatalogError(
+                    detail=f"{self.location}: a row holds a value casbackup never writes "
+                    f"({_first_line(exc)}); {REBUILD_ADVICE}"
+                ) from exc
 
     def errors(self) -> AbstractContextManager[None]:
         """For the few users of the engine that bypass read() and write() (ORM sessions, raw

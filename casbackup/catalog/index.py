@@ -138,6 +138,9 @@ class ChunkIndex:
                     .where(Chunk.digest.in_(batch))
                 )
                 for digest, pack, offset, length, raw_size, compression in rows:
+                    if any(type(n) is not int or n < 0 for n in (offset, length, raw_size)):
+                        # Damage (db.read says so): reads would start before the pack.
+                        raise ValueError(f"chunk {digest} at [{offset!r}, +{length!r})")
                     found[bytes.fromhex(digest)] = ChunkLocation(
                         bytes.fromhex(pack), offset, length, raw_size, compression
                     )

@@ -62,21 +62,22 @@ GROUP BY p.id, p.digest, p.size, p.state, p.created_at, p.created_by
 
 
 def pack_usage(db: CatalogDatabase) -> list[PackUsage]:
-    with db.read() as conn:
-        rows = conn.execute(text(_USAGE)).all()
-    return [
-        PackUsage(
-            pack_id=bytes.fromhex(digest),
-            size=int(size),
-            state=str(state),
-            created_at=_utc(created_at),
-            created_by=created_by,
-            chunks=int(chunks),
-            live_chunks=int(live),
-            live_bytes=int(live_bytes),
-        )
-        for digest, size, state, created_at, created_by, chunks, live, live_bytes in rows
-    ]
+    with db.read() as conn:  # rows converted inside: a damaged one is the catalog's error
+        return [
+            PackUsage(
+                pack_id=bytes.fromhex(digest),
+                size=int(size),
+                state=str(state),
+                created_at=_utc(created_at),
+                created_by=created_by,
+                chunks=int(chunks),
+                live_chunks=int(live),
+                live_bytes=int(live_bytes),
+            )
+            for digest, size, state, created_at, created_by, chunks, live, live_bytes in conn.execute(
+                text(_USAGE)
+            )
+        ]
 
 
 # NOT EXISTS probes rather than joins with DISTINCT: on a catalog of 2M chunks
