@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casbackup.clickhouse.checksums import FileChecksum, read_checksums
+from casbackup.errors import SourceFileUnreadable
 from casbackup.file_errors import reading
 
 # FREEZE writes these for zero-copy object disks; they must never be attached,
@@ -73,10 +74,17 @@ def part_files(part_dir: Path) -> list[DiskFile]:
                 st = os.lstat(path)
             if not stat.S_ISREG(st.st_mode):
                 continue  # ClickHouse parts hold regular files only
+            relative = path.relative_to(part_dir).as_posix()
+            if not relative.isascii() and not _utf8(relative):
+                raise SourceFileUnreadable(
+                    path=os.fsencode(path).decode(errors="backslashreplace"),
+                    reason="its name is not UTF-8, which a manifest cannot hold and no "
+                    "ClickHouse part file has; move it out of the table's part directory",
+                )
             found.append(
                 DiskFile(
                     path=path,
-                    relative=path.relative_to(part_dir).as_posix(),
+                    relative=relative,
                     size=st.st_size,
                     mode=stat.S_IMODE(st.st_mode),
                     dev=st.st_dev,
@@ -85,6 +93,15 @@ def part_files(part_dir: Path) -> list[DiskFile]:
                 )
             )
     return found
+
+
+def _utf8(name: str) -> bool:
+    """False for a name os.fsdecode gave undecodable bytes (as surrogates)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _refuse(error: OSError) -> None:

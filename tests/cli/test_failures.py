@@ -136,6 +136,31 @@ def test_frozen_parts_the_user_may_not_read_are_exit_20_not_a_bug(
     assert catalog_rows(tmp_path / "repo", "SELECT name FROM backups") == []
 
 
+def test_a_part_file_whose_name_is_not_utf8_is_named_not_a_bug(
+    chdb_engine: Engine, cli: Any, tmp_path: Path
+) -> None:
+    """No ClickHouse part file is named so, and a manifest holds text: the backup ended as
+    exit 70 (UnicodeEncodeError) when the catalog was given the name, its shadow cleaned up."""
+    engine, db = chdb_engine, "t_not_utf8"
+    engine.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+    engine.sql(f"CREATE TABLE {db}.t (x UInt64) ENGINE = MergeTree ORDER BY x")
+    engine.sql(f"INSERT INTO {db}.t SELECT number FROM numbers(100)")
+    [(part,)] = engine.sql(f"SELECT path FROM system.parts WHERE database = '{db}' AND active")
+    stranger = os.fsencode(part) + b"/\xff\xfe.bin"
+    Path(os.fsdecode(stranger)).write_bytes(b"x")
+    try:
+        cli(engine, "init")
+        result = cli(engine, "create", "b", "--tables", f"{db}.*")
+        assert result.code == ExitCode.SOURCE_FILES, result.stderr
+        one_line_error(result.stderr)
+        assert "\\xff\\xfe.bin" in result.stderr and "not UTF-8" in result.stderr
+        assert engine.shadow_dirs() == []
+        assert catalog_rows(tmp_path / "repo", "SELECT name FROM backups") == []
+    finally:
+        os.unlink(stranger)
+        engine.sql(f"DROP DATABASE {db} SYNC")
+
+
 def test_full_store_is_a_clear_error(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
