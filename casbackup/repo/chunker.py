@@ -53,8 +53,11 @@ class ChunkerParams:
             raise ValueError("chunker avg_size must be within [256 B, 4 MiB]")
         if not (max(1024, self.min_size) <= self.max_size <= MAX_CHUNK_SIZE):
             raise ValueError("chunker max_size must be within [max(1 KiB, min_size), 16 MiB]")
-        if not (0 <= self.seed < 2**64):  # pyfastcdc takes a uint64 (OverflowError otherwise)
-            raise ValueError("chunker seed must be within [0, 2^64)")
+        if not (self.min_size <= self.avg_size <= self.max_size):  # pyfastcdc's ValueError
+            raise ValueError("chunker avg_size must be within [min_size, max_size]")
+        # pyfastcdc 0.3 converts the seed to a C long: OverflowError from 2^63 up.
+        if not (0 <= self.seed < 2**63):
+            raise ValueError("chunker seed must be within [0, 2^63)")
 
     def to_dict(self) -> dict[str, int | str]:
         return {

@@ -50,6 +50,15 @@ def test_a_config_round_trips() -> None:
             with_field("chunker", {**ChunkerParams().to_dict(), "seed": -1}),
             "seed must be within",
         ),
+        # Each size within its range, but not together: create ended as exit 70 (pyfastcdc).
+        (
+            with_field("chunker", {**ChunkerParams().to_dict(), "avg_size": 256}),
+            "avg_size must be within [min_size, max_size]",
+        ),
+        (
+            with_field("chunker", {**ChunkerParams().to_dict(), "seed": 2**64 - 1}),
+            "seed must be within [0, 2^63)",
+        ),
         (b"[" * 100_000, "nested too deeply"),
         (b"\xff\xfe not utf-8", "unreadable repository config"),
         (b'["format", "casbackup-repository"]', "not a casbackup repository config"),
