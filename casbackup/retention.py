@@ -140,6 +140,7 @@ def _label(kind: str, t: datetime) -> str:
 
 _DURATION = re.compile(r"(\d+)\s*([smhdwy])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+_MAX_DURATION_SECONDS = 100 * _UNITS["y"]
 
 
 def parse_duration(text: str) -> timedelta:
@@ -149,7 +150,15 @@ def parse_duration(text: str) -> timedelta:
         raise UsageError(
             detail=f"invalid duration {text!r} (examples: 90s, 15m, 1h30m, 7d, 2w, 1y)"
         )
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(compact)))
+    terms = _DURATION.findall(compact)
+    # Checked before int(): Python refuses to read an integer of over 4,300 digits.
+    if (
+        any(len(n) > 12 for n, _ in terms)
+        or (seconds := sum(int(n) * _UNITS[u] for n, u in terms)) > _MAX_DURATION_SECONDS
+    ):
+        # timedelta overflows from 10^9 days, and datetimes go back to year 1 only.
+        raise UsageError(detail=f"invalid duration {text[:40]!r}: longer than 100 years")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:

@@ -144,7 +144,11 @@ def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(format_duration(parse_duration(text))) == parse_duration(text)
 
 
-@pytest.mark.parametrize("text", ["", "7", "d", "3x", "1h-2m"])
+# The long ones were exit 70 (OverflowError in timedelta, ValueError of int()) from the
+# config ([gc] min_age, lease_ttl, [retention] keep_within) and the command line.
+@pytest.mark.parametrize(
+    "text", ["", "7", "d", "3x", "1h-2m", "99999999999999999999d", "101y", "1" * 5000 + "s"]
+)
 def test_invalid_durations(text: str) -> None:
     with pytest.raises(UsageError):
         parse_duration(text)
