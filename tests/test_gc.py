@@ -19,7 +19,7 @@ from casbackup.errors import LockLost
 from casbackup.gc import GcPlan, GcSettings, collect_garbage
 from casbackup.lifecycle import delete_backups
 from casbackup.repo import keys
-from casbackup.repo.marks import read_marks
+from casbackup.repo.marks import Mark, read_marks
 from casbackup.repo.pack import parse_pack
 from casbackup.repo.repository import Repository
 from casbackup.snapshot import SnapshotWriter
@@ -602,3 +602,12 @@ def test_forgetting_a_dead_run_spares_the_run_that_took_its_name_since(
     catalog.backups.start("b", started, "host", "0", run_id="live")
     forget_abandoned(catalog, listed)  # ...and clean, with what it listed before
     assert catalog.backups.state_of("b") == "running"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", '"nan"'])
+def test_a_mark_whose_time_is_no_time_is_unreadable(value: str) -> None:
+    """`now - NaN < min_age` is false: a NaN mark (or -Infinity) skipped the minimum age,
+    its packs deleted by the first gc that found its leases ended."""
+    data = f'{{"created_at": {value}, "packs": ["{"ab" * 32}"], "leases": []}}'.encode()
+    assert Mark.decode("1-ab", data) is None
+    assert Mark.decode("1-ab", data.replace(value.encode(), b"1700000000.0")) is not None

@@ -14,6 +14,7 @@ between the two and is completed by the next gc before it can ripen.
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from dataclasses import dataclass
@@ -59,7 +60,12 @@ class Mark:
             doc = json.loads(data)
             packs = frozenset(bytes.fromhex(p) for p in doc["packs"] if _HEX64.match(p))
             leases = None if doc["leases"] is None else frozenset(str(x) for x in doc["leases"])
-            return cls(mark_id, float(doc["created_at"]), packs, leases)
+            created_at = float(doc["created_at"])
+            if not math.isfinite(created_at):
+                # json reads NaN and Infinity: NaN compares as old enough at once, so such
+                # a mark would skip the minimum age; it is no time, the mark unreadable.
+                raise ValueError(f"created_at {created_at}")
+            return cls(mark_id, created_at, packs, leases)
         except (ValueError, KeyError, TypeError, RecursionError):
             return None
 
