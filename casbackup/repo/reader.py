@@ -310,7 +310,9 @@ def _write_group(
             with writing(target.path):
                 if fsync:
                     os.fsync(fd)
-                os.fchmod(fd, target.mode)
+                # Permission bits only: a mode from a backup is untrusted, and no
+                # part or config file is setuid, setgid or sticky.
+                os.fchmod(fd, target.mode & 0o777)
         completed = True
     finally:
         closing = None

@@ -229,3 +229,16 @@ def test_an_interrupted_fallocate_is_retried_and_other_errors_raise(
             preallocate(fd, 10)
     finally:
         os.close(fd)
+
+
+def test_a_restored_file_never_gets_setuid_setgid_or_sticky(tmp_path: Path) -> None:
+    """A manifest's mode is untrusted: 0o6777 made restored part files setuid and setgid."""
+    store = LocalStore(tmp_path / "repo")
+    data, pack_id = b"`id` UInt64\n", b"\x06" * 32
+    store.put(keys.pack_key(pack_id), data)
+    locations = {chunk_id(data): ChunkLocation(pack_id, 0, len(data), len(data), 0)}
+    content = FileContent(id=file_id([chunk_id(data)]), size=len(data), chunks=[chunk_id(data)])
+    targets = [reader.FileTarget(tmp_path / "f", content, 0o6777)]
+    reader.write_files(ChunkFetcher(store, threads=1), lambda _: locations, targets)
+    assert (tmp_path / "f").read_bytes() == data
+    assert (tmp_path / "f").stat().st_mode & 0o7777 == 0o777
