@@ -599,4 +599,7 @@ def _first_error(exc: ValidationError) -> str:
     # everything else is reported with where in the document it was found.
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}"
+    # pydantic prefixes what a validator's ValueError said with "Value error, ", and
+    # a check of the whole document has no location.
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
