@@ -302,6 +302,27 @@ TRANSIENT_ADVICE = "nothing is damaged: run the command again (another process h
 _TRANSIENT_SQLITE = ("database is locked", "database table is locked", "database is busy")
 # What SQLite says when it may not create its journal or write the file.
 _UNWRITABLE_SQLITE = ("unable to open database file", "attempt to write a readonly database")
+# What SQLite says when the disk is full: SQLITE_FULL writing pages, or SQLITE_IOERR when
+# it cannot even grow its shared-memory file (what `list` meets first).
+_FULL_SQLITE = ("database or disk is full", "disk i/o error")
+_NEARLY_FULL_BYTES = 1024 * 1024
+
+
+def _full_directory(location: str) -> Path | None:
+    """The directory of a SQLite catalog when its filesystem has (nearly) no space left, else None."""
+    try:
+        path = sqlite_file(location)
+    except Exception:  # not a URL (a message's location): no advice of this kind
+        return None
+    if path is None:
+        return None
+    directory = path.absolute().parent
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    no_inodes = st.f_files > 0 and st.f_favail == 0
+    return directory if no_inodes or st.f_bavail * st.f_frsize < _NEARLY_FULL_BYTES else None
 
 
 def _unwritable_directory(location: str) -> Path | None:
@@ -345,6 +366,12 @@ def database_errors(engine: Engine, location: str, advice: str = REBUILD_ADVICE)
                 f"{directory} cannot be written (a read-only repository?); point "
                 "CASBACKUP_CATALOG or [catalog] url at a writable file and run "
                 "`casbackup catalog rebuild`"
+            )
+        elif first.lower() in _FULL_SQLITE and (directory := _full_directory(location)):
+            # A rebuild would need the space too, and SQLite rolled the write back.
+            advice = (
+                f"no space left in {directory}: free some there and run the command again "
+                "(nothing is damaged)"
             )
         # ``cause`` without the advice: for a caller whose own advice differs
         # (a committed backup's record is the next sync's, not a second run's).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -250,3 +251,27 @@ def test_a_catalog_held_past_the_busy_timeout_is_no_reason_to_rebuild(
     message = caught.value.message
     assert "database is locked; nothing is damaged: run the command again" in message
     assert "catalog rebuild" not in message
+
+
+@pytest.mark.parametrize("inodes_left", [0, 1000])
+def test_a_catalog_on_a_full_disk_says_so_and_not_to_rebuild(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inodes_left: int
+) -> None:
+    """A full disk under the catalog was "disk I/O error; if the catalog is damaged, rebuild it",
+    from every command, `list` too: a rebuild would need the space as well."""
+    from casbackup.catalog import database
+
+    path = tmp_path / "c.sqlite"
+    with Catalog.open(f"sqlite:///{path}", REPO) as catalog:
+        blocks_left = 1000 if inodes_left == 0 else 0
+        full = os.statvfs_result(
+            (4096, 4096, 10**6, blocks_left, blocks_left, 10**6, 0, inodes_left, 0, 255)
+        )
+        monkeypatch.setattr(database.os, "statvfs", lambda _: full)
+        with pytest.raises(CatalogError) as caught, catalog.db.write() as conn:
+            conn.exec_driver_sql("PRAGMA max_page_count = 1")  # SQLITE_FULL, as on a full disk
+            conn.exec_driver_sql("INSERT INTO catalog_meta VALUES ('x', zeroblob(1000000))")
+    message = caught.value.message
+    assert "database or disk is full" in message
+    assert f"no space left in {tmp_path}: free some there" in message
+    assert "catalog rebuild" not in message and "\n" not in message
