@@ -17,7 +17,8 @@ from sqlalchemy.dialects import sqlite
 
 from casbackup.catalog.database import CatalogDatabase
 from casbackup.catalog.models import CONDEMNED, LIVE, Base, Chunk, File, FileChunk, Pack
-from casbackup.repo.pack import PackEntry
+from casbackup.repo.chunker import MAX_CHUNK_SIZE
+from casbackup.repo.pack import MAX_PACK_BYTES, PackEntry
 from casbackup.repo.reader import ChunkLocation
 
 # SQLite allows 32766 bound parameters per statement; stay far below it.
@@ -138,9 +139,16 @@ class ChunkIndex:
                     .where(Chunk.digest.in_(batch))
                 )
                 for digest, pack, offset, length, raw_size, compression in rows:
-                    if any(type(n) is not int or n < 0 for n in (offset, length, raw_size)):
-                        # Damage (db.read says so): reads would start before the pack.
-                        raise ValueError(f"chunk {digest} at [{offset!r}, +{length!r})")
+                    if (
+                        any(type(n) is not int or n < 0 for n in (offset, length, raw_size))
+                        or offset + length > MAX_PACK_BYTES
+                        or raw_size > MAX_CHUNK_SIZE
+                    ):
+                        # Damage (db.read says so): no pack trailer holds such an entry, and
+                        # the read would blame a sound pack for what the catalog says.
+                        raise ValueError(
+                            f"chunk {digest} at [{offset!r}, +{length!r}), {raw_size!r} bytes raw"
+                        )
                     found[bytes.fromhex(digest)] = ChunkLocation(
                         bytes.fromhex(pack), offset, length, raw_size, compression
                     )

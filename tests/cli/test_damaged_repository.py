@@ -191,6 +191,8 @@ def test_a_catalog_missing_a_table_is_a_one_line_catalog_error_until_rebuilt(
         "UPDATE packs SET created_at = 'garbage', size = 'big'",
         'UPDATE chunks SET "offset" = -5',
         "UPDATE chunks SET \"offset\" = 'abc'",
+        # Read as a range far past the pack's end: "pack ... is corrupt" blamed a sound pack.
+        "UPDATE chunks SET length = 9223372036854775807",
         "UPDATE file_chunks SET chunk_digest = 'qq'",
         "UPDATE backups SET started_at = 'garbage'",
         "UPDATE backups SET logical_bytes = 'x'",
@@ -215,6 +217,8 @@ def test_a_catalog_row_no_casbackup_writes_is_a_one_line_catalog_error(
         result = cli(engine, *command)
         assert result.code != ExitCode.INTERNAL, (command, result.stderr)
         assert "Traceback" not in result.stderr, (command, result.stderr)
+        if command[0] == "restore":  # the packs are sound: only the catalog may be blamed
+            assert "corrupt" not in result.stderr, result.stderr
         if result.code == ExitCode.CATALOG:
             one_line_error(result.stderr)
             assert "casbackup catalog rebuild" in result.stderr, (command, result.stderr)
