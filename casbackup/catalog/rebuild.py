@@ -248,7 +248,9 @@ def rebuild(repo: Repository, url: str, progress: Progress | None = None) -> Syn
             Path(f"{target}{suffix}").unlink(missing_ok=True)
         os.replace(temp, target)
     except OSError as exc:
-        raise CatalogError(detail=f"cannot write {target}: {exc.strerror}") from None
+        # The path in the way: the catalog, or a -wal/-shm file beside it.
+        in_the_way = exc.filename2 or exc.filename or target
+        raise CatalogError(detail=f"cannot write {in_the_way}: {exc.strerror}") from None
     finally:
         remove_sqlite_file(temp)
     return report

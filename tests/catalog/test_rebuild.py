@@ -14,6 +14,7 @@ import pytest
 from casbackup.catalog import Catalog
 from casbackup.catalog.backups import replaced
 from casbackup.catalog.rebuild import rebuild, stale_rebuild_files, sync
+from casbackup.errors import CatalogError
 from casbackup.repo.repository import ManifestStamp, Repository
 from casbackup.store.local import LocalStore
 from tests.helpers import snapshot_directory, write_tree
@@ -94,6 +95,18 @@ def test_rebuild_over_an_existing_catalog(repo: Repository, tmp_path: Path) -> N
     original = dump(path)
     rebuild(repo, url)
     assert dump(path) == original
+
+
+@pytest.mark.parametrize("where", ["catalog.sqlite", "catalog.sqlite-shm"])
+def test_a_rebuild_that_cannot_write_names_the_path_in_the_way(
+    repo: Repository, tmp_path: Path, where: str
+) -> None:
+    """A directory at the catalog's -shm file was reported as "cannot write
+    .../catalog.sqlite: Is a directory", naming a sound file."""
+    (tmp_path / where).mkdir()
+    with pytest.raises(CatalogError, match=f"cannot write {tmp_path / where}: Is a directory"):
+        rebuild(repo, f"sqlite:///{tmp_path / 'catalog.sqlite'}")
+    assert not list(tmp_path.glob(".catalog.sqlite.rebuild-*"))
 
 
 def test_rebuild_of_a_catalog_named_near_the_file_name_limit(
