@@ -10,6 +10,8 @@ in progress is never disturbed.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -60,9 +62,16 @@ def clean_clickhouse(
         if alive:
             report.skipped_live.append(str(root))
             continue
-        report.shadows.append(str(root))
         if not dry_run:
-            shutil.rmtree(root, ignore_errors=True)
+            if root.is_symlink():  # named like a shadow: the link goes, never what it points at
+                with contextlib.suppress(OSError):
+                    root.unlink()
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+            if os.path.lexists(root):  # not "removed", every run again
+                report.warnings.append(f"cannot remove shadow {root}; remove it by hand")
+                continue
+        report.shadows.append(str(root))
     for database in server.databases():
         if not database.name.startswith(SCRATCH_PREFIX):
             continue

@@ -161,6 +161,25 @@ def test_a_part_file_whose_name_is_not_utf8_is_named_not_a_bug(
         engine.sql(f"DROP DATABASE {db} SYNC")
 
 
+def test_clean_never_follows_a_symlinked_shadow_and_never_says_it_removed_what_is_left(
+    chdb_engine: Engine, cli: Any, tmp_path: Path
+) -> None:
+    """A symlink named like a dead run's shadow: rmtree(ignore_errors=True) left it, and
+    `clean` said "removed shadow" on every run. The link goes; what it points at stays."""
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "file").write_text("keep")
+    shadow = chdb_engine.data_root / "shadow"
+    shadow.mkdir(exist_ok=True)
+    link = shadow / "casbackup_1_1_deadbeef"
+    link.symlink_to(victim)
+    cli(chdb_engine, "init")
+    result = cli(chdb_engine, "clean")
+    assert result.code == ExitCode.OK, result.stderr
+    assert f"removed shadow {link}" in result.stdout
+    assert not os.path.lexists(link) and (victim / "sub" / "file").read_text() == "keep"
+
+
 def test_full_store_is_a_clear_error(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
