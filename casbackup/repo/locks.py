@@ -107,7 +107,7 @@ class LockRecord:
                 key=key,
                 kind=str(doc["kind"]),
                 id=str(doc["id"]),
-                exclusive=bool(doc["exclusive"]),
+                exclusive=_flag(doc["exclusive"]),
                 host=str(doc["host"]),
                 machine=str(doc["machine"]),
                 pid=int(doc["pid"]),
@@ -124,6 +124,14 @@ class LockRecord:
         return cls(
             key, "unreadable", "?", False, "?", "?", 0, 0, 0.0, 0.0, "unreadable lock object"
         )
+
+
+def _flag(value: Any) -> bool:
+    """A lock's JSON boolean; anything else (``"false"``, which bool() reads as true) is no
+    lock casbackup wrote, so the lock is unreadable, like garbage."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{value!r} is no boolean")
+    return value
 
 
 def _time(value: Any) -> float:

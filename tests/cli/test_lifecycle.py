@@ -257,19 +257,24 @@ def test_an_unreadable_lock_shows_no_age(cli: Any, tmp_path: Path) -> None:
     assert row.split()[-3:] == ["?", "?", "yes"], row
 
 
-@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e999", '"nan"'])
+@pytest.mark.parametrize(
+    ("exclusive", "value"),
+    [("true", v) for v in ("NaN", "Infinity", "-Infinity", "1e999", '"nan"')]
+    + [('"false"', "1700000000.0")],  # bool("false") is True
+)
 def test_a_lock_that_records_no_real_time_is_unreadable(
-    cli: Any, tmp_path: Path, value: str
+    cli: Any, tmp_path: Path, exclusive: str, value: str
 ) -> None:
     """json reads NaN and Infinity: a NaN heartbeat was never stale, so `unlock` left it
-    and every `run` stopped at it (exit 18); `locks --json` printed NaN, which is no JSON."""
+    and every `run` stopped at it (exit 18); `locks --json` printed NaN, which is no JSON.
+    Nor does casbackup write a boolean as a string."""
     cli(None, "init")
     (tmp_path / "repo" / "locks").mkdir(exist_ok=True)
     lock = tmp_path / "repo" / "locks" / "exclusive-run"
     lock.write_text(
-        '{"kind": "exclusive", "id": "ab", "exclusive": true, "host": "db2", "machine": "m2",'
-        f' "pid": 7, "process_start": 9, "created_at": 1700000000.0, "heartbeat_at": {value},'
-        ' "command": "run"}'
+        f'{{"kind": "exclusive", "id": "ab", "exclusive": {exclusive}, "host": "db2", '
+        f'"machine": "m2", "pid": 7, "process_start": 9, "created_at": 1700000000.0, '
+        f'"heartbeat_at": {value}, "command": "run"}}'
     )
     [shown] = cli(None, "locks", "--json").json()
     assert (shown["kind"], shown["stale"], shown["heartbeat_age_s"]) == ("unreadable", True, None)
