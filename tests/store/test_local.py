@@ -120,3 +120,21 @@ def test_a_fifo_at_a_key_is_named_and_never_waited_on(tmp_path: Path) -> None:
             with pytest.raises(NotAnObject, match=rf"{key} in the store at .* is a (FIFO|device)"):
                 store.get(key, 0, length)
     assert [i.key for i in store.list("")] == ["packs/aa/x"]
+
+
+def test_a_fifo_at_a_pack_key_is_never_waited_on_by_prefetch(tmp_path: Path) -> None:
+    """Restore hints every pack read ahead of it: open(2) of a FIFO there hung it for ever."""
+    import threading
+
+    store = LocalStore(tmp_path)
+    (tmp_path / "packs" / "aa").mkdir(parents=True)
+    fifo = tmp_path / "packs" / "aa" / "y"
+    os.mkfifo(fifo)
+    hint = threading.Thread(target=store.prefetch, args=("packs/aa/y", 0, 10), daemon=True)
+    hint.start()
+    hint.join(5)
+    if hint.is_alive():  # let it go: a writer's open ends the wait
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert not hint.is_alive()
+    with pytest.raises(NotAnObject, match="is a FIFO"):
+        store.get("packs/aa/y", 0, 10)
