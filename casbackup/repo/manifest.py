@@ -346,6 +346,7 @@ class Manifest(_Model):
                     raise ValueError(
                         f"{fileset.source}: {sf.path}: file id missing from the file table or size differs"
                     )
+        part_file_bytes = 0
         for table in self.tables:
             for part in table.parts:
                 for pf in part.files:
@@ -354,6 +355,11 @@ class Manifest(_Model):
                             f"{table.qualified} part {part.name} file {pf.path}: "
                             "file id missing from the file table or size differs"
                         )
+                    part_file_bytes += pf.size
+        # Summed in SQL too (the catalog's check of what each backup holds, at every gc):
+        # one file content that many part files share can add up past 64 bits.
+        if part_file_bytes >= 2**63:
+            raise ValueError("the sizes of the part files add up to more than 2^63 - 1")
         return self
 
     def file_table(self) -> dict[bytes, FileContent]:

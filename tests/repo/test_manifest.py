@@ -307,6 +307,29 @@ def test_inconsistent_documents_refused(mutate: Any, message: str, decode: Decod
     assert ": :" not in raised.value.message and "Value error" not in raised.value.message
 
 
+def test_part_files_adding_up_beyond_64_bits_are_refused(
+    decode: Decode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog sums a backup's part file sizes in SQL (index_gaps, at every gc).
+
+    Each size fits 2^63, but one file content referenced by many part files
+    adds up past it: SQLite's "integer overflow" then failed every gc (exit
+    17, advising a rebuild that re-imported the same manifest). A hostile
+    manifest needs a chunk id repeated some 2^20 times (a file of 2^44 bytes,
+    which compresses to nothing) and 2^19 part files; a larger chunk bound
+    lets one chunk stand for them here.
+    """
+    monkeypatch.setattr(codec, "MAX_CHUNK_SIZE", 2**62)
+    doc = _raw_doc(_sample())
+    doc["files"][0]["size"] = 2**61
+    entry = {**_files(doc)[0], "size": 2**61}
+    doc["tables"][0]["parts"][0]["files"] = [{**entry, "path": p} for p in "abcd"]
+    with pytest.raises(ManifestCorrupt, match="sizes of the part files add up to more than"):
+        decode(_encode_doc(doc), "b-1")
+    doc["tables"][0]["parts"][0]["files"].pop()  # 3 * 2^61: fits
+    assert decode(_encode_doc(doc), "b-1").tables[0].parts[0].files[0].size == 2**61
+
+
 def test_non_map_top_level(decode: Decode) -> None:
     import blake3
 
