@@ -401,9 +401,14 @@ class GcMachine(RuleBasedStateMachine):
         self.running: tuple[SnapshotWriter, Path, dict[Path, Any], str] | None = None
 
     def teardown(self) -> None:
-        if self.running is not None:
-            self.running[0].abort()
-        self.catalog.close()
+        import shutil
+
+        try:
+            if self.running is not None:
+                self.running[0].abort()
+            self.catalog.close()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)  # one per example: 25 a run were left
 
     def _tree(self, seed: int) -> Path:
         self.counter += 1
