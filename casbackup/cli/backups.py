@@ -60,6 +60,21 @@ def nonempty_name(name: str) -> str:
     return name
 
 
+def partition_specs(values: list[str] | None) -> tuple[str, ...]:
+    """``--partitions`` specs; given but naming none (``--partitions "$P"`` with P unset) is a mistake.
+
+    It read as "every partition": ``restore --drop-existing --partitions ''``
+    replaced whole tables where the operator meant some partitions of them.
+    """
+    specs = split_specs(values or [])
+    if values and not specs:
+        raise UsageError(
+            detail="--partitions names no partition (an empty value?); leave it out to take "
+            "every partition"
+        )
+    return specs
+
+
 def patterns(values: list[str] | None, default: list[str]) -> tuple[str, ...]:
     """Command-line patterns; one that can match no ``db.table`` name is a mistake, not a no-op.
 
@@ -115,7 +130,7 @@ def backup_options(
         threads=settings.repository.threads,
         upload_threads=settings.upload_threads,
         rehash=rehash,
-        partitions=split_specs(partitions or []),
+        partitions=partition_specs(partitions),
         access=rbac or wanted.rbac,
         access_path=access_path or wanted.access_path,
         configs=(configs_path or wanted.configs_path) if configs or wanted.configs else None,

@@ -18,6 +18,7 @@ from casbackup.cli.backups import (
     _print_report,
     _report_document,
     backup_options,
+    nonempty_name,
 )
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import ByteProgress, emit_json, human_bytes, note, print_table, warn
@@ -39,7 +40,9 @@ def delete(
 ) -> None:
     """Delete backups (their manifests); `gc` frees the space. Never breaks another backup."""
     app: AppContext = ctx.obj
-    deleted = delete_backups(app.repository, app.synced_catalog(), names)
+    deleted = delete_backups(
+        app.repository, app.synced_catalog(), [nonempty_name(n) for n in names]
+    )
     if json_output:
         emit_json({"deleted": deleted})
     else:

@@ -17,13 +17,13 @@ from casbackup.cli.backups import (
     JsonOption,
     PartitionsOption,
     TablesOption,
+    partition_specs,
     patterns,
 )
 from casbackup.cli.context import AppContext
 from casbackup.cli.output import ByteProgress, emit_json, note, print_table, warn
 from casbackup.config import default_state_dir
 from casbackup.errors import ExitCode, UsageError
-from casbackup.selection import split_specs
 from casbackup.server_state import ON_EXISTING
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ def restore(
         drop_existing=drop_existing,
         threads=max(2, app.settings.repository.threads * 2),
         restore_tables=not no_tables,
-        partitions=split_specs(partitions or []),
+        partitions=partition_specs(partitions),
         ignore_dependencies=ignore_dependencies,
         functions=functions and not no_tables,
         access=rbac,

@@ -310,9 +310,11 @@ def _write_group(
             with writing(target.path):
                 if fsync:
                     os.fsync(fd)
-                # Permission bits only: a mode from a backup is untrusted, and no
-                # part or config file is setuid, setgid or sticky.
-                os.fchmod(fd, target.mode & 0o777)
+                # Permission bits only, never writable by others: a mode from a backup
+                # is untrusted, and no part or config file is setuid, setgid, sticky
+                # or world-writable (in ClickHouse's data directory anyone could then
+                # change the rows).
+                os.fchmod(fd, target.mode & 0o775)
         completed = True
     finally:
         closing = None

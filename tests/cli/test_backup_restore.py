@@ -477,6 +477,23 @@ def test_a_pattern_of_several_that_matches_nothing_is_a_warning(
     engine.sql(f"DROP DATABASE IF EXISTS {dbname}_r")
 
 
+def test_an_empty_partitions_or_name_is_a_usage_error(
+    engine: Engine, dbname: str, cli: Any
+) -> None:
+    """`--partitions "$P"` with P unset read as every partition: with --drop-existing a restore
+    replaced whole tables where some partitions were meant. `delete ''` said 'no backup'."""
+    create_realistic(engine, dbname, rows=100)
+    cli(engine, "init")
+    refused = cli(engine, "create", "b", "--tables", f"{dbname}.*", "--partitions", "")
+    assert refused.code == ExitCode.USAGE and "--partitions names no partition" in refused.stderr
+    assert cli(engine, "create", "b", "--tables", f"{dbname}.*").code in (0, ExitCode.WARNING)
+    restore = ["restore", "b", "--tables", f"{dbname}.empty", "--drop-existing"]
+    assert cli(engine, *restore, "--partitions", " , ").code == ExitCode.USAGE
+    emptied = cli(engine, "delete", "")
+    assert emptied.code == ExitCode.USAGE and "the backup name is empty" in emptied.stderr
+    assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["b"]
+
+
 def test_show_reads_the_manifest(engine: Engine, dbname: str, cli: Any) -> None:
     create_realistic(engine, dbname, rows=1000)
     cli(engine, "init")

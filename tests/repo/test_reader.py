@@ -231,8 +231,11 @@ def test_an_interrupted_fallocate_is_retried_and_other_errors_raise(
         os.close(fd)
 
 
-def test_a_restored_file_never_gets_setuid_setgid_or_sticky(tmp_path: Path) -> None:
-    """A manifest's mode is untrusted: 0o6777 made restored part files setuid and setgid."""
+def test_a_restored_file_never_gets_setuid_setgid_sticky_or_world_writable(
+    tmp_path: Path,
+) -> None:
+    """A manifest's mode is untrusted: 0o6777 made restored part files setuid and setgid,
+    and writable by anyone in ClickHouse's data directory."""
     store = LocalStore(tmp_path / "repo")
     data, pack_id = b"`id` UInt64\n", b"\x06" * 32
     store.put(keys.pack_key(pack_id), data)
@@ -241,4 +244,4 @@ def test_a_restored_file_never_gets_setuid_setgid_or_sticky(tmp_path: Path) -> N
     targets = [reader.FileTarget(tmp_path / "f", content, 0o6777)]
     reader.write_files(ChunkFetcher(store, threads=1), lambda _: locations, targets)
     assert (tmp_path / "f").read_bytes() == data
-    assert (tmp_path / "f").stat().st_mode & 0o7777 == 0o777
+    assert (tmp_path / "f").stat().st_mode & 0o7777 == 0o775
