@@ -308,15 +308,20 @@ _FULL_SQLITE = ("database or disk is full", "disk i/o error")
 _NEARLY_FULL_BYTES = 1024 * 1024
 
 
-def _full_directory(location: str) -> Path | None:
-    """The directory of a SQLite catalog when its filesystem has (nearly) no space left, else None."""
+def _sqlite_directory(location: str) -> Path | None:
+    """The directory of a SQLite catalog file; None for another database or no URL."""
     try:
         path = sqlite_file(location)
     except Exception:  # not a URL (a message's location): no advice of this kind
         return None
-    if path is None:
+    return None if path is None else path.absolute().parent
+
+
+def _full_directory(location: str) -> Path | None:
+    """The directory of a SQLite catalog when its filesystem has (nearly) no space left, else None."""
+    directory = _sqlite_directory(location)
+    if directory is None:
         return None
-    directory = path.absolute().parent
     try:
         st = os.statvfs(directory)
     except OSError:
@@ -327,13 +332,9 @@ def _full_directory(location: str) -> Path | None:
 
 def _unwritable_directory(location: str) -> Path | None:
     """The directory of a SQLite catalog when this process may not write there, else None."""
-    try:
-        path = sqlite_file(location)
-    except Exception:  # not a URL (a message's location): no advice of this kind
+    directory = _sqlite_directory(location)
+    if directory is None:
         return None
-    if path is None:
-        return None
-    directory = path.absolute().parent
     return directory if directory.is_dir() and not os.access(directory, os.W_OK) else None
 
 
