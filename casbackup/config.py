@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from casbackup.errors import ConfigError, UsageError
+from casbackup.process import is_utf8
 from casbackup.retention import Policy, parse_duration
 from casbackup.subset import parse_subset
 
@@ -328,13 +329,8 @@ def _utf8(value: Any, origin: str) -> Any:
     first place that encodes it (SQLAlchemy's, at ``init``), as an internal
     error. A TOML file cannot hold one.
     """
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise ConfigError(
-                detail=f"{origin} is not UTF-8 text; paths and URLs must be"
-            ) from None
+    if isinstance(value, str) and not is_utf8(value):
+        raise ConfigError(detail=f"{origin} is not UTF-8 text; paths and URLs must be")
     return value
 
 

@@ -56,6 +56,18 @@ NAME_MAX = 255  # bytes in one path component, on every Linux filesystem ClickHo
 TAG_MAX = len(f"{2**22}_{2**64 - 1}_{'f' * 8}")
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: False for names and arguments Python decoded with
+    undecodable bytes as lone surrogates (os.fsdecode, os.environ, sys.argv)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def cut_to_bytes(text: str, size: int) -> str:
     """The longest start of ``text`` that is at most ``size`` bytes of UTF-8, characters whole:
     the part of a name that fits beside a tag within NAME_MAX."""

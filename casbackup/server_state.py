@@ -36,7 +36,7 @@ from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.clickhouse.sql import Kind, quote_identifier, rename_databases, tokenize
 from casbackup.errors import ClickHouseError, FilesConflict, RestoreConflict, UsageError
 from casbackup.file_errors import writing
-from casbackup.process import NAME_MAX, cut_to_bytes, name_owner, tagged_name
+from casbackup.process import NAME_MAX, cut_to_bytes, is_utf8, name_owner, tagged_name
 from casbackup.repo import manifest as mf
 from casbackup.repo.reader import ChunkFetcher, FileTarget, write_files
 from casbackup.repo.repository import Repository
@@ -206,9 +206,7 @@ def store_directory(
         for name in sorted(filenames):
             path = Path(dirpath) / name
             relative = path.relative_to(root).as_posix()
-            try:
-                relative.encode()
-            except UnicodeEncodeError:
+            if not is_utf8(relative):
                 said.append(f"not stored: {_shown(path)} (its name is not UTF-8)")
                 continue
             try:

@@ -12,6 +12,7 @@ from pathlib import Path
 from casbackup.clickhouse.checksums import FileChecksum, read_checksums
 from casbackup.errors import SourceFileUnreadable
 from casbackup.file_errors import reading
+from casbackup.process import is_utf8
 
 # FREEZE writes these for zero-copy object disks; they must never be attached,
 # and these are never written by FREEZE at all (CLICKHOUSE.md, "FREEZE").
@@ -75,7 +76,7 @@ def part_files(part_dir: Path) -> list[DiskFile]:
             if not stat.S_ISREG(st.st_mode):
                 continue  # ClickHouse parts hold regular files only
             relative = path.relative_to(part_dir).as_posix()
-            if not relative.isascii() and not _utf8(relative):
+            if not is_utf8(relative):
                 raise SourceFileUnreadable(
                     path=os.fsencode(path).decode(errors="backslashreplace"),
                     reason="its name is not UTF-8, which a manifest cannot hold and no "
@@ -93,15 +94,6 @@ def part_files(part_dir: Path) -> list[DiskFile]:
                 )
             )
     return found
-
-
-def _utf8(name: str) -> bool:
-    """False for a name os.fsdecode gave undecodable bytes (as surrogates)."""
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _refuse(error: OSError) -> None:
