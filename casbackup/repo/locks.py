@@ -112,8 +112,8 @@ class LockRecord:
                 machine=str(doc["machine"]),
                 pid=int(doc["pid"]),
                 process_start=int(doc["process_start"]),
-                created_at=_time(doc["created_at"]),
-                heartbeat_at=_time(doc["heartbeat_at"]),
+                created_at=finite_time(doc["created_at"]),
+                heartbeat_at=finite_time(doc["heartbeat_at"]),
                 command=str(doc.get("command", "")),
             )
         except (ValueError, KeyError, TypeError, RecursionError):
@@ -134,9 +134,10 @@ def _flag(value: Any) -> bool:
     return value
 
 
-def _time(value: Any) -> float:
-    """A lock's time; NaN and infinities (json reads NaN, Infinity, 1e999) are no time a clock
-    gives, and a NaN heartbeat would never be stale: such a lock is unreadable, like garbage."""
+def finite_time(value: Any) -> float:
+    """A lock's or a gc mark's time; NaN and infinities (json reads NaN, Infinity, 1e999) are
+    no time a clock gives. A NaN heartbeat would never be stale and a NaN mark would skip the
+    minimum age: such an object is unreadable, like garbage."""
     seconds = float(value)
     if not math.isfinite(seconds):
         raise ValueError(f"{value!r} is no time")

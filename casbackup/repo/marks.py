@@ -14,13 +14,13 @@ between the two and is completed by the next gc before it can ripen.
 from __future__ import annotations
 
 import json
-import math
 import re
 import secrets
 from dataclasses import dataclass
 
 from casbackup.errors import ObjectNotFound
 from casbackup.repo.keys import CONDEMNED_PREFIX
+from casbackup.repo.locks import finite_time
 from casbackup.store.base import ObjectStore, get_at_most
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -60,12 +60,7 @@ class Mark:
             doc = json.loads(data)
             packs = frozenset(bytes.fromhex(p) for p in doc["packs"] if _HEX64.match(p))
             leases = None if doc["leases"] is None else frozenset(str(x) for x in doc["leases"])
-            created_at = float(doc["created_at"])
-            if not math.isfinite(created_at):
-                # json reads NaN and Infinity: NaN compares as old enough at once, so such
-                # a mark would skip the minimum age; it is no time, the mark unreadable.
-                raise ValueError(f"created_at {created_at}")
-            return cls(mark_id, created_at, packs, leases)
+            return cls(mark_id, finite_time(doc["created_at"]), packs, leases)
         except (ValueError, KeyError, TypeError, RecursionError):
             return None
 
