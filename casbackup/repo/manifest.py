@@ -16,6 +16,7 @@ checked here, so restore never has to wonder about ``../``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -457,20 +458,13 @@ def _decode_with(memo: DecodeMemo, body: memoryview, name: str) -> Manifest | No
     with zstandard.ZstdDecompressor().stream_reader(body) as reader:
         stream = _Recording(_Bounded(reader, MAX_MANIFEST_BYTES))
         unpacker = _unpacker(_UNPACK_BUFFER, stream)
-        doc: dict[str, Any] = {}
-        for _ in range(unpacker.read_map_header()):
-            key = unpacker.unpack()
-            if key == "tables":
-                doc[key] = [
-                    _table(unpacker, stream, memo) for _ in range(unpacker.read_array_header())
-                ]
-            elif key == "files":
-                doc[key] = [
-                    _remembered(unpacker, stream, memo.files, FileContent)
-                    for _ in range(unpacker.read_array_header())
-                ]
-            else:
-                doc[key] = unpacker.unpack()
+        doc = _map(
+            unpacker,
+            tables=lambda: _map(
+                unpacker, parts=lambda: _remembered(unpacker, stream, memo.parts, Part)
+            ),
+            files=lambda: _remembered(unpacker, stream, memo.files, FileContent),
+        )
         if stream.count > unpacker.tell() or stream.read(1):
             return None
     if doc.get("version") != FORMAT_VERSION:
@@ -479,18 +473,18 @@ def _decode_with(memo: DecodeMemo, body: memoryview, name: str) -> Manifest | No
     return manifest if manifest.name == name else None
 
 
-def _table(unpacker: msgpack.Unpacker, stream: _Recording, memo: DecodeMemo) -> dict[str, Any]:
-    table: dict[str, Any] = {}
+def _map(unpacker: msgpack.Unpacker, **arrays: Callable[[], Any]) -> dict[str, Any]:
+    """The next map of the document; the arrays under the keys given are read item by item
+    with their reader (a part or file content through the memo), every other value whole."""
+    found: dict[str, Any] = {}
     for _ in range(unpacker.read_map_header()):
         key = unpacker.unpack()
-        if key == "parts":
-            table[key] = [
-                _remembered(unpacker, stream, memo.parts, Part)
-                for _ in range(unpacker.read_array_header())
-            ]
+        item = arrays.get(key) if isinstance(key, str) else None
+        if item is None:
+            found[key] = unpacker.unpack()
         else:
-            table[key] = unpacker.unpack()
-    return table
+            found[key] = [item() for _ in range(unpacker.read_array_header())]
+    return found
 
 
 def _remembered(
