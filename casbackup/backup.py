@@ -125,11 +125,15 @@ def default_backup_name(now: datetime | None = None) -> str:
     return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H%M%SZ")
 
 
+def backup_candidates(all_tables: list[TableInfo]) -> list[TableInfo]:
+    """The tables a backup may choose from: not verify's scratch copies."""
+    return [t for t in all_tables if not t.database.startswith(SCRATCH_PREFIX)]
+
+
 def select_tables(
-    all_tables: list[TableInfo], include: tuple[str, ...], exclude: tuple[str, ...]
+    candidates: list[TableInfo], include: tuple[str, ...], exclude: tuple[str, ...]
 ) -> list[TableInfo]:
-    """Tables matching the patterns, plus the inner tables of selected materialized views."""
-    candidates = [t for t in all_tables if not t.database.startswith(SCRATCH_PREFIX)]
+    """Candidates matching the patterns, plus the inner tables of selected materialized views."""
     chosen = select(candidates, include, exclude)
     chosen_keys = {(t.database, t.name) for t in chosen}
     for view in [t for t in chosen if t.engine == "MaterializedView" and t.uuid]:
@@ -160,8 +164,8 @@ def plan_backup(
     server: ClickHouseServer, include: tuple[str, ...], exclude: tuple[str, ...]
 ) -> BackupPlan:
     """The tables `create` backs up, in creation order, and the patterns that chose none."""
-    every = server.tables()
-    tables = select_tables(every, include, exclude)
+    candidates = backup_candidates(server.tables())
+    tables = select_tables(candidates, include, exclude)
     if not tables:
         raise NothingSelected(patterns=", ".join(include))
     edges = [
@@ -169,7 +173,7 @@ def plan_backup(
     ] + [((t.database, t.name), dependent) for t in tables for dependent in t.dependents]
     return BackupPlan(
         [tables[i] for i in creation_order(tables, edges)],
-        unmatched([t for t in every if not t.database.startswith(SCRATCH_PREFIX)], include),
+        unmatched(candidates, include),
     )
 
 
