@@ -38,7 +38,9 @@ def forget(
     repo: Repository, catalog: Catalog, policy: Policy, *, dry_run: bool = False
 ) -> Decision:
     summaries = catalog.backups.summaries()
-    decision = apply_policy([Dated(s.name, s.started_at) for s in summaries], policy)
+    decision = apply_policy(
+        [Dated(s.name, s.started_at) for s in summaries], policy, now=datetime.now(UTC)
+    )
     if not dry_run and decision.remove:
         delete_backups(repo, catalog, decision.remove)
     return decision

@@ -76,6 +76,7 @@ def _after_backup(
     if not policy.empty:
         report.step = "forget"
         report.forget = forget(repo, catalog, policy)
+        report.warnings += report.forget.warnings()
     report.step = "gc"
     with Lock(repo.store, "gc", exclusive=True, command="gc (run)") as lock:
         report.gc = collect_garbage(

@@ -12,6 +12,12 @@ The rules follow restic's ``forget``, which operators already know:
 A backup is kept if any rule keeps it; each reason is reported. Periods are
 taken in UTC so the result does not depend on where gc runs. A policy that
 keeps nothing is refused: ``forget`` with no rule would delete every backup.
+
+A backup dated more than a day ahead of ``now`` (a host whose clock was
+wrong, or a manifest written to be) takes no part in the rules: as the
+newest backup it would anchor ``keep_within`` in the future and expire every
+real backup, and take the first ``keep_last`` and period slots. It is kept,
+and named so that someone looks at it.
 """
 
 from __future__ import annotations
@@ -75,11 +81,26 @@ class Dated:
     time: datetime
 
 
+# Clock skew between hosts writing to one repository is seconds or minutes;
+# a day ahead is a wrong clock or a forged date.
+FUTURE_SLACK = timedelta(days=1)
+
+
 @dataclass
 class Decision:
     keep: dict[str, list[str]] = field(default_factory=dict)  # name -> reasons, newest first
     remove: list[str] = field(default_factory=list)  # newest first
     order: list[str] = field(default_factory=list)  # every backup, newest first
+    future: list[Dated] = field(default_factory=list)  # kept aside from the rules, newest first
+
+    def warnings(self) -> list[str]:
+        return [
+            f"backup {b.name} is dated {_stamp(b.time)}, more than "
+            f"{format_duration(FUTURE_SLACK)} ahead of this host's clock: retention keeps it and "
+            f"applies its rules to the other backups; check the clock of the host that wrote "
+            f"it, and `casbackup delete {b.name}` if it is not wanted"
+            for b in self.future
+        ]
 
 
 _PERIODS: list[tuple[str, str, Callable[[datetime], object]]] = [
@@ -91,11 +112,16 @@ _PERIODS: list[tuple[str, str, Callable[[datetime], object]]] = [
 ]
 
 
-def apply_policy(backups: Sequence[Dated], policy: Policy) -> Decision:
+def apply_policy(backups: Sequence[Dated], policy: Policy, now: datetime | None = None) -> Decision:
+    """``now`` None applies the rules to every backup, whatever its date."""
     if policy.empty:
         raise UsageError(detail="no retention rule given: refusing to remove every backup")
-    newest_first = sorted(backups, key=lambda b: (b.time, b.name), reverse=True)
-    reasons: dict[str, list[str]] = {b.name: [] for b in newest_first}
+    ordered = sorted(backups, key=lambda b: (b.time, b.name), reverse=True)
+    future = [b for b in ordered if now is not None and b.time > now + FUTURE_SLACK]
+    newest_first = [b for b in ordered if b not in set(future)]
+    reasons: dict[str, list[str]] = {b.name: [] for b in ordered}
+    for b in future:
+        reasons[b.name].append(f"dated in the future ({_stamp(b.time)})")
     for position, b in enumerate(newest_first):
         if position < policy.keep_last:
             reasons[b.name].append(f"last {position + 1}")
@@ -114,14 +140,18 @@ def apply_policy(backups: Sequence[Dated], policy: Policy) -> Decision:
         for b in newest_first:
             if b.time >= horizon:
                 reasons[b.name].append(f"within {format_duration(policy.keep_within)}")
-    decision = Decision()
-    for b in newest_first:
+    decision = Decision(future=future)
+    for b in ordered:
         decision.order.append(b.name)
         if reasons[b.name]:
             decision.keep[b.name] = reasons[b.name]
         else:
             decision.remove.append(b.name)
     return decision
+
+
+def _stamp(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _label(kind: str, t: datetime) -> str:

@@ -98,6 +98,30 @@ def test_several_backups_a_day_keep_the_newest_of_the_day() -> None:
     assert set(apply_policy(backups, Policy(keep_daily=1)).keep) == {"b23"}
 
 
+def test_a_backup_dated_in_the_future_is_kept_aside_from_the_rules() -> None:
+    """As the newest backup, one dated 2099 anchored keep-within there and took keep-last's
+    slot: `forget --keep-within 7d` removed every real backup."""
+    now = datetime(2026, 2, 10, 3, tzinfo=UTC)
+    forged = Dated("forged", datetime(2099, 1, 1, tzinfo=UTC))
+    backups = [*nightly(40), forged]
+    policy = Policy(keep_last=2, keep_within=timedelta(days=7))
+    assert set(apply_policy(backups, policy).keep) == {"forged", "2026-02-09"}
+    decision = apply_policy(backups, policy, now=now)
+    assert set(decision.keep) == {"forged"} | {f"2026-02-{d:02d}" for d in range(2, 10)}
+    assert decision.keep["forged"] == ["dated in the future (2099-01-01 00:00 UTC)"]
+    assert decision.keep["2026-02-09"][0] == "last 1"
+    assert decision.order[0] == "forged" and decision.future == [forged]
+    (warning,) = decision.warnings()
+    assert "backup forged is dated 2099-01-01 00:00 UTC" in warning
+    assert "`casbackup delete forged`" in warning
+
+
+def test_a_clock_a_few_hours_ahead_is_not_the_future() -> None:
+    now = datetime(2026, 2, 9, 0, tzinfo=UTC)
+    decision = apply_policy(nightly(40), Policy(keep_last=1), now=now)
+    assert set(decision.keep) == {"2026-02-09"} and not decision.warnings()
+
+
 def test_empty_policy_is_refused() -> None:
     with pytest.raises(UsageError, match="refusing"):
         apply_policy(nightly(3), Policy())

@@ -78,7 +78,7 @@ def forget_command(
         bool, typer.Option("--dry-run", help="Only show what would be removed.")
     ] = False,
     json_output: JsonOption = False,
-) -> None:
+) -> int:
     """Apply a retention policy: options, or [retention] in the config when none are given."""
     app: AppContext = ctx.obj
     given = {
@@ -104,13 +104,19 @@ def forget_command(
                 "dry_run": dry_run,
                 "keep": decision.keep,
                 "remove": decision.remove,
+                "warnings": decision.warnings(),
             }
         )
-        return
-    print(f"policy: {policy.describe()}")
-    print_table(["backup", "action", "kept because"], _decision_rows(decision))
-    verb = "would remove" if dry_run else "removed"
-    print(f"{verb} {len(decision.remove)} of {len(decision.keep) + len(decision.remove)} backups")
+    else:
+        print(f"policy: {policy.describe()}")
+        print_table(["backup", "action", "kept because"], _decision_rows(decision))
+        verb = "would remove" if dry_run else "removed"
+        print(
+            f"{verb} {len(decision.remove)} of {len(decision.keep) + len(decision.remove)} backups"
+        )
+    for warning in decision.warnings():  # on stderr, beside --json too
+        warn(warning)
+    return ExitCode.WARNING if decision.future else ExitCode.OK
 
 
 def _gc_document(report: GcReport, dry_run: bool) -> dict[str, object]:

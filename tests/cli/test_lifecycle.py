@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from casbackup.errors import ExitCode
+from casbackup.repo import manifest as codec
 from casbackup.repo.locks import LockRecord, machine_id
 from tests.cli.test_incremental import create_table, fill, mutate
 from tests.clickhouse.schema import fingerprints, q
@@ -206,6 +208,30 @@ def test_forget_lists_backups_newest_first_whatever_their_names(
         ["2026-11-23T020000Z", "remove"],
         ["z-oldest", "remove"],
     ], result.stdout
+
+
+def test_forget_keeps_real_backups_beside_one_dated_in_the_future(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """A manifest dated 2099 (a wrong clock, or forged) was the newest backup:
+    keep-within counted back from 2099 and removed every real backup."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    cli(engine, "init")
+    for name in ("b0", "b1"):
+        assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
+    manifests = tmp_path / "repo" / "manifests"
+    manifest = codec.decode((manifests / "b1").read_bytes(), "b1")
+    forged = manifest.model_copy(
+        update={"name": "ahead", "started_at": datetime(2099, 1, 1, tzinfo=UTC)}
+    )
+    (manifests / "ahead").write_bytes(codec.encode(forged))
+
+    result = cli(engine, "forget", "--keep-within", "7d", "--json")
+    assert result.code == ExitCode.WARNING, result.stderr
+    assert set(result.json()["keep"]) == {"ahead", "b0", "b1"} and not result.json()["remove"]
+    assert "casbackup: warning: backup ahead is dated 2099-01-01 00:00 UTC" in result.stderr
+    assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["b0", "b1", "ahead"]
 
 
 def test_locks_and_unlock(cli: Any, tmp_path: Path) -> None:
