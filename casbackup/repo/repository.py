@@ -113,6 +113,13 @@ class RepositoryConfig:
                 raise ValueError(f"id {repo_id[:40]!r} is not 32 lower-case hex digits")
             created = datetime.fromisoformat(_field(doc, "created", str))
             chunker = ChunkerParams.from_dict(_field(doc, "chunker", dict))
+            # Every digest and every chunk is read with these two; a repository
+            # written with others must not be read as if it were not.
+            for name, known in (("hash", "blake3"), ("compression", "zstd")):
+                if (algorithm := _field(doc, name, str)) != known:
+                    raise ValueError(
+                        f"{name} {algorithm[:40]!r}: this casbackup knows {known!r} only"
+                    )
         except ValueError as exc:
             raise RepositoryError(detail=f"{location}: invalid repository config ({exc})") from None
         return cls(id=repo_id, created=created, chunker=chunker)

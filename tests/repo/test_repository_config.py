@@ -59,6 +59,11 @@ def test_a_config_round_trips() -> None:
             with_field("chunker", {**ChunkerParams().to_dict(), "seed": 2**64 - 1}),
             "seed must be within [0, 2^63)",
         ),
+        # Digests and chunks would be read with the wrong algorithm.
+        (with_field("hash", "sha256"), "hash 'sha256': this casbackup knows 'blake3' only"),
+        (with_field("compression", "lz4"), "compression 'lz4': this casbackup knows 'zstd' only"),
+        (with_field("hash", 1), "'hash' is a JSON number, expected a JSON string"),
+        (without_field("compression"), "no 'compression'"),
         (b"[" * 100_000, "nested too deeply"),
         (b"\xff\xfe not utf-8", "unreadable repository config"),
         (b'["format", "casbackup-repository"]', "not a casbackup repository config"),
