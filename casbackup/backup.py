@@ -226,6 +226,7 @@ class BackupService:
             threads=self.options.threads,
             upload_threads=self.options.upload_threads,
         ) as snapshot:
+            warnings += snapshot.sync_report.warnings  # backups and packs left out of the catalog
             try:
                 for table in tables:
                     self.progress.table(table)

@@ -345,13 +345,17 @@ def collect_garbage(
 ) -> GcReport:
     """One gc run (the caller holds the exclusive gc lock)."""
     try:
-        sync(repo, catalog, strict=True)
+        synced = sync(repo, catalog, strict=True)
     except RepositoryError as exc:
         raise GcBlocked(
             detail=f"a backup in the store cannot be indexed ({exc.message}); "
             "`casbackup delete` removes a backup that is lost"
         ) from None
     plan = plan_gc(repo, catalog, settings, clock)
-    if dry_run:
-        return GcReport(plan=plan)
-    return execute_gc(plan, repo, catalog, settings, run_id=run_id, clock=clock)
+    report = (
+        GcReport(plan=plan)
+        if dry_run
+        else execute_gc(plan, repo, catalog, settings, run_id=run_id, clock=clock)
+    )
+    report.warnings[:0] = synced.warnings  # packs whose trailers could not be read
+    return report

@@ -1053,7 +1053,8 @@ class RestoreService:
             "syncing the catalog with the repository and retrying",
             missing.fields.get("pack"),
         )
-        sync(self.repo, self.catalog)
+        for warning in sync(self.repo, self.catalog).warnings:
+            log.warning("%s", warning)
         return True
 
     def _after_sync(self, missing: PackMissing, again: Callable[[], _T]) -> _T:

@@ -120,8 +120,8 @@ def sync(
         report.packs_forgotten = len(unneeded)
 
     def left_out(what: str, error: RepositoryError) -> None:
+        # Not logged here: each caller reports its warnings once, and counts them in its exit code.
         report.warnings.append(f"{what} not indexed: {error.message}")
-        log.warning("%s", report.warnings[-1])
 
     for pack_id in sorted(set(store_packs) - catalog_packs):
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from casbackup.catalog import Catalog
 from casbackup.catalog.backups import out_of_step
 from casbackup.catalog.rebuild import sync
+from casbackup.cli.output import warn
 from casbackup.clickhouse.client import connect, parse_url
 from casbackup.clickhouse.server import ClickHouseServer
 from casbackup.config import Settings, load_settings
@@ -36,6 +37,9 @@ class AppContext:
     _catalog: Catalog | None = None
     _server: ClickHouseServer | None = None
     _closers: list[object] = field(default_factory=list)
+    # Warnings already shown on the way to the command's own work (backups or
+    # packs a sync left out): a command that succeeds after one exits 1.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def settings(self) -> Settings:
@@ -97,7 +101,9 @@ class AppContext:
         catalog = self.catalog
         indexed = catalog.backups.committed_stamps()  # the catalog first: see catalog.rebuild.sync
         if out_of_step(indexed, self.repository.list_backups()):
-            sync(self.repository, catalog)
+            for warning in sync(self.repository, catalog).warnings:
+                warn(warning)
+                self.warnings.append(warning)
         return catalog
 
     @property

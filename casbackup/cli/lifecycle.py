@@ -40,9 +40,9 @@ def delete(
 ) -> None:
     """Delete backups (their manifests); `gc` frees the space. Never breaks another backup."""
     app: AppContext = ctx.obj
-    deleted = delete_backups(
-        app.repository, app.synced_catalog(), [nonempty_name(n) for n in names]
-    )
+    # Not synced first: deletion goes by name, and the sync would warn about
+    # the damaged backup being deleted (the advice for one is `delete`).
+    deleted = delete_backups(app.repository, app.catalog, [nonempty_name(n) for n in names])
     if json_output:
         emit_json({"deleted": deleted})
     else:

@@ -110,6 +110,7 @@ def main(
         repo_override=repo,
         clickhouse_override=clickhouse,
         quiet=quiet,
+        warnings=ctx.obj if isinstance(ctx.obj, list) else [],  # run()'s: it sets the exit code
     )
     ctx.obj = context
     ctx.meta["debug"] = debug
@@ -167,9 +168,11 @@ def run(argv: list[str] | None = None) -> int:
     # temporary parts are removed on the way out.
     restore_signals = interrupts.install()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    shown: list[str] = []  # warnings the context showed before the command's own report
     try:
-        result = app(args=argv, prog_name="casbackup", standalone_mode=False)
-        return int(result) if isinstance(result, int) else ExitCode.OK
+        result = app(args=argv, prog_name="casbackup", standalone_mode=False, obj=shown)
+        code = int(result) if isinstance(result, int) else ExitCode.OK
+        return ExitCode.WARNING if code == ExitCode.OK and shown else code
     except CasbackupError as exc:
         _error("; ".join([exc.message, *_notes(exc)]))
         return exc.exit_code

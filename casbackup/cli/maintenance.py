@@ -238,6 +238,8 @@ def catalog_rebuild(ctx: typer.Context, json_output: JsonOption = False) -> int:
         )
     else:
         print(f"rebuilt catalog: {report.packs_indexed} packs, {report.backups_imported} backups")
+    for warning in report.warnings:  # on stderr, beside --json too
+        warn(warning)
     return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 
@@ -256,6 +258,8 @@ def catalog_sync(ctx: typer.Context, json_output: JsonOption = False) -> int:
             f"indexed {report.packs_indexed} packs, imported {report.backups_imported} backups, "
             f"forgot {report.backups_forgotten} backups"
         )
+    for warning in report.warnings:  # on stderr, beside --json too
+        warn(warning)
     return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 
