@@ -243,7 +243,11 @@ def _stats_columns(manifest: Manifest) -> dict[str, object]:
     return {
         "finished_at": manifest.finished_at,
         "clickhouse_version": manifest.clickhouse_version,
-        "logical_bytes": manifest.stats.logical_bytes,
+        # The parts' sum, not the stat: gc checks this backup's part file rows
+        # against it (``index_gaps``). A stat above the sum stopped every gc, and
+        # a rebuild, reading the same stat, could not help; one below it let
+        # that many bytes of lost rows through unseen.
+        "logical_bytes": manifest.part_file_bytes(),
         "read_bytes": manifest.stats.read_bytes,
         "new_bytes": manifest.stats.new_bytes,
         "new_chunks": manifest.stats.new_chunks,

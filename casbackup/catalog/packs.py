@@ -101,9 +101,11 @@ WHERE NOT EXISTS (
 """
 
 
-# A committed backup's logical size is the sum of its part files' sizes (the
-# manifest's stats, written from the same parts): less in the rows means some
-# were lost, and with them the references that keep their chunks' packs. One
+# A committed backup's logical size, as the catalog records it, is the sum of
+# the sizes of the part files its manifest lists (``Manifest.part_file_bytes``,
+# never the manifest's stat, which nothing checks against the parts): less in
+# the rows means some were lost, and with them the references that keep their
+# chunks' packs; a rebuild, which imports every manifest again, restores them. One
 # pass over part_files: 0.65-0.8 s on the catalog above with its 1M part files
 # in 1M parts of 100 backups.
 _SHORT_BACKUPS = """

@@ -347,7 +347,6 @@ class Manifest(_Model):
                     raise ValueError(
                         f"{fileset.source}: {sf.path}: file id missing from the file table or size differs"
                     )
-        part_file_bytes = 0
         for table in self.tables:
             for part in table.parts:
                 for pf in part.files:
@@ -356,12 +355,21 @@ class Manifest(_Model):
                             f"{table.qualified} part {part.name} file {pf.path}: "
                             "file id missing from the file table or size differs"
                         )
-                    part_file_bytes += pf.size
         # Summed in SQL too (the catalog's check of what each backup holds, at every gc):
         # one file content that many part files share can add up past 64 bits.
-        if part_file_bytes >= 2**63:
+        if self.part_file_bytes() >= 2**63:
             raise ValueError("the sizes of the part files add up to more than 2^63 - 1")
         return self
+
+    def part_file_bytes(self) -> int:
+        """The sizes of every part file of every table, added up: the backup's logical size.
+
+        What ``stats.logical_bytes`` says too, as every writer computes it
+        from the same parts; but a reader can check the parts and not the
+        stat, so what depends on the size (the catalog's record, which gc
+        checks the catalog's part file rows against) takes it from here.
+        """
+        return sum(pf.size for table in self.tables for part in table.parts for pf in part.files)
 
     def file_table(self) -> dict[bytes, FileContent]:
         return {f.id: f for f in self.files}

@@ -19,9 +19,10 @@ from casbackup.errors import ExitCode
 from casbackup.repo import manifest as codec
 from tests.cli.test_failures import one_line_error
 from tests.cli.test_incremental import create_table, fill
+from tests.cli.test_older_releases import rewrite_manifest
 from tests.clickhouse.schema import fingerprints, q
 from tests.engines import Engine
-from tests.helpers import unwritable
+from tests.helpers import small_backups, unwritable
 
 
 def two_backups(engine: Engine, dbname: str, cli: Any) -> dict[str, Any]:
@@ -167,6 +168,86 @@ def test_gc_stops_when_the_catalog_lost_index_rows(
     assert cli(engine, "gc", "--min-age", "0s").code == 0
     assert cli(engine, "gc", "--min-age", "0s").code == 0
     restores_as_copy(engine, dbname, cli, "b1", before)
+
+
+def pack_files(repo: Path) -> list[Path]:
+    return sorted(p for p in (repo / "packs").rglob("*") if p.is_file())
+
+
+def test_a_manifest_claiming_more_logical_bytes_than_its_parts_stops_gc_only_until_rebuilt(
+    cli: Any, tmp_path: Path
+) -> None:
+    """A manifest whose stats.logical_bytes exceeds its part files' sizes (no release writes
+    one; re-encoded by hand) stopped every gc with "run `casbackup catalog rebuild`", and
+    the rebuild read the same stat again: the nightly run failed for good. The parts are
+    sound, so the backup stays whole; the catalog records the parts' sum."""
+    repo = tmp_path / "repo"
+    assert cli(None, "init").code == 0
+    small_backups(repo, tmp_path, ["b1", "b2"])
+    true_size = {b["name"]: b["logical_bytes"] for b in cli(None, "list", "--json").json()}
+
+    def inflated(doc: dict[str, Any]) -> None:
+        doc["stats"]["logical_bytes"] += 1
+
+    rewrite_manifest(repo, "b2", inflated)
+    assert cli(None, "catalog", "sync").code == 0  # imports the manifest as it is now
+    # ... and records the stat, as releases before the parts' sum did.
+    with sqlite3.connect(repo / "catalog.sqlite") as conn:
+        conn.execute("UPDATE backups SET logical_bytes = logical_bytes + 1 WHERE name = 'b2'")
+    assert cli(None, "delete", "b1").code == 0
+    packs = pack_files(repo)
+
+    gc = cli(None, "gc", "--min-age", "0s")
+    assert gc.code == ExitCode.INTEGRITY
+    assert "1 backups hold fewer part file bytes than they recorded, e.g. b2" in gc.stderr
+    assert "run `casbackup catalog rebuild`" in gc.stderr
+    assert pack_files(repo) == packs
+
+    # The advice helps: the rebuild records the parts' sum, and gc runs.
+    assert cli(None, "catalog", "rebuild").code == 0
+    assert {b["name"]: b["logical_bytes"] for b in cli(None, "list", "--json").json()} == {
+        "b2": true_size["b2"]
+    }
+    for _ in range(2):  # condemn b1's pack, then delete it; b2's stays
+        assert cli(None, "gc", "--min-age", "0s").code == 0
+    assert len(pack_files(repo)) == len(packs) - 1
+    assert cli(None, "verify", "--read-data").code == 0
+
+
+def test_a_manifest_claiming_fewer_logical_bytes_hides_no_lost_catalog_rows(
+    cli: Any, tmp_path: Path
+) -> None:
+    """gc's check of each backup's part file rows compared them with the manifest's stat:
+    one of 0 (re-encoded by hand) let a catalog that lost all the backup's part file rows
+    through, and gc condemned, then deleted, the only pack of a readable backup."""
+    repo = tmp_path / "repo"
+    assert cli(None, "init").code == 0
+    small_backups(repo, tmp_path, ["b1", "b2"])
+
+    def deflated(doc: dict[str, Any]) -> None:
+        doc["stats"]["logical_bytes"] = 0
+
+    rewrite_manifest(repo, "b2", deflated)
+    assert cli(None, "catalog", "sync").code == 0  # imports the manifest as it is now
+    with sqlite3.connect(repo / "catalog.sqlite") as conn:
+        conn.execute(
+            "DELETE FROM part_files WHERE part_id IN (SELECT p.id FROM parts p "
+            "JOIN backup_tables bt ON bt.id = p.table_id "
+            "JOIN backups b ON b.id = bt.backup_id WHERE b.name = 'b2')"
+        )
+    packs = pack_files(repo)
+
+    for _ in range(2):
+        gc = cli(None, "gc", "--min-age", "0s")
+        assert gc.code == ExitCode.INTEGRITY, gc.stdout
+        assert "1 backups hold fewer part file bytes than they recorded, e.g. b2" in gc.stderr
+    assert pack_files(repo) == packs
+
+    assert cli(None, "catalog", "rebuild").code == 0
+    for _ in range(2):
+        assert cli(None, "gc", "--min-age", "0s").code == 0
+    assert pack_files(repo) == packs
+    assert cli(None, "verify", "--read-data").code == 0
 
 
 def test_a_catalog_missing_a_table_is_a_one_line_catalog_error_until_rebuilt(

@@ -330,6 +330,20 @@ def test_part_files_adding_up_beyond_64_bits_are_refused(
     assert decode(_encode_doc(doc), "b-1").tables[0].parts[0].files[0].size == 2**61
 
 
+@pytest.mark.parametrize("logical_bytes", [0, 9, 11, 2**62])
+def test_a_logical_size_that_disagrees_with_the_parts_is_read_and_not_relied_on(
+    logical_bytes: int, decode: Decode
+) -> None:
+    """stats.logical_bytes is a report of the writer's, never checked against the parts:
+    refusing a manifest for it would make a backup whose parts are sound unrestorable, so
+    readers accept it, and what depends on the size takes the parts' sum."""
+    doc = _raw_doc(_sample())
+    doc["stats"]["logical_bytes"] = logical_bytes
+    manifest = decode(_encode_doc(doc), "b-1")
+    assert manifest.stats.logical_bytes == logical_bytes
+    assert manifest.part_file_bytes() == 10 == _sample().part_file_bytes()
+
+
 def test_non_map_top_level(decode: Decode) -> None:
     import blake3
 
