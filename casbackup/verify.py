@@ -2,7 +2,9 @@
 
 - **structure** (default, no data bytes read): every manifest parses; every
   file's chunks are indexed; every pack they live in exists in the store with
-  the size the catalog expects; catalog and store agree on backups and packs.
+  the size the catalog expects (when not, the pack's trailer says whether the
+  pack or the catalog's row is wrong); catalog and store agree on backups and
+  packs.
 - **--read-data**: download packs, check each against its name (BLAKE3 of the
   whole object), every chunk against its id after decompressing to its
   recorded size, and the catalog's chunk locations against the trailers.
@@ -265,13 +267,7 @@ class Verifier:
                     f"missing from the store (needed by {used_by}); {PACK_ADVICE}",
                 )
             elif self.store_packs[pack_id] != catalog_packs.get(pack_id):
-                self._problem(
-                    STRUCTURE,
-                    f"pack {pack_id.hex()}",
-                    f"is {self.store_packs[pack_id]} bytes in the store, the catalog recorded "
-                    f"{catalog_packs.get(pack_id)} (truncated or replaced; needed by {used_by}); "
-                    f"{PACK_ADVICE}",
-                )
+                self._wrong_size(pack_id, catalog_packs.get(pack_id), used_by)
         for pack_id, message in sorted(unreadable.items()):
             self._problem(
                 STRUCTURE,
@@ -294,6 +290,89 @@ class Verifier:
                 f"{len(gone)} packs",
                 f"in the catalog but gone from the store, e.g. {min(gone).hex()} (run `casbackup catalog sync`)",
             )
+
+    def _wrong_size(self, pack_id: bytes, recorded: object, used_by: str) -> None:
+        """A pack whose size in the store differs from the catalog's: which of the two is wrong.
+
+        The store is the truth and the catalog an index of it, whose row can be
+        damaged while the pack is intact; blaming the pack then sends the
+        operator to restore or delete good data. So the trailer is read from
+        the end of the object as it is (at most two ranged reads, no data
+        bytes). If the footer there matches its trailer's digest, every entry
+        lies inside the data area that size leaves, and the trailer lists every
+        chunk the catalog locates in the pack where the catalog locates it,
+        the object is the pack the catalog indexed, whole, and the catalog's
+        row is blamed: a cut or extended object has no such footer at its end,
+        and another pack does not hold those chunks there. Otherwise the pack
+        is, as before. (A flipped byte inside is --read-data's to find, as in
+        any pack.)
+        """
+        name, size = pack_id.hex(), self.store_packs[pack_id]
+        try:
+            entries = self.repo.read_trailer(pack_id, size)
+        except PackMissing:  # deleted since the listing
+            self._problem(
+                STRUCTURE,
+                f"pack {name}",
+                f"missing from the store (needed by {used_by}); {PACK_ADVICE}",
+            )
+            return
+        except IntegrityError as exc:
+            why = exc.message
+        else:
+            in_pack = {
+                e.chunk_id: Located(e.offset, e.length, e.raw_size, e.compression) for e in entries
+            }
+            indexed = self._catalog_locations({pack_id}).get(pack_id, {})
+            misplaced = sorted(
+                cid for cid, located in indexed.items() if in_pack.get(cid) != located
+            )
+            if not misplaced:
+                self._problem(
+                    CATALOG,
+                    f"pack {name}",
+                    f"the catalog records {recorded} bytes, but the pack is {size} bytes in the "
+                    f"store and sound: its trailer fits that size and lists the {len(indexed)} "
+                    "chunks the catalog locates in it where the catalog locates them (the "
+                    "catalog's row is wrong; run `casbackup catalog rebuild`)",
+                )
+                return
+            more = f" and {len(misplaced) - 1} more" if len(misplaced) > 1 else ""
+            why = (
+                f"its trailer does not list chunk {misplaced[0].hex()}{more} where the catalog "
+                "locates them"
+            )
+        self._problem(
+            STRUCTURE,
+            f"pack {name}",
+            f"is {size} bytes in the store, the catalog recorded {recorded} (truncated or "
+            f"replaced: {why}; needed by {used_by}); {PACK_ADVICE}",
+        )
+
+    def _catalog_locations(self, pack_ids: set[bytes]) -> dict[bytes, dict[bytes, Located]]:
+        """Where the catalog locates each chunk it indexes in these packs, by pack.
+
+        Everything a restore takes from the catalog to read a chunk: offset and
+        length, and the raw size and compression it decompresses with.
+        """
+        indexed: dict[bytes, dict[bytes, Located]] = defaultdict(dict)
+        with self.catalog.db.read() as conn:
+            for batch in batched(sorted(p.hex() for p in pack_ids)):
+                rows = conn.execute(
+                    select(
+                        Pack.digest,
+                        Chunk.digest,
+                        Chunk.offset,
+                        Chunk.length,
+                        Chunk.raw_size,
+                        Chunk.compression,
+                    )
+                    .join(Pack, Pack.id == Chunk.pack_id)
+                    .where(Pack.digest.in_(batch))
+                )
+                for pack, cid, *located in rows:
+                    indexed[bytes.fromhex(pack)][bytes.fromhex(cid)] = Located(*located)
+        return indexed
 
     def _compare_chunk_lists(self, in_catalog: set[str]) -> None:
         """The catalog's chunk list of each file of the backups it knows, against the manifests'.
@@ -361,25 +440,7 @@ class Verifier:
             p: self.store_packs[p] for p in self.referenced_packs if p in self.store_packs
         }
         chosen, self.report.subset = choose_subset(candidates, self.options.subset, self.clock())
-        # Everything a restore takes from the catalog to read a chunk: offset and
-        # length, and the raw size and compression it decompresses with.
-        indexed: dict[bytes, dict[bytes, Located]] = defaultdict(dict)
-        with self.catalog.db.read() as conn:
-            for batch in batched(sorted(p.hex() for p in chosen)):
-                rows = conn.execute(
-                    select(
-                        Pack.digest,
-                        Chunk.digest,
-                        Chunk.offset,
-                        Chunk.length,
-                        Chunk.raw_size,
-                        Chunk.compression,
-                    )
-                    .join(Pack, Pack.id == Chunk.pack_id)
-                    .where(Pack.digest.in_(batch))
-                )
-                for pack, cid, *located in rows:
-                    indexed[bytes.fromhex(pack)][bytes.fromhex(cid)] = Located(*located)
+        indexed = self._catalog_locations(chosen)
         for position, pack_id in enumerate(sorted(chosen), start=1):
             self._check_pack(pack_id, indexed.get(pack_id, {}))
             if position % 50 == 0:

@@ -131,6 +131,56 @@ def test_truncated_pack_is_found_by_structure(
     [problem] = report["problems"]
     assert problem["level"] == "structure" and problem["object"] == f"pack {target.name}"
     assert "truncated" in problem["detail"]
+    assert "footer magic missing" in problem["detail"]
+    assert "restore the pack from a copy" in problem["detail"]
+
+
+@pytest.mark.parametrize("damage", ["size + 7", "size - 7"], ids=["larger", "smaller"])
+def test_a_wrong_pack_size_in_the_catalog_blames_the_catalog_not_the_pack(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path, damage: str
+) -> None:
+    """The store is the truth, the catalog an index of it. A damaged packs.size row made
+    structure call the sound pack "truncated or replaced" and advise restoring it from a copy
+    or deleting the backups that need it; its trailer, read from the object's end, says the
+    pack is whole."""
+    backed_up(engine, dbname, cli, rows=20_000)
+    target = packs(tmp_path / "repo")[0]
+    with sqlite3.connect(tmp_path / "repo" / "catalog.sqlite") as raw:
+        raw.execute(f"UPDATE packs SET size = {damage} WHERE digest = ?", (target.name,))
+    for args in ([], ["--read-data"]):  # the pack reads whole and matches its name
+        code, report = verify(cli, engine, *args)
+        assert code == ExitCode.VERIFY_FAILED
+        [problem] = report["problems"]
+        assert problem["level"] == "catalog" and problem["object"] == f"pack {target.name}"
+        sound = f"the pack is {target.stat().st_size} bytes in the store and sound"
+        assert sound in problem["detail"]
+        assert "run `casbackup catalog rebuild`" in problem["detail"]
+        assert "truncated" not in problem["detail"] and "restore the pack" not in problem["detail"]
+    assert cli(engine, "catalog", "rebuild").code == 0
+    assert verify(cli, engine, "--read-data")[0] == 0
+
+
+def test_a_pack_replaced_by_another_is_blamed_on_the_pack(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """A whole, readable pack under the name: its trailer parses at its size, but it does
+    not hold the chunks the catalog indexed there, so the catalog's size is not the wrong one."""
+    backed_up(engine, dbname, cli, rows=20_000)
+    engine.sql(
+        f"INSERT INTO `{dbname}`.events SELECT number, toDate('2024-06-01'), 7, 'x', number, 1 "
+        "FROM numbers(5000)"
+    )
+    assert cli(engine, "create", "b2", "--tables", f"{dbname}.*").code == 0
+    sizes = {p.stat().st_size: p for p in packs(tmp_path / "repo")}
+    assert len(sizes) >= 2
+    target, other = (sizes[s] for s in sorted(sizes)[:2])
+    target.write_bytes(other.read_bytes())
+    code, report = verify(cli, engine)
+    assert code == ExitCode.VERIFY_FAILED
+    [problem] = report["problems"]
+    assert problem["level"] == "structure" and problem["object"] == f"pack {target.name}"
+    assert "truncated or replaced: its trailer does not list chunk" in problem["detail"]
+    assert "restore the pack from a copy" in problem["detail"]
 
 
 def test_deleted_pack_is_found_by_structure(
