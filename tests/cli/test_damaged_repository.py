@@ -250,6 +250,31 @@ def test_a_manifest_claiming_fewer_logical_bytes_hides_no_lost_catalog_rows(
     assert cli(None, "verify", "--read-data").code == 0
 
 
+def test_verify_reports_the_lost_catalog_rows_gc_refuses_to_run_over(
+    cli: Any, tmp_path: Path
+) -> None:
+    """gc stopped on a backup whose part file rows were lost and advised a rebuild, while
+    `verify` said "verify OK": the check an operator reaches for contradicted gc."""
+    repo = tmp_path / "repo"
+    assert cli(None, "init").code == 0
+    small_backups(repo, tmp_path, ["b1", "b2"])
+    with sqlite3.connect(repo / "catalog.sqlite") as conn:
+        conn.execute(
+            "DELETE FROM part_files WHERE part_id IN (SELECT p.id FROM parts p "
+            "JOIN backup_tables bt ON bt.id = p.table_id "
+            "JOIN backups b ON b.id = bt.backup_id WHERE b.name = 'b2')"
+        )
+    assert cli(None, "gc", "--min-age", "0s").code == ExitCode.INTEGRITY
+    verified = cli(None, "verify")
+    assert verified.code == ExitCode.VERIFY_FAILED, verified.stdout
+    (problem,) = [line for line in verified.stderr.splitlines() if line.startswith("problem: ")]
+    assert "[catalog] the catalog's references: 1 backups hold fewer part file bytes" in problem
+    assert "`casbackup catalog rebuild`" in problem
+
+    assert cli(None, "catalog", "rebuild").code == 0
+    assert cli(None, "verify").code == 0
+
+
 def test_a_catalog_missing_a_table_is_a_one_line_catalog_error_until_rebuilt(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
