@@ -40,7 +40,7 @@ from sqlalchemy import select
 
 from casbackup.catalog import Catalog
 from casbackup.catalog.index import batched
-from casbackup.catalog.models import COMMITTED, Backup, Chunk, FileChunk, Pack
+from casbackup.catalog.models import COMMITTED, Backup, FileChunk, Pack
 from casbackup.catalog.packs import index_gaps
 from casbackup.clickhouse.fingerprint import Fingerprint, RowHash, fingerprint, row_hash
 from casbackup.clickhouse.server import SCRATCH_PREFIX, ClickHouseServer
@@ -362,28 +362,10 @@ class Verifier:
         )
 
     def _catalog_locations(self, pack_ids: set[bytes]) -> dict[bytes, dict[bytes, Located]]:
-        """Where the catalog locates each chunk it indexes in these packs, by pack.
-
-        Everything a restore takes from the catalog to read a chunk: offset and
-        length, and the raw size and compression it decompresses with.
-        """
+        """Where the catalog locates each chunk it indexes in these packs, by pack."""
         indexed: dict[bytes, dict[bytes, Located]] = defaultdict(dict)
-        with self.catalog.db.read() as conn:
-            for batch in batched(sorted(p.hex() for p in pack_ids)):
-                rows = conn.execute(
-                    select(
-                        Pack.digest,
-                        Chunk.digest,
-                        Chunk.offset,
-                        Chunk.length,
-                        Chunk.raw_size,
-                        Chunk.compression,
-                    )
-                    .join(Pack, Pack.id == Chunk.pack_id)
-                    .where(Pack.digest.in_(batch))
-                )
-                for pack, cid, *located in rows:
-                    indexed[bytes.fromhex(pack)][bytes.fromhex(cid)] = Located(*located)
+        for cid, pack, *located in self.catalog.index.in_packs(pack_ids):
+            indexed[bytes.fromhex(pack)][bytes.fromhex(cid)] = Located(*located)
         return indexed
 
     def _compare_chunk_lists(self, in_catalog: set[str]) -> None:

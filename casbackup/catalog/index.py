@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, bindparam, insert, select, update
+from sqlalchemy import Connection, Insert, Select, bindparam, insert, select, update
 from sqlalchemy.dialects import sqlite
 
 from casbackup.catalog.database import CatalogDatabase
@@ -126,18 +126,7 @@ class ChunkIndex:
         found: dict[bytes, ChunkLocation] = {}
         with self.db.read() as conn:
             for batch in batched(cid.hex() for cid in chunk_ids):
-                rows = conn.execute(
-                    select(
-                        Chunk.digest,
-                        Pack.digest,
-                        Chunk.offset,
-                        Chunk.length,
-                        Chunk.raw_size,
-                        Chunk.compression,
-                    )
-                    .join(Pack, Pack.id == Chunk.pack_id)
-                    .where(Chunk.digest.in_(batch))
-                )
+                rows = conn.execute(_locations().where(Chunk.digest.in_(batch)))
                 for digest, pack, offset, length, raw_size, compression in rows:
                     if (
                         any(type(n) is not int or n < 0 for n in (offset, length, raw_size))
@@ -154,6 +143,16 @@ class ChunkIndex:
                     )
         return found
 
+    def in_packs(self, pack_ids: Iterable[bytes]) -> list[tuple[Any, ...]]:
+        """(chunk, pack, offset, length, raw size, compression) of every chunk indexed in these
+        packs, as the catalog holds them: for comparing with the packs' trailers, unchecked."""
+        with self.db.read() as conn:
+            return [
+                tuple(row)
+                for batch in batched(sorted(p.hex() for p in pack_ids))
+                for row in conn.execute(_locations().where(Pack.digest.in_(batch)))
+            ]
+
     def file_chunks(self, file_id: bytes) -> list[bytes] | None:
         """A stored file's chunk list, or None if the catalog does not know the file."""
         with self.db.read() as conn:
@@ -165,6 +164,14 @@ class ChunkIndex:
                 .order_by(FileChunk.seq)
             )
             return [bytes.fromhex(d) for (d,) in rows]
+
+
+def _locations() -> Select[str, str, int, int, int, int]:
+    """Everything a restore takes from the catalog to read a chunk: its pack, offset and
+    length, and the raw size and compression it decompresses with."""
+    return select(
+        Chunk.digest, Pack.digest, Chunk.offset, Chunk.length, Chunk.raw_size, Chunk.compression
+    ).join(Pack, Pack.id == Chunk.pack_id)
 
 
 def insert_pack(
