@@ -751,7 +751,11 @@ class RestoreService:
                     outcome.parts, outcome.rows = self._restore_data(item, fetcher)
         if self.options.access:  # after tables: grants name them
             if not self.manifest.access and self.manifest.access_files is None:
-                report.notes.append("this backup holds no access entities (made without --rbac?)")
+                report.notes.append(
+                    "this backup holds no access entities: made without --rbac, or on a server "
+                    "without SQL access control (18.16), whose users live in users.xml and come "
+                    "back with --configs"
+                )
             self._restore_objects(self.manifest.access, report)
         self._restore_files(report)
         report.tables = [outcomes[id(i)] for i in items]
@@ -874,7 +878,13 @@ class RestoreService:
             if len(failed) == len(todo):
                 if not self.options.ignore_dependencies:
                     stuck, error = failed[0]
-                    raise RestoreFailed(table=stuck.target, detail=error.message)
+                    created = sum(1 for o in outcomes.values() if o.created)
+                    raise RestoreFailed(
+                        table=stuck.target,
+                        detail=_creation_failed(
+                            error.message, self.manifest.name, len(failed), created
+                        ),
+                    )
                 for item, error in failed:
                     report.warnings.append(f"not created {item.target}: {error.message}")
                     item.entry = item.entry.model_copy(
@@ -1276,6 +1286,24 @@ def staging_batches(parts: list[mf.Part]) -> Iterator[list[mf.Part]]:
         files += len(part.files)
     if batch:
         yield batch
+
+
+def _creation_failed(message: str, backup: str, failed: int, created: int) -> str:
+    """What a restore that could not create a table leaves, and the ways on.
+
+    Everything it created is still empty (no part is attached before every
+    object exists), so running it again with --drop-existing loses nothing.
+    A cluster, macro or dictionary missing on a new host is usually in the
+    server's config files, which the backup may hold.
+    """
+    others = f" (and {failed - 1} more could not be created)" if failed > 1 else ""
+    return (
+        f"{message}{others}; {created} other tables and views were created, still empty: "
+        "no data was attached. What the server lacks (a cluster, a macro) may be in its "
+        f"config files: `casbackup restore {backup} --no-tables --configs` stages the "
+        "backup's; once it is fixed, run the restore again with --drop-existing, or restore "
+        "everything else now with --ignore-dependencies"
+    )
 
 
 def _partial_hint(table: TableInfo | None) -> str:

@@ -205,6 +205,10 @@ def test_rbac_on_18_16_is_reported_not_failed(server_engine: ServerEngine, cli: 
     result = cli(server_engine, "create", "b", "--tables", "t_rbac18.*", "--rbac", "--json")
     assert result.code == 0, result.stderr
     assert "has no SQL access control" in result.stderr and "users.xml" in result.stderr
+    # Restored with --rbac, it is not taken for a backup made without it.
+    restored = cli(server_engine, "restore", "b", "--no-tables", "--rbac")
+    assert restored.code == 0, restored.stderr
+    assert "users live in users.xml and come back with --configs" in restored.stderr
     server_engine.sql("DROP DATABASE t_rbac18")
 
 
@@ -558,6 +562,12 @@ def test_ignore_dependencies_restores_what_it_can(engine: Engine, dbname: str, c
     target = f"{dbname}_elsewhere"
     stopped = cli(engine, "restore", "b", "--as", f"{dbname}:{target}")
     assert stopped.code == ExitCode.CLICKHOUSE_QUERY and f"{target}.v" in stopped.stderr
+    # The error says what the failed restore left and how to go on (a DR drill on a new
+    # host stopped here on a Distributed table whose cluster was still in the staged configs).
+    assert "other tables and views were created, still empty" in stopped.stderr
+    assert "restore b --no-tables --configs" in stopped.stderr
+    assert "--drop-existing" in stopped.stderr and "--ignore-dependencies" in stopped.stderr
+    assert engine.value(f"SELECT count() FROM {q(target)}.base") == 0
     engine.sql(f"DROP DATABASE IF EXISTS {q(target)}")
     carried_on = cli(engine, "restore", "b", "--as", f"{dbname}:{target}", "--ignore-dependencies")
     assert carried_on.code == ExitCode.WARNING, carried_on.stderr
