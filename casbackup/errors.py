@@ -136,7 +136,7 @@ class RepositoryError(CasbackupError):
 
 
 class RepositoryNotFound(RepositoryError):
-    """no casbackup repository at {location}; create one with `casbackup init`"""
+    """no casbackup repository at {location}: if backups should be there, check the location (bucket, prefix, endpoint; --repo, CASBACKUP_REPO, repository.location); `casbackup init` would start a new, empty one"""
 
     exit_code = ExitCode.NOT_FOUND
 

@@ -66,6 +66,8 @@ def test_module_and_script_run_the_cli(tmp_path: Path) -> None:
         )
         assert missing.returncode == ExitCode.NOT_FOUND
         assert missing.stderr.startswith("casbackup: error: no casbackup repository")
+        # A wrong --repo during a restore must not read as "run init" (a new, empty repository).
+        assert "check the location" in missing.stderr
         assert "Traceback" not in missing.stderr
 
 

@@ -46,7 +46,7 @@ def test_list_explains_a_lost_config_instead_of_advising_init(
     assert "no `config` object" in listed.stderr
     assert f"its id, {two_backups}, is recorded in manifest b1" in listed.stderr
     assert "`casbackup init --recover`" in listed.stderr
-    assert "create one with `casbackup init`" not in listed.stderr
+    assert "`casbackup init` would start a new" not in listed.stderr
 
 
 def test_init_over_the_remains_is_refused_and_writes_nothing(
