@@ -206,8 +206,9 @@ def create(
         emit_json(_report_document(report))
     else:
         _print_report(report, app.quiet)
-    for line in report.notes:
-        note(line)
+    if not app.quiet:  # --quiet: "no progress bars or notes" (warnings still)
+        for line in report.notes:
+            note(line)
     return ExitCode.WARNING if report.warnings else ExitCode.OK
 
 

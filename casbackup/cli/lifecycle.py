@@ -364,8 +364,9 @@ def run(
             )
             for problem in report.verify.problems:
                 note(f"problem: {problem}")
-    for line in report.backup.notes:
-        note(line)
+    if not app.quiet:  # a nightly `--quiet run` logs no notes, only results and warnings
+        for line in report.backup.notes:
+            note(line)
     if report.verify is not None:
         raise_if_failed(report.verify)
     return ExitCode.WARNING if report.warnings else ExitCode.OK

@@ -379,6 +379,12 @@ def test_tables_whose_rows_are_not_backed_up_are_said_so(
     config.write_text(f'[backup]\nschema_only = ["{dbname}.logt", "{dbname}.mem"]\n')
     quiet = cli(engine, "--config", str(config), "create", "b3", "--tables", f"{dbname}.*")
     assert quiet.code == 0, quiet.stderr
+    assert f"schema only: {dbname}.mem" in " ".join(quiet.stderr.split())
+    # --quiet ("no progress bars or notes"): the notes too, as a nightly `--quiet run` logs.
+    hushed = cli(
+        engine, "--config", str(config), "--quiet", "create", "b4", "--tables", f"{dbname}.*"
+    )
+    assert hushed.code == 0 and hushed.stderr == "", hushed.stderr
 
     replaced = cli(engine, "restore", "b", "--drop-existing")
     assert replaced.code == ExitCode.WARNING
