@@ -149,6 +149,7 @@ class RetentionSettings(_Section):
     keep_monthly: Annotated[int, Field(ge=0)] = 0
     keep_yearly: Annotated[int, Field(ge=0)] = 0
     keep_within: str | None = None
+    per_host: bool = True  # each host's backups on their own (false: one policy over all)
 
     @field_validator("keep_within")
     @classmethod
@@ -166,6 +167,7 @@ class RetentionSettings(_Section):
             keep_monthly=self.keep_monthly,
             keep_yearly=self.keep_yearly,
             keep_within=parse_duration(self.keep_within) if self.keep_within else None,
+            per_host=self.per_host,
         )
 
 
@@ -408,6 +410,10 @@ keep_weekly = 0
 keep_monthly = 0
 keep_yearly = 0
 # keep_within = "7d"
+# The rules apply to each host's backups apart (the host a backup's
+# manifest names), so hosts sharing a repository never expire each other's
+# backups; false applies them to every backup as one set.
+per_host = true
 
 [gc]
 # A pack is deleted in the second gc run after it became garbage, once its

@@ -39,7 +39,7 @@ def forget(
 ) -> Decision:
     summaries = catalog.backups.summaries()
     decision = apply_policy(
-        [Dated(s.name, s.started_at) for s in summaries], policy, now=datetime.now(UTC)
+        [Dated(s.name, s.started_at, s.hostname) for s in summaries], policy, now=datetime.now(UTC)
     )
     if not dry_run and decision.remove:
         delete_backups(repo, catalog, decision.remove)

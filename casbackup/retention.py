@@ -13,6 +13,12 @@ A backup is kept if any rule keeps it; each reason is reported. Periods are
 taken in UTC so the result does not depend on where gc runs. A policy that
 keeps nothing is refused: ``forget`` with no rule would delete every backup.
 
+By default the rules apply to each host's backups on their own (restic's
+``--group-by host``): hosts that share a repository (shards, replicas) run
+the same nightly job, and one policy over all of them let each night's run
+on one host remove the backup another host made that day, or all of them
+with ``keep_last``.
+
 A backup dated more than a day ahead of ``now`` (a host whose clock was
 wrong, or a manifest written to be) takes no part in the rules: as the
 newest backup it would anchor ``keep_within`` in the future and expire every
@@ -39,6 +45,7 @@ class Policy:
     keep_monthly: int = 0
     keep_yearly: int = 0
     keep_within: timedelta | None = None
+    per_host: bool = True  # the rules apply to each host's backups apart
 
     def __post_init__(self) -> None:
         for name in (
@@ -68,17 +75,20 @@ class Policy:
         parts = [
             f"{name.replace('_', '-')} {value}"
             for name, value in vars(self).items()
-            if value and name != "keep_within"
+            if value and name.startswith("keep_") and name != "keep_within"
         ]
         if self.keep_within:
             parts.append(f"keep-within {format_duration(self.keep_within)}")
-        return ", ".join(parts) or "none"
+        if not parts:
+            return "none"
+        return ", ".join(parts) + (", per host" if self.per_host else ", across hosts")
 
 
 @dataclass(frozen=True)
 class Dated:
     name: str
     time: datetime
+    host: str = ""
 
 
 # Clock skew between hosts writing to one repository is seconds or minutes;
@@ -92,6 +102,7 @@ class Decision:
     remove: list[str] = field(default_factory=list)  # newest first
     order: list[str] = field(default_factory=list)  # every backup, newest first
     future: list[Dated] = field(default_factory=list)  # kept aside from the rules, newest first
+    hosts: dict[str, str] = field(default_factory=dict)  # name -> the host that made it
 
     def warnings(self) -> list[str]:
         return [
@@ -116,7 +127,31 @@ def apply_policy(backups: Sequence[Dated], policy: Policy, now: datetime | None 
     """``now`` None applies the rules to every backup, whatever its date."""
     if policy.empty:
         raise UsageError(detail="no retention rule given: refusing to remove every backup")
-    ordered = sorted(backups, key=lambda b: (b.time, b.name), reverse=True)
+    if not policy.per_host:
+        return _apply(backups, policy, now)
+    hosts: dict[str, list[Dated]] = {}
+    for b in backups:
+        hosts.setdefault(b.host, []).append(b)
+    decision = Decision()
+    for group in hosts.values():
+        part = _apply(group, policy, now)
+        decision.keep.update(part.keep)
+        decision.future += part.future
+    newest_first = sorted(backups, key=_newest_first, reverse=True)
+    decision.order = [b.name for b in newest_first]
+    decision.remove = [name for name in decision.order if name not in decision.keep]
+    decision.future.sort(key=_newest_first, reverse=True)
+    decision.hosts = {b.name: b.host for b in backups}
+    return decision
+
+
+def _newest_first(b: Dated) -> tuple[datetime, str]:
+    return (b.time, b.name)
+
+
+def _apply(backups: Sequence[Dated], policy: Policy, now: datetime | None) -> Decision:
+    """The rules over one group of backups."""
+    ordered = sorted(backups, key=_newest_first, reverse=True)
     future = [b for b in ordered if now is not None and b.time > now + FUTURE_SLACK]
     newest_first = [b for b in ordered if b not in set(future)]
     reasons: dict[str, list[str]] = {b.name: [] for b in ordered}
@@ -140,7 +175,7 @@ def apply_policy(backups: Sequence[Dated], policy: Policy, now: datetime | None 
         for b in newest_first:
             if b.time >= horizon:
                 reasons[b.name].append(f"within {format_duration(policy.keep_within)}")
-    decision = Decision(future=future)
+    decision = Decision(future=future, hosts={b.name: b.host for b in ordered})
     for b in ordered:
         decision.order.append(b.name)
         if reasons[b.name]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -114,6 +115,41 @@ def test_a_backup_dated_in_the_future_is_kept_aside_from_the_rules() -> None:
     (warning,) = decision.warnings()
     assert "backup forged is dated 2099-01-01 00:00 UTC" in warning
     assert "`casbackup delete forged`" in warning
+
+
+def on(host: str, backups: list[Dated]) -> list[Dated]:
+    return [Dated(f"{host}-{b.name}", b.time, host) for b in backups]
+
+
+def test_each_hosts_backups_are_kept_by_their_own_rules() -> None:
+    """Two hosts sharing a repository, each running keep-daily 7 nightly: one policy over
+    both removed the backup the other host had made that day, every day."""
+    a = on("a", nightly(20))
+    b = on("b", nightly(20, start=datetime(2026, 1, 1, 3, 40, tzinfo=UTC)))
+    policy = Policy(keep_daily=7)
+    per_host = apply_policy([*a, *b], policy)
+    days = {f"2026-01-{d:02d}" for d in range(14, 21)}
+    assert set(per_host.keep) == {f"{h}-{d}" for h in "ab" for d in days}
+    assert per_host.order[:2] == ["b-2026-01-20", "a-2026-01-20"]
+    assert per_host.remove == [n for n in per_host.order if n not in per_host.keep]
+    assert per_host.hosts["a-2026-01-20"] == "a"
+    across = apply_policy([*a, *b], replace(policy, per_host=False))
+    assert set(across.keep) == {f"b-{d}" for d in days}
+    assert policy.describe() == "keep-daily 7, per host"
+
+
+def test_a_new_hosts_backups_do_not_expire_the_lost_hosts() -> None:
+    """A replacement host whose nightly run started before its restore (a drill): with
+    keep-last 3, three of its near-empty backups expired every backup of the lost host."""
+    lost = on("db1", nightly(10))
+    new = on("db1-new", nightly(3, start=datetime(2026, 1, 11, 2, 15, tzinfo=UTC)))
+    decision = apply_policy([*lost, *new], Policy(keep_last=3))
+    assert {n for n in decision.keep if n.startswith("db1-2026")} == {
+        "db1-2026-01-10",
+        "db1-2026-01-09",
+        "db1-2026-01-08",
+    }
+    assert len(decision.keep) == 6
 
 
 def test_a_clock_a_few_hours_ahead_is_not_the_future() -> None:

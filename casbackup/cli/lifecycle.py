@@ -53,9 +53,9 @@ def delete(
 def _decision_rows(decision: Decision) -> list[list[str]]:
     """Newest first, by time: names need not sort as times do (`create before-upgrade`)."""
     return [
-        [name, "keep", "; ".join(decision.keep[name])]
+        [name, decision.hosts.get(name, ""), "keep", "; ".join(decision.keep[name])]
         if name in decision.keep
-        else [name, "remove", ""]
+        else [name, decision.hosts.get(name, ""), "remove", ""]
         for name in decision.order
     ]
 
@@ -72,6 +72,15 @@ def forget_command(
         str | None,
         typer.Option(
             "--keep-within", help="Keep everything this close to the newest backup (7d, 2w)."
+        ),
+    ] = None,
+    per_host: Annotated[
+        bool | None,
+        typer.Option(
+            "--per-host/--across-hosts",
+            help="Apply the rules to each host's backups apart (default: [retention] per_host, "
+            "true), or to every backup as one set.",
+            show_default=False,
         ),
     ] = None,
     dry_run: Annotated[
@@ -93,9 +102,12 @@ def forget_command(
         policy = Policy(
             **{k: v or 0 for k, v in given.items()},
             keep_within=parse_duration(keep_within) if keep_within else None,
+            per_host=app.settings.retention.per_host,
         )
     else:
         policy = app.settings.retention.policy()
+    if per_host is not None:
+        policy = replace(policy, per_host=per_host)
     decision = forget(app.repository, app.synced_catalog(), policy, dry_run=dry_run)
     if json_output:
         emit_json(
@@ -109,7 +121,7 @@ def forget_command(
         )
     else:
         print(f"policy: {policy.describe()}")
-        print_table(["backup", "action", "kept because"], _decision_rows(decision))
+        print_table(["backup", "host", "action", "kept because"], _decision_rows(decision))
         verb = "would remove" if dry_run else "removed"
         print(
             f"{verb} {len(decision.remove)} of {len(decision.keep) + len(decision.remove)} backups"

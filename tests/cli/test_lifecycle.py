@@ -202,7 +202,7 @@ def test_forget_lists_backups_newest_first_whatever_their_names(
         assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
     result = cli(engine, "forget", "--keep-last", "1", "--dry-run")
     assert result.code == 0
-    rows = [line.split()[:2] for line in result.stdout.splitlines()[2:-1]]
+    rows = [line.split()[::2][:2] for line in result.stdout.splitlines()[2:-1]]
     assert rows == [
         ["a-newest", "keep"],
         ["2026-11-23T020000Z", "remove"],
@@ -232,6 +232,34 @@ def test_forget_keeps_real_backups_beside_one_dated_in_the_future(
     assert set(result.json()["keep"]) == {"ahead", "b0", "b1"} and not result.json()["remove"]
     assert "casbackup: warning: backup ahead is dated 2099-01-01 00:00 UTC" in result.stderr
     assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["b0", "b1", "ahead"]
+
+
+def test_forget_applies_the_rules_to_each_hosts_backups(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """Hosts sharing a repository: one policy over all made each host's nightly run
+    expire the others' backups (a drill: keep-daily 7 removed the backup another host
+    had made that day, exit 0)."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    cli(engine, "init")
+    for name in ("b0", "b1"):
+        assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
+    manifests = tmp_path / "repo" / "manifests"
+    manifest = codec.decode((manifests / "b0").read_bytes(), "b0")
+    other = manifest.model_copy(update={"name": "db2-b0", "hostname": "db2"})
+    (manifests / "db2-b0").write_bytes(codec.encode(other))
+
+    per_host = cli(engine, "forget", "--keep-daily", "1", "--dry-run")
+    assert per_host.code == 0, per_host.stderr
+    assert "policy: keep-daily 1, per host" in per_host.stdout
+    rows = {line.split()[0]: line.split()[1:3] for line in per_host.stdout.splitlines()[2:-1]}
+    assert rows["db2-b0"] == ["db2", "keep"] and rows["b0"][1] == "remove", per_host.stdout
+    assert rows["b1"] == [manifest.hostname, "keep"]
+
+    across = cli(engine, "forget", "--keep-daily", "1", "--across-hosts", "--json").json()
+    assert set(across["keep"]) == {"b1"} and set(across["remove"]) == {"b0", "db2-b0"}
+    assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["b1"]
 
 
 def test_locks_and_unlock(cli: Any, tmp_path: Path) -> None:
