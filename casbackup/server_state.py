@@ -407,6 +407,12 @@ def restore_directory(
     need ``--overwrite``.
     """
     replaced_files(fileset, target, overwrite=overwrite)
+    # Config files hold password hashes (users.xml): a directory the restore
+    # makes for them is the owner's alone, whatever the umask (a drill found a
+    # staged users.xml world-readable under a new host's 0755 state directory).
+    # One that exists keeps its mode.
+    with writing(target):
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
     prefix = tagged_name(TEMP_FILE_PREFIX)
     staged = [
         ((target / f.path).with_name(_temp_name(prefix, i, f.path)), target / f.path, f)

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -187,6 +188,7 @@ def test_config_files_round_trip_to_a_staging_directory(
     )
     assert restored.code == 0, restored.stderr
     assert tree(staging / "configs") == expected
+    assert stat.S_IMODE((staging / "configs").stat().st_mode) == 0o700  # users.xml's hashes
     assert "restart ClickHouse" in restored.stderr
     assert "secret" not in restored.stdout + restored.stderr  # contents are never printed
     again = cli(engine, "restore", "b", "--configs", "--files-target", str(staging), "--no-tables")
