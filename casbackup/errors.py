@@ -222,6 +222,13 @@ class CatalogMismatch(CatalogError):
     """catalog {location} indexes repository {catalog_repo}, not {repo}; point `catalog.url` at the right file or run `casbackup catalog rebuild`"""
 
 
+class CatalogTaken(CatalogError):
+    """catalog {location} already indexes repository {catalog_repo}, and a new repository needs a catalog of its own: point `catalog.url` at a new file (remove that one only if its repository is gone)"""
+
+    # Not CatalogMismatch: its advice, `catalog rebuild`, needs the repository
+    # that `init` was refused before writing.
+
+
 # --- ClickHouse ----------------------------------------------------------------
 
 

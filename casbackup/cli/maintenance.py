@@ -21,7 +21,14 @@ from casbackup.cli.context import AppContext
 from casbackup.cli.lifecycle import duration_seconds_cli
 from casbackup.cli.output import emit_json, human_bytes, note, warn
 from casbackup.config import duration_seconds, render_default_config
-from casbackup.errors import CasbackupError, ClickHouseError, ExitCode, RepositoryError
+from casbackup.errors import (
+    CasbackupError,
+    CatalogMismatch,
+    CatalogTaken,
+    ClickHouseError,
+    ExitCode,
+    RepositoryError,
+)
 from casbackup.lifecycle import abandoned_runs, forget_abandoned
 from casbackup.repo.locks import Lock
 from casbackup.repo.repository import Repository
@@ -48,7 +55,14 @@ def init(
     # refused before the store holds a config, so a failed init writes no
     # repository; and if writing the config fails, the catalog is let go.
     url = app.settings.catalog_url(config.id)
-    catalog = Catalog.open(url, config.id)
+    try:
+        catalog = Catalog.open(url, config.id)
+    except CatalogMismatch as exc:
+        if recover:
+            raise
+        raise CatalogTaken(
+            location=exc.fields["location"], catalog_repo=exc.fields["catalog_repo"]
+        ) from None
     try:
         repo = Repository.create(app.store, config)
     except BaseException:

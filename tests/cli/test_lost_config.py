@@ -119,6 +119,10 @@ def test_init_refused_by_the_catalog_leaves_no_config(cli: Any, tmp_path: Path) 
     refused = cli(None, "init", repo=tmp_path / "second")
     assert refused.code == ExitCode.CATALOG
     assert not (tmp_path / "second" / "config").exists()
+    # Not "run `casbackup catalog rebuild`": there is no repository to rebuild it from.
+    one_line_error(refused.stderr)
+    assert "a new repository needs a catalog of its own" in refused.stderr
+    assert "rebuild" not in refused.stderr
 
 
 def test_a_changed_config_id_is_named_as_the_damage_not_the_catalog(
