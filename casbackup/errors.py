@@ -358,7 +358,7 @@ class PartDamaged(CasbackupError):
 
 
 class LockHeld(CasbackupError):
-    """{what} is locked by {holder}; wait, or break a stale lock with `casbackup unlock`"""
+    """{what} is locked by {holder}; {advice}"""
 
     exit_code = ExitCode.LOCKED
 

@@ -93,6 +93,17 @@ class LockRecord:
     def describe(self) -> str:
         return f"{self.command or self.kind} (pid {self.pid} on {self.host}, lock {self.key})"
 
+    def until_stale(self, now: float, ttl: float = DEFAULT_TTL) -> str:
+        """How a live lock ends, for the one it stops: plain `unlock` keeps it until then."""
+        if self.machine == machine_id():
+            return "its process is running on this host: wait for it to finish, or stop it"
+        silent = max(0.0, now - self.heartbeat_at)
+        return (
+            f"its host last renewed it {silent:.0f} s ago, and it is taken for dead after "
+            f"{ttl:.0f} s without renewal (in {max(0.0, ttl - silent):.0f} s); if that host "
+            f"is down, `casbackup unlock {self.key}` breaks it now"
+        )
+
     def encode(self) -> bytes:
         document = asdict(self)
         del document["key"]
@@ -278,13 +289,18 @@ class Lock:
                     holder = read_lock(self.store, self.key)
                 except ObjectNotFound:
                     continue  # released in between: try again
-                if not holder.stale(self.clock(), self.ttl):
+                now = self.clock()
+                if not holder.stale(now, self.ttl):
                     raise LockHeld(
-                        what=f"the repository ({self.kind})", holder=holder.describe()
+                        what=f"the repository ({self.kind})",
+                        holder=holder.describe(),
+                        advice=holder.until_stale(now, self.ttl),
                     ) from None
                 self.store.delete(self.key)  # its holder is gone: break it
         raise LockHeld(
-            what=f"the repository ({self.kind})", holder="another process that just took it"
+            what=f"the repository ({self.kind})",
+            holder="another process that just took it",
+            advice="wait for it to finish",
         )
 
     def _beat(self) -> None:

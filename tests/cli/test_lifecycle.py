@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from casbackup.errors import ExitCode
 from casbackup.repo import manifest as codec
 from casbackup.repo.locks import LockRecord, machine_id
+from tests.cli.test_failures import one_line_error
 from tests.cli.test_incremental import create_table, fill, mutate
 from tests.clickhouse.schema import fingerprints, q
 from tests.engines import Engine, ServerEngine
@@ -260,6 +262,37 @@ def test_forget_applies_the_rules_to_each_hosts_backups(
     across = cli(engine, "forget", "--keep-daily", "1", "--across-hosts", "--json").json()
     assert set(across["keep"]) == {"b1"} and set(across["remove"]) == {"b0", "db2-b0"}
     assert [b["name"] for b in cli(engine, "list", "--json").json()] == ["b1"]
+
+
+def test_a_lock_of_another_host_says_when_it_will_be_taken_for_dead(
+    cli: Any, tmp_path: Path
+) -> None:
+    """A DR drill: a run on the new host met the killed host's lock, was told to "break a
+    stale lock with `casbackup unlock`", and plain `unlock` kept it as live."""
+    assert cli(None, "init").code == 0
+    record = LockRecord(
+        key="locks/exclusive-gc",
+        kind="gc",
+        id="feedface",
+        exclusive=True,
+        host="db1",
+        machine="another-machine",
+        pid=4242,
+        process_start=1,
+        created_at=time.time() - 120,
+        heartbeat_at=time.time() - 60,
+        command="gc",
+    )
+    (tmp_path / "repo" / "locks").mkdir(exist_ok=True)
+    (tmp_path / "repo" / "locks" / "exclusive-gc").write_bytes(record.encode())
+    refused = cli(None, "gc")
+    assert refused.code == ExitCode.LOCKED
+    one_line_error(refused.stderr)
+    assert re.search(r"its host last renewed it 6\d s ago", refused.stderr), refused.stderr
+    assert "taken for dead after 900 s without renewal" in refused.stderr
+    assert "`casbackup unlock locks/exclusive-gc` breaks it now" in refused.stderr
+    assert cli(None, "unlock", "locks/exclusive-gc").code == 0
+    assert cli(None, "gc").code == 0
 
 
 def test_locks_and_unlock(cli: Any, tmp_path: Path) -> None:
