@@ -727,6 +727,10 @@ class RestoreService:
         }
         if self.options.drop_existing and not self.options.schema_only:
             self._check_data_reachable(items)
+        # First: they go to a staging directory, never live, and hold what a table
+        # may need to be created on a new host (a Distributed table's cluster):
+        # a restore that stops at such a table has staged them by then.
+        self._restore_files(report)
         if not self.options.data_only:
             if self.options.functions:  # before tables: views may call them
                 self._restore_objects(
@@ -757,7 +761,6 @@ class RestoreService:
                     "back with --configs"
                 )
             self._restore_objects(self.manifest.access, report)
-        self._restore_files(report)
         report.tables = [outcomes[id(i)] for i in items]
         return report
 
@@ -882,7 +885,18 @@ class RestoreService:
                     raise RestoreFailed(
                         table=stuck.target,
                         detail=_creation_failed(
-                            error.message, self.manifest.name, len(failed), created
+                            error.message,
+                            self.manifest.name,
+                            len(failed),
+                            created,
+                            next(
+                                (
+                                    t
+                                    for fs, t in self._file_restores()
+                                    if fs is self.manifest.configs
+                                ),
+                                None,
+                            ),
                         ),
                     )
                 for item, error in failed:
@@ -1288,21 +1302,29 @@ def staging_batches(parts: list[mf.Part]) -> Iterator[list[mf.Part]]:
         yield batch
 
 
-def _creation_failed(message: str, backup: str, failed: int, created: int) -> str:
+def _creation_failed(
+    message: str, backup: str, failed: int, created: int, configs: Path | None
+) -> str:
     """What a restore that could not create a table leaves, and the ways on.
 
     Everything it created is still empty (no part is attached before every
     object exists), so running it again with --drop-existing loses nothing.
     A cluster, macro or dictionary missing on a new host is usually in the
-    server's config files, which the backup may hold.
+    server's config files, which the backup may hold (``configs``: where
+    this restore staged them, if it did).
     """
     others = f" (and {failed - 1} more could not be created)" if failed > 1 else ""
+    staged = (
+        f"the backup's are staged in {configs} (leave --configs out when you run the restore "
+        "again, or add --overwrite)"
+        if configs is not None
+        else f"`casbackup restore {backup} --no-tables --configs` stages the backup's"
+    )
     return (
         f"{message}{others}; {created} other tables and views were created, still empty: "
         "no data was attached. What the server lacks (a cluster, a macro) may be in its "
-        f"config files: `casbackup restore {backup} --no-tables --configs` stages the "
-        "backup's; once it is fixed, run the restore again with --drop-existing, or restore "
-        "everything else now with --ignore-dependencies"
+        f"config files: {staged}; once it is fixed, run the restore again with "
+        "--drop-existing, or restore everything else now with --ignore-dependencies"
     )
 
 

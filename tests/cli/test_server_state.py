@@ -31,6 +31,7 @@ from tests.cli.test_incremental import mutate
 from tests.cli.test_lifecycle import another_hosts_gc_repacks
 from tests.clickhouse.schema import fingerprints, q
 from tests.engines import ChdbEngine, Engine, ServerEngine
+from tests.helpers import write_tree
 
 CASBACKUP = [sys.executable, "-m", "casbackup"]
 
@@ -534,7 +535,9 @@ def test_partitions_by_value_as_operations_md_writes_them(
         engine.sql(drop)
 
 
-def test_ignore_dependencies_restores_what_it_can(engine: Engine, dbname: str, cli: Any) -> None:
+def test_ignore_dependencies_restores_what_it_can(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
     engine.sql(f"CREATE DATABASE {q(dbname)}")
     engine.sql(f"CREATE TABLE {q(dbname)}.base (x UInt8) ENGINE = MergeTree ORDER BY x")
     engine.sql(f"INSERT INTO {q(dbname)}.base SELECT 7")
@@ -570,6 +573,38 @@ def test_ignore_dependencies_restores_what_it_can(engine: Engine, dbname: str, c
     assert "restore b --no-tables --configs" in stopped.stderr
     assert "--drop-existing" in stopped.stderr and "--ignore-dependencies" in stopped.stderr
     assert engine.value(f"SELECT count() FROM {q(target)}.base") == 0
+    engine.sql(f"DROP DATABASE IF EXISTS {q(target)}")
+    # With --configs, the config files are staged before the first table: the server's
+    # missing piece may be in them.
+    configs = tmp_path / "configs"
+    write_tree(configs, {"config.d/cluster.xml": b"<clickhouse/>"})
+    assert (
+        cli(
+            engine,
+            "create",
+            "c",
+            "--tables",
+            f"{dbname}.*",
+            "--configs",
+            "--configs-path",
+            str(configs),
+        ).code
+        == 0
+    )
+    staging = tmp_path / "staging"
+    stopped = cli(
+        engine,
+        "restore",
+        "c",
+        "--as",
+        f"{dbname}:{target}",
+        "--configs",
+        "--files-target",
+        str(staging),
+    )
+    assert stopped.code == ExitCode.CLICKHOUSE_QUERY, stopped.stderr
+    assert f"the backup's are staged in {staging / 'configs'}" in stopped.stderr
+    assert tree(staging / "configs") == tree(configs)
     engine.sql(f"DROP DATABASE IF EXISTS {q(target)}")
     carried_on = cli(engine, "restore", "b", "--as", f"{dbname}:{target}", "--ignore-dependencies")
     assert carried_on.code == ExitCode.WARNING, carried_on.stderr
