@@ -361,6 +361,8 @@ def run(
             print(
                 f"forget: removed {len(report.forget.remove)} backups, kept {len(report.forget.keep)}"
             )
+            for warning in report.forget.warnings():  # they count in run's exit 1
+                warn(warning)
         if report.gc is not None:
             _print_gc(report.gc, False)
         if report.verify is not None:

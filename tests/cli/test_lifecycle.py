@@ -465,6 +465,30 @@ def test_a_run_that_stops_after_its_backup_says_what_it_had_done(
     )
 
 
+def test_a_run_names_the_backup_it_keeps_for_its_future_date(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """forget's warning of a backup dated ahead made `run` exit 1, but its text report
+    printed the backup's and gc's warnings only: the log gave no reason for the exit."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[backup]\ntables = ["{dbname}.*"]\n[retention]\nkeep_last = 2\n')
+    cli(engine, "--config", str(config), "init")
+    assert cli(engine, "create", "b0", "--tables", f"{dbname}.*").code == 0
+    manifests = tmp_path / "repo" / "manifests"
+    manifest = codec.decode((manifests / "b0").read_bytes(), "b0")
+    forged = manifest.model_copy(
+        update={"name": "ahead", "started_at": datetime(2099, 1, 1, tzinfo=UTC)}
+    )
+    (manifests / "ahead").write_bytes(codec.encode(forged))
+
+    result = cli(engine, "--config", str(config), "run")
+    assert result.code == ExitCode.WARNING, result.stderr
+    warning = "casbackup: warning: backup ahead is dated 2099-01-01 00:00 UTC"
+    assert result.stderr.count(warning) == 1, result.stderr
+
+
 def test_nightly_run_reports_its_test_restore(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
