@@ -82,6 +82,9 @@ def _after_backup(
         report.gc = collect_garbage(
             repo, catalog, gc_settings(settings, options.pack_size), run_id=lock.id
         )
+    # gc's strict sync meets again the packs the backup's sync left out: each is
+    # reported once, by the step that found it first (text and --json alike).
+    report.gc.warnings = [w for w in report.gc.warnings if w not in report.warnings]
     report.warnings += report.gc.warnings
     report.step = "verify"
     report.verify = Verifier(

@@ -489,6 +489,33 @@ def test_a_run_names_the_backup_it_keeps_for_its_future_date(
     assert result.stderr.count(warning) == 1, result.stderr
 
 
+def test_a_run_warns_once_of_a_pack_both_its_syncs_leave_out(
+    engine: Engine, dbname: str, cli: Any, tmp_path: Path
+) -> None:
+    """The backup's sync and gc's strict sync both meet a pack whose trailer does not parse:
+    `run` printed its warning twice, and listed it twice in --json's warnings."""
+    create_table(engine, dbname)
+    fill(engine, dbname, rows=1000)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[backup]\ntables = ["{dbname}.*"]\n')
+    cli(engine, "--config", str(config), "init")
+    name = "ab" * 32
+    stray = tmp_path / "repo" / "packs" / "ab" / name
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"not a pack" * 100)
+    left_out = f"pack {name} not indexed"
+
+    result = cli(engine, "--config", str(config), "run")
+    # verify names the pack too, as a problem (exit 19): the warning is what counts here.
+    assert result.code == ExitCode.VERIFY_FAILED, result.stderr
+    assert result.stderr.count(f"casbackup: warning: {left_out}") == 1, result.stderr
+    time.sleep(1.1)  # distinct backup names (second resolution)
+    document = cli(engine, "--config", str(config), "run", "--json").json()
+    assert [w for w in document["warnings"] if w.startswith(left_out)] == [
+        f"{left_out}: pack {name} is corrupt: footer magic missing (truncated or not a pack)"
+    ], document["warnings"]
+
+
 def test_nightly_run_reports_its_test_restore(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
