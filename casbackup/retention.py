@@ -133,13 +133,15 @@ def apply_policy(backups: Sequence[Dated], policy: Policy, now: datetime | None 
     for b in backups:
         hosts.setdefault(b.host, []).append(b)
     decision = Decision()
+    kept: dict[str, list[str]] = {}
     for group in hosts.values():
         part = _apply(group, policy, now)
-        decision.keep.update(part.keep)
+        kept.update(part.keep)
         decision.future += part.future
     newest_first = sorted(backups, key=_newest_first, reverse=True)
     decision.order = [b.name for b in newest_first]
-    decision.remove = [name for name in decision.order if name not in decision.keep]
+    decision.keep = {name: kept[name] for name in decision.order if name in kept}
+    decision.remove = [name for name in decision.order if name not in kept]
     decision.future.sort(key=_newest_first, reverse=True)
     decision.hosts = {b.name: b.host for b in backups}
     return decision

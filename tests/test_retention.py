@@ -152,6 +152,16 @@ def test_a_new_hosts_backups_do_not_expire_the_lost_hosts() -> None:
     assert len(decision.keep) == 6
 
 
+def test_backups_kept_per_host_are_listed_newest_first_as_every_decision_lists_them() -> None:
+    """Decision.keep is newest first (forget --json's "keep", run's), as remove and order
+    are; per host it came out one host's backups after the other's."""
+    a = on("a", nightly(3))
+    b = on("b", nightly(3, start=datetime(2026, 1, 1, 3, 40, tzinfo=UTC)))
+    decision = apply_policy([*a, *b], Policy(keep_last=2))
+    assert list(decision.keep) == [n for n in decision.order if n in decision.keep]
+    assert list(decision.keep) == ["b-2026-01-03", "a-2026-01-03", "b-2026-01-02", "a-2026-01-02"]
+
+
 def test_a_clock_a_few_hours_ahead_is_not_the_future() -> None:
     now = datetime(2026, 2, 9, 0, tzinfo=UTC)
     decision = apply_policy(nightly(40), Policy(keep_last=1), now=now)
