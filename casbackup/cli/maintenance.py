@@ -128,7 +128,10 @@ def clean(
     broken_document: dict[str, object] | None = None
     broken_lines: list[str] = []
     if broken:
-        broken_document, broken_lines = _clean_broken(app, margin_s, dry_run)
+        broken_document, broken_lines, broken_warnings = _clean_broken(app, margin_s, dry_run)
+        for warning in broken_warnings:  # on stderr, beside --json too
+            warn(warning)
+            status = ExitCode.WARNING
     if json_output:
         emit_json(
             {
@@ -191,8 +194,12 @@ def clean(
 
 def _clean_broken(
     app: AppContext, margin: float, dry_run: bool
-) -> tuple[dict[str, object], list[str]]:
-    """Abandoned running backups (process gone, older than margin) and the packs only they wrote."""
+) -> tuple[dict[str, object], list[str], list[str]]:
+    """Abandoned running backups (process gone, older than margin) and the packs only they wrote.
+
+    Also gc's warnings (packs its sync left out, packs not repacked), which
+    the caller shows and counts in its exit code.
+    """
     from casbackup.gc import collect_garbage
     from casbackup.nightly import gc_settings
 
@@ -223,8 +230,9 @@ def _clean_broken(
         "packs_deleted": report.packs_deleted,
         "bytes_freed": report.bytes_freed,
         "packs_condemned": len(report.plan.condemn),
+        "warnings": report.warnings,
     }
-    return document, lines
+    return document, lines, report.warnings
 
 
 catalog_app = typer.Typer(

@@ -523,6 +523,30 @@ def test_a_run_warns_once_of_a_pack_both_its_syncs_leave_out(
     ], document["warnings"]
 
 
+@pytest.mark.parametrize("engine", ["chdb"], indirect=True)
+def test_clean_broken_warns_of_a_pack_its_gc_leaves_out(
+    engine: Engine, cli: Any, tmp_path: Path
+) -> None:
+    """clean --broken runs gc, whose sync leaves out a pack whose trailer does not parse.
+    Since sync stopped logging (each caller reports), clean dropped the gc report's
+    warnings: the pack went unmentioned and clean exited 0."""
+    assert cli(engine, "init").code == 0
+    name = "ab" * 32
+    stray = tmp_path / "repo" / "packs" / "ab" / name
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"not a pack" * 100)
+    left_out = f"pack {name} not indexed: pack {name} is corrupt: footer magic missing"
+
+    cleaned = cli(engine, "clean", "--broken", "--margin", "0s")
+    assert cleaned.code == ExitCode.WARNING, cleaned.stderr
+    assert cleaned.stderr.count(f"casbackup: warning: {left_out}") == 1, cleaned.stderr
+    document = cli(engine, "clean", "--broken", "--margin", "0s", "--json")
+    assert document.code == ExitCode.WARNING, document.stderr
+    [warning] = document.json()["broken"]["warnings"]
+    assert warning.startswith(left_out)
+    assert stray.exists()  # not casbackup's to delete
+
+
 def test_nightly_run_reports_its_test_restore(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
