@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -212,6 +213,26 @@ def test_forget_lists_backups_newest_first_whatever_their_names(
     ], result.stdout
 
 
+def copied_manifest(repo: Path, source: str, name: str, **update: Any) -> codec.Manifest:
+    """Backup ``source``'s manifest written again as backup ``name``, with ``update`` applied
+    (another host's, one dated ahead): what another writer could commit."""
+    manifests = repo / "manifests"
+    copy = codec.decode((manifests / source).read_bytes(), source).model_copy(
+        update={"name": name, **update}
+    )
+    (manifests / name).write_bytes(codec.encode(copy))
+    return copy
+
+
+def stray_pack(repo: Path) -> str:
+    """A pack whose trailer does not parse; its name."""
+    name = "ab" * 32
+    path = repo / "packs" / "ab" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a pack" * 100)
+    return name
+
+
 def test_forget_keeps_real_backups_beside_one_dated_in_the_future(
     engine: Engine, dbname: str, cli: Any, tmp_path: Path
 ) -> None:
@@ -222,12 +243,7 @@ def test_forget_keeps_real_backups_beside_one_dated_in_the_future(
     cli(engine, "init")
     for name in ("b0", "b1"):
         assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
-    manifests = tmp_path / "repo" / "manifests"
-    manifest = codec.decode((manifests / "b1").read_bytes(), "b1")
-    forged = manifest.model_copy(
-        update={"name": "ahead", "started_at": datetime(2099, 1, 1, tzinfo=UTC)}
-    )
-    (manifests / "ahead").write_bytes(codec.encode(forged))
+    copied_manifest(tmp_path / "repo", "b1", "ahead", started_at=datetime(2099, 1, 1, tzinfo=UTC))
 
     result = cli(engine, "forget", "--keep-within", "7d", "--json")
     assert result.code == ExitCode.WARNING, result.stderr
@@ -247,17 +263,14 @@ def test_forget_applies_the_rules_to_each_hosts_backups(
     cli(engine, "init")
     for name in ("b0", "b1"):
         assert cli(engine, "create", name, "--tables", f"{dbname}.*").code == 0
-    manifests = tmp_path / "repo" / "manifests"
-    manifest = codec.decode((manifests / "b0").read_bytes(), "b0")
-    other = manifest.model_copy(update={"name": "db2-b0", "hostname": "db2"})
-    (manifests / "db2-b0").write_bytes(codec.encode(other))
+    copied_manifest(tmp_path / "repo", "b0", "db2-b0", hostname="db2")
 
     per_host = cli(engine, "forget", "--keep-daily", "1", "--dry-run")
     assert per_host.code == 0, per_host.stderr
     assert "policy: keep-daily 1, per host" in per_host.stdout
     rows = {line.split()[0]: line.split()[1:3] for line in per_host.stdout.splitlines()[2:-1]}
     assert rows["db2-b0"] == ["db2", "keep"] and rows["b0"][1] == "remove", per_host.stdout
-    assert rows["b1"] == [manifest.hostname, "keep"]
+    assert rows["b1"] == [socket.gethostname(), "keep"] != rows["db2-b0"]
 
     across = cli(engine, "forget", "--keep-daily", "1", "--across-hosts", "--json").json()
     assert set(across["keep"]) == {"b1"} and set(across["remove"]) == {"b0", "db2-b0"}
@@ -483,12 +496,7 @@ def test_a_run_names_the_backup_it_keeps_for_its_future_date(
     config.write_text(f'[backup]\ntables = ["{dbname}.*"]\n[retention]\nkeep_last = 2\n')
     cli(engine, "--config", str(config), "init")
     assert cli(engine, "create", "b0", "--tables", f"{dbname}.*").code == 0
-    manifests = tmp_path / "repo" / "manifests"
-    manifest = codec.decode((manifests / "b0").read_bytes(), "b0")
-    forged = manifest.model_copy(
-        update={"name": "ahead", "started_at": datetime(2099, 1, 1, tzinfo=UTC)}
-    )
-    (manifests / "ahead").write_bytes(codec.encode(forged))
+    copied_manifest(tmp_path / "repo", "b0", "ahead", started_at=datetime(2099, 1, 1, tzinfo=UTC))
 
     result = cli(engine, "--config", str(config), "run")
     assert result.code == ExitCode.WARNING, result.stderr
@@ -506,10 +514,7 @@ def test_a_run_warns_once_of_a_pack_both_its_syncs_leave_out(
     config = tmp_path / "c.toml"
     config.write_text(f'[backup]\ntables = ["{dbname}.*"]\n')
     cli(engine, "--config", str(config), "init")
-    name = "ab" * 32
-    stray = tmp_path / "repo" / "packs" / "ab" / name
-    stray.parent.mkdir(parents=True, exist_ok=True)
-    stray.write_bytes(b"not a pack" * 100)
+    name = stray_pack(tmp_path / "repo")
     left_out = f"pack {name} not indexed"
 
     result = cli(engine, "--config", str(config), "run")
@@ -531,10 +536,7 @@ def test_clean_broken_warns_of_a_pack_its_gc_leaves_out(
     Since sync stopped logging (each caller reports), clean dropped the gc report's
     warnings: the pack went unmentioned and clean exited 0."""
     assert cli(engine, "init").code == 0
-    name = "ab" * 32
-    stray = tmp_path / "repo" / "packs" / "ab" / name
-    stray.parent.mkdir(parents=True, exist_ok=True)
-    stray.write_bytes(b"not a pack" * 100)
+    name = stray_pack(tmp_path / "repo")
     left_out = f"pack {name} not indexed: pack {name} is corrupt: footer magic missing"
 
     cleaned = cli(engine, "clean", "--broken", "--margin", "0s")
@@ -544,7 +546,7 @@ def test_clean_broken_warns_of_a_pack_its_gc_leaves_out(
     assert document.code == ExitCode.WARNING, document.stderr
     [warning] = document.json()["broken"]["warnings"]
     assert warning.startswith(left_out)
-    assert stray.exists()  # not casbackup's to delete
+    assert (tmp_path / "repo" / "packs" / "ab" / name).exists()  # not casbackup's to delete
 
 
 def test_nightly_run_reports_its_test_restore(
