@@ -94,6 +94,10 @@ class Dated:
 # Clock skew between hosts writing to one repository is seconds or minutes;
 # a day ahead is a wrong clock or a forged date.
 FUTURE_SLACK = timedelta(days=1)
+# A host whose newest backup is this old has stopped backing up here (gone,
+# renamed, or a container given a new hostname each run): its backups are
+# kept by its own rules for good, which someone should know.
+IDLE_HOST = timedelta(days=7)
 
 
 @dataclass
@@ -103,6 +107,25 @@ class Decision:
     order: list[str] = field(default_factory=list)  # every backup, newest first
     future: list[Dated] = field(default_factory=list)  # kept aside from the rules, newest first
     hosts: dict[str, str] = field(default_factory=dict)  # name -> the host that made it
+    idle_hosts: list[tuple[str, int, datetime]] = field(
+        default_factory=list
+    )  # host, backups, newest
+
+    def notes(self) -> list[str]:
+        if not self.idle_hosts:
+            return []
+        shown = ", ".join(
+            f"{host or '(no name)'} ({count} backup{'s' if count > 1 else ''}, newest "
+            f"{newest.astimezone(UTC):%Y-%m-%d})"
+            for host, count, newest in self.idle_hosts[:5]
+        )
+        more = f" and {len(self.idle_hosts) - 5} more" if len(self.idle_hosts) > 5 else ""
+        return [
+            f"{len(self.idle_hosts)} host{'s' if len(self.idle_hosts) > 1 else ''} made no "
+            f"backup in {IDLE_HOST.days} days, and their own rules keep theirs: "
+            f"{shown}{more}; `forget --across-hosts` or `delete` removes them once they are "
+            "not needed (a host that gets a new name each run: give it a fixed one)"
+        ]
 
     def warnings(self) -> list[str]:
         return [
@@ -144,6 +167,11 @@ def apply_policy(backups: Sequence[Dated], policy: Policy, now: datetime | None 
     decision.remove = [name for name in decision.order if name not in kept]
     decision.future.sort(key=_newest_first, reverse=True)
     decision.hosts = {b.name: b.host for b in backups}
+    if now is not None:
+        for host, group in sorted(hosts.items()):
+            newest = max(b.time for b in group)
+            if newest < now - IDLE_HOST:
+                decision.idle_hosts.append((host, len(group), newest))
     return decision
 
 

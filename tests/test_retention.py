@@ -162,6 +162,21 @@ def test_backups_kept_per_host_are_listed_newest_first_as_every_decision_lists_t
     assert list(decision.keep) == ["b-2026-01-03", "a-2026-01-03", "b-2026-01-02", "a-2026-01-02"]
 
 
+def test_a_host_that_stopped_backing_up_is_named() -> None:
+    """Per host, a gone host's backups (or those of a container named anew each run, one
+    host per backup) are kept by their own rules for good: forget says so."""
+    live = on("db2", nightly(30))
+    gone = on("db1", nightly(10))
+    now = datetime(2026, 1, 30, 3, tzinfo=UTC)
+    decision = apply_policy([*live, *gone], Policy(keep_last=3), now=now)
+    assert decision.idle_hosts == [("db1", 10, datetime(2026, 1, 10, 2, 15, tzinfo=UTC))]
+    (line,) = decision.notes()
+    assert line.startswith("1 host made no backup in 7 days, and their own rules keep theirs: ")
+    assert "db1 (10 backups, newest 2026-01-10)" in line and "--across-hosts" in line
+    assert not apply_policy(live, Policy(keep_last=3), now=now).notes()
+    assert not apply_policy([*live, *gone], Policy(keep_last=3)).notes()  # no clock, no claim
+
+
 def test_a_clock_a_few_hours_ahead_is_not_the_future() -> None:
     now = datetime(2026, 2, 9, 0, tzinfo=UTC)
     decision = apply_policy(nightly(40), Policy(keep_last=1), now=now)

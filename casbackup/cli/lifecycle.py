@@ -126,6 +126,8 @@ def forget_command(
         print(
             f"{verb} {len(decision.remove)} of {len(decision.keep) + len(decision.remove)} backups"
         )
+    for line in decision.notes():
+        note(line)
     for warning in decision.warnings():  # on stderr, beside --json too
         warn(warning)
     return ExitCode.WARNING if decision.future else ExitCode.OK
@@ -361,6 +363,8 @@ def run(
             print(
                 f"forget: removed {len(report.forget.remove)} backups, kept {len(report.forget.keep)}"
             )
+            for line in report.forget.notes():
+                note(line)
             for warning in report.forget.warnings():  # they count in run's exit 1
                 warn(warning)
         if report.gc is not None:
