@@ -105,7 +105,9 @@ class BackupReport:
     name: str
     manifest: mf.Manifest
     tables: list[TableReport] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)  # something asked for was not backed up
+    # Something asked for was not backed up, or the repository holds damage
+    # (a backup or pack the catalog sync left out).
+    warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth saying, but nothing was missed
 
 

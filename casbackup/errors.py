@@ -223,7 +223,7 @@ class CatalogMismatch(CatalogError):
 
 
 class CatalogTaken(CatalogError):
-    """catalog {location} already indexes repository {catalog_repo}, and a new repository needs a catalog of its own: point `catalog.url` at a new file (remove that one only if its repository is gone)"""
+    """catalog {location} already indexes repository {catalog_repo}, and a new repository needs a catalog of its own: point `catalog.url` (or CASBACKUP_CATALOG) at a new file (remove that one only if its repository is gone)"""
 
     # Not CatalogMismatch: its advice, `catalog rebuild`, needs the repository
     # that `init` was refused before writing.

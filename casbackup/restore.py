@@ -1321,7 +1321,9 @@ def _creation_failed(
         else f"`casbackup restore {backup} --no-tables --configs` stages the backup's"
     )
     return (
-        f"{message}{others}; {created} other tables and views were created, still empty: "
+        f"{message}{others}; {created} other "
+        + ("table or view was" if created == 1 else "tables and views were")
+        + " created, still empty: "
         "no data was attached. What the server lacks (a cluster, a macro) may be in its "
         f"config files: {staged}; once it is fixed, run the restore again with "
         "--drop-existing, or restore everything else now with --ignore-dependencies"

@@ -183,7 +183,8 @@ def _apply(backups: Sequence[Dated], policy: Policy, now: datetime | None) -> De
     """The rules over one group of backups."""
     ordered = sorted(backups, key=_newest_first, reverse=True)
     future = [b for b in ordered if now is not None and b.time > now + FUTURE_SLACK]
-    newest_first = [b for b in ordered if b not in set(future)]
+    aside = set(future)
+    newest_first = [b for b in ordered if b not in aside]
     reasons: dict[str, list[str]] = {b.name: [] for b in ordered}
     for b in future:
         reasons[b.name].append(f"dated in the future ({_stamp(b.time)})")
