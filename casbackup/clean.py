@@ -27,6 +27,7 @@ from casbackup.repo import keys
 from casbackup.repo.locks import LockRecord, machine_id, read_lock, read_locks
 from casbackup.restore import (
     ATTACHING_PREFIX,
+    CH_ATTACHING,
     MERGES_PAUSED_PREFIX,
     PARTIAL_PREFIX,
     TEMP_PREFIX,
@@ -100,10 +101,19 @@ def clean_clickhouse(
                 if owner is None or owner.alive():
                     report.skipped_live.append(str(marker))
                     continue
-                part = attaching_part(marker.name, (entry.name for entry in detached.iterdir()))
+                names = [entry.name for entry in detached.iterdir()]
+                part = attaching_part(
+                    marker.name,
+                    [*names, *(n.removeprefix(CH_ATTACHING) for n in names)],
+                )
                 debris = [marker]
-                if part is not None and _renamed_beside(detached / part, marker):
-                    debris.insert(0, detached / part)
+                # The part as the restore renamed it, or as ATTACH PART renamed it
+                # in turn: an engine killed inside ATTACH (chdb runs in the
+                # restore's process) leaves it as attaching_<part>.
+                if part is not None:
+                    for renamed in (detached / part, detached / (CH_ATTACHING + part)):
+                        if _renamed_beside(renamed, marker):
+                            debris.insert(0, renamed)
                 report.temp_parts += [str(p) for p in debris]
                 if not dry_run:
                     for path in debris:

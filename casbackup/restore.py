@@ -251,6 +251,10 @@ def temp_part_owner(name: str, prefix: str = TEMP_PREFIX) -> ProcessTag | None:
 # name ATTACH expects, where nothing else says whose it is. The marker says it
 # (``casbackup_attaching_<pid>_<start>_<rand>_<part>``), so `clean` can remove both.
 ATTACHING_PREFIX = "casbackup_attaching_"
+# ATTACH PART's own: it renames detached/<part> to this before it takes the part
+# in, so an engine killed in between (chdb runs in the restore's process)
+# leaves it so; its ctime then is that of the restore's rename, within ms.
+CH_ATTACHING = "attaching_"
 
 
 def attaching_part(marker: str, present: Iterable[str] = ()) -> str | None:
@@ -376,6 +380,12 @@ class RestoreService:
         # What `db.x` can name as a table when --as rewrites statements.
         self.backed_up = frozenset((t.database, t.name) for t in manifest.tables)
         self.synced = False  # follow_repacks: the catalog was synced once already
+        # --drop-existing: what it dropped (truncated, or dropped partitions of)
+        # and how, and which of those the restore has put back (created, data
+        # attached) or attached some parts to (_attach_all's note says what
+        # that one holds): a stop in between names the rest, whose old data is gone.
+        self.replaced: dict[int, tuple[_Item, str]] = {}
+        self.put_back: set[int] = set()
 
     # --- 1. plan -----------------------------------------------------------------
 
@@ -731,6 +741,27 @@ class RestoreService:
         # may need to be created on a new host (a Distributed table's cluster):
         # a restore that stops at such a table has staged them by then.
         self._restore_files(report)
+        try:
+            self._restore_tables(items, outcomes, report)
+        except BaseException as exc:
+            if note := self._replaced_note():
+                exc.add_note(note)
+            raise
+        if self.options.access:  # after tables: grants name them
+            if not self.manifest.access and self.manifest.access_files is None:
+                report.notes.append(
+                    "this backup holds no access entities: made without --rbac, or on a server "
+                    "without SQL access control (18.16), whose users live in users.xml and come "
+                    "back with --configs"
+                )
+            self._restore_objects(self.manifest.access, report)
+        report.tables = [outcomes[id(i)] for i in items]
+        return report
+
+    def _restore_tables(
+        self, items: list[_Item], outcomes: dict[int, TableOutcome], report: RestoreReport
+    ) -> None:
+        """Schema (and what --drop-existing replaces), then each table's data."""
         if not self.options.data_only:
             if self.options.functions:  # before tables: views may call them
                 self._restore_objects(
@@ -743,26 +774,50 @@ class RestoreService:
         elif self.options.drop_existing:
             self._clear_targets(items)
         self._resolve_inner_tables(items)
+        to_fill = [
+            item
+            for item in items
+            if not self.options.schema_only and item.entry.has_data and self._parts(item.entry)
+        ]
+        # What was dropped and has no data to come back is back once created.
+        filling = {id(item) for item in to_fill}
+        self.put_back.update(id(item) for item in items if id(item) not in filling)
         if not self.options.schema_only:
             total = sum(p.bytes for i in items for p in self._parts(i.entry))
             self.progress.start(total)
             fetcher = ChunkFetcher(self.repo.store, threads=self.options.threads)
-            for item in items:
-                if item.entry.has_data and self._parts(item.entry):
-                    outcome = outcomes[id(item)]
-                    outcome.target = item.target
-                    self.progress.table(item.target)
-                    outcome.parts, outcome.rows = self._restore_data(item, fetcher)
-        if self.options.access:  # after tables: grants name them
-            if not self.manifest.access and self.manifest.access_files is None:
-                report.notes.append(
-                    "this backup holds no access entities: made without --rbac, or on a server "
-                    "without SQL access control (18.16), whose users live in users.xml and come "
-                    "back with --configs"
-                )
-            self._restore_objects(self.manifest.access, report)
-        report.tables = [outcomes[id(i)] for i in items]
-        return report
+            for item in to_fill:
+                outcome = outcomes[id(item)]
+                outcome.target = item.target
+                self.progress.table(item.target)
+                outcome.parts, outcome.rows = self._restore_data(item, fetcher)
+
+    def _replaced_note(self) -> str:
+        """What a stopped --drop-existing restore had destroyed and not put back, for its error line.
+
+        Without it, a restore stopped after the drop and before the attach
+        said "partial work was cleaned up" of tables it had emptied.
+        """
+        gone = sorted(
+            ((item, how) for key, (item, how) in self.replaced.items() if key not in self.put_back),
+            key=lambda replaced: replaced[0].target,
+        )
+        if not gone:
+            return ""
+        dropped = [item.target for item, how in gone if how == "dropped"]
+        emptied = [item.target for item, how in gone if how == "truncated"]
+        partitions = [item.target for item, how in gone if how == "partitions"]
+        said = []
+        if dropped:
+            said.append(f"dropped {', '.join(dropped)}")
+        if emptied:
+            said.append(f"truncated {', '.join(emptied)}")
+        if partitions:
+            said.append(f"dropped the partitions it restores of {', '.join(partitions)}")
+        return (
+            f"--drop-existing had {' and '.join(said)}, whose data the restore had not put back: "
+            "the old data is gone; run the same restore again to restore the backup's"
+        )
 
     def _unused_spec_warnings(self, items: list[_Item]) -> list[str]:
         if not self.unused_specs:
@@ -828,9 +883,11 @@ class RestoreService:
             if not item.entry.has_data or item.existing is None:
                 continue
             if not self.options.partitions:
+                self.replaced[id(item)] = (item, "truncated")
                 self.server.truncate(item.database, item.name)
                 continue
             for partition_id in sorted({p.partition_id for p in self._parts(item.entry)}):
+                self.replaced[id(item)] = (item, "partitions")
                 self.server.drop_partition(item.database, item.name, partition_id)
 
     def _create_databases(self, items: list[_Item]) -> None:
@@ -855,6 +912,7 @@ class RestoreService:
             if item.existing is None or item.owner_view is not None:
                 continue
             kind = statement_kind(item.existing.create_sql) if item.existing.create_sql else "TABLE"
+            self.replaced[id(item)] = (item, "dropped")
             self.server.drop_table(item.database, item.name, dictionary=kind == "DICTIONARY")
             item.existing = None
 
@@ -976,8 +1034,11 @@ class RestoreService:
                 _chown(detached, owner.st_uid, owner.st_gid)
         parts = sorted(self._parts(item.entry), key=lambda p: (p.min_block, p.max_block, p.name))
         for part in parts:
-            if _exists(detached / part.name):
-                raise DetachedPartExists(path=str(detached / part.name))
+            # Under its own name ATTACH would take the wrong part; renamed by an
+            # ATTACH that a killed engine (chdb) left half-done, it makes ATTACH fail.
+            for left in (detached / part.name, detached / f"{CH_ATTACHING}{part.name}"):
+                if _exists(left):
+                    raise DetachedPartExists(path=str(left))
         staged: list[tuple[mf.Part, Path]] = []
         clock = time.monotonic()
         try:
@@ -1197,6 +1258,8 @@ class RestoreService:
                 self._attach(item, part, temp, detached / part.name, progress)
                 staged.pop(0)
         except BaseException as exc:
+            if progress.done:  # restored whole, or the note below says what it holds
+                self.put_back.add(id(item))
             if progress.done in (0, progress.total):  # nothing attached, or the last part too
                 progress.finished()
             elif progress.done and not item.database.startswith(SCRATCH_PREFIX):
@@ -1208,6 +1271,7 @@ class RestoreService:
                 )
             raise
         progress.finished()
+        self.put_back.add(id(item))  # all attached (a row count that differs says so itself)
 
     def _attach(
         self, item: _Item, part: mf.Part, temp: Path, final: Path, progress: _Attaching

@@ -595,6 +595,51 @@ def test_restore_killed_before_attach_leaves_what_clean_removes(
 _DIE_AFTER_ATTACH = _attach_patched("attach()", "os.kill(os.getpid(), signal.SIGKILL)")
 
 
+def test_clean_removes_the_part_an_engine_killed_inside_attach_left(
+    server_engine: ServerEngine, tmp_path: Path
+) -> None:
+    """ATTACH PART renames detached/<part> to attaching_<part> before it takes the part in.
+
+    chdb runs inside the restore's process: a restore killed there kills the
+    engine mid-ATTACH and leaves attaching_<part> (seen with a kill on that
+    rename, 26.9). `clean` left it for ever; the attaching marker says whose it is.
+    Made here by hand from a restore killed just before ATTACH, on the server."""
+    db, copy = "t_kill_in_attach", "t_kill_in_attach_copy"
+    base, detached = _restore_killed(server_engine, tmp_path, db, 40, _DIE_AT_ATTACH)
+    (detached / "202401_1_1_0").rename(detached / "attaching_202401_1_1_0")
+    # One beside a marker made an hour before it came is not the restore's (a DETACH since).
+    (marker,) = detached.glob("casbackup_attaching_*")
+    older = detached / marker.name.replace("202401_1_1_0", "202402_2_2_0")
+    older.mkdir()
+    os.utime(older, (time.time() - 3600, time.time() - 3600))
+    (detached / "attaching_202402_2_2_0").mkdir()
+
+    # ATTACH would fail on it (ClickHouse's rename finds its target taken), part-way
+    # through the table: the restore refuses before staging, with the advice.
+    restore = [*CASBACKUP, *base, "restore", "b", "--as", f"{db}:{copy}"]
+    refused = subprocess.run(restore, capture_output=True, text=True)
+    assert refused.returncode == ExitCode.CONFLICT, refused.stderr
+    assert f"{detached / 'attaching_202401_1_1_0'} already exists: `casbackup clean`" in (
+        refused.stderr
+    )
+
+    cleaned = subprocess.run(
+        [*CASBACKUP, *base, "clean", "--json"], capture_output=True, text=True, check=True
+    )
+    removed = {Path(p).name for p in json.loads(cleaned.stdout)["temp_parts"]}
+    assert "attaching_202401_1_1_0" in removed and "attaching_202402_2_2_0" not in removed
+    assert [p.name for p in detached.iterdir()] == ["attaching_202402_2_2_0"]
+    refused = subprocess.run(restore, capture_output=True, text=True)
+    assert refused.returncode == ExitCode.CONFLICT, refused.stderr
+    assert "attaching_202402_2_2_0 already exists" in refused.stderr
+    (detached / "attaching_202402_2_2_0").rmdir()
+    again = subprocess.run(restore, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert server_engine.value(f"SELECT sum(x) FROM {copy}.t") == sum(range(4000))
+    for name in (db, copy):
+        server_engine.sql(f"DROP DATABASE {name}")
+
+
 def test_clean_finds_the_part_of_a_killed_restore_whose_name_is_near_the_limit(
     server_engine: ServerEngine, tmp_path: Path
 ) -> None:
@@ -723,6 +768,71 @@ def test_a_verify_drill_stopped_while_attaching_leaves_nothing_to_finish(
         stopped.stderr
     )
     assert not [d for (d,) in server_engine.sql("SHOW DATABASES") if d.startswith(SCRATCH_PREFIX)]
+    server_engine.sql(f"DROP DATABASE {db}")
+
+
+# systemd's SIGTERM as the first part of a restore is staged: after --drop-existing dropped.
+_TERM_WHILE_STAGING = "\n".join(
+    [
+        "import os, signal",
+        "from casbackup.restore import RestoreService",
+        "real = RestoreService._stage_parts",
+        "def patched(*a, **k):",
+        "    os.kill(os.getpid(), signal.SIGTERM)",
+        "    return real(*a, **k)",
+        "RestoreService._stage_parts = patched",
+        "from casbackup.launch import main",
+        "main()",
+    ]
+)
+
+
+@pytest.mark.parametrize("stop", ["staging", "attaching"])
+def test_a_drop_existing_restore_stopped_says_what_it_dropped(
+    server_engine: ServerEngine, tmp_path: Path, stop: str
+) -> None:
+    """Stopped after --drop-existing dropped the tables: their old data is gone, and it says so.
+
+    It said "partial work was cleaned up" of tables it had dropped and not
+    restored yet (found by a kill campaign: SIGTERM while staging)."""
+    db = f"t_drop_stopped_{stop}"
+    base = _backed_up_table(server_engine, tmp_path, db, 40)  # db.t: two parts
+    server_engine.sql(f"CREATE TABLE {db}.u (x UInt64) ENGINE = MergeTree ORDER BY x")
+    server_engine.sql(f"INSERT INTO {db}.u SELECT number FROM numbers(10)")
+    subprocess.run([*CASBACKUP, *base, "create", "b2", "--tables", f"{db}.*"], check=True)
+    server_engine.sql(f"INSERT INTO {db}.t SELECT toDate('2024-01-01'), 1000000000")  # the old data
+    server_engine.sql(f"INSERT INTO {db}.u SELECT 1000000000")
+    restore = [*base, "restore", "b2", "--tables", f"{db}.*", "--drop-existing"]
+    script = _TERM_WHILE_STAGING if stop == "staging" else _TERM_BEFORE_ATTACH
+    stopped = subprocess.run(
+        [sys.executable, "-c", script, *restore], capture_output=True, text=True
+    )
+    assert stopped.returncode == ExitCode.INTERRUPTED, stopped.stderr
+    one_line_error(stopped.stderr)
+    assert "partial work was cleaned up" not in stopped.stderr
+    gone = (
+        "whose data the restore had not put back: the old data is gone; run the same restore "
+        "again to restore the backup's"
+    )
+    if stop == "staging":
+        assert stopped.stderr.strip() == (
+            f"casbackup: error: interrupted by SIGTERM; --drop-existing had dropped {db}.t, "
+            f"{db}.u, {gone}"
+        )
+        assert server_engine.value(f"SELECT count() FROM {db}.t") == 0
+    else:  # t holds one of its two parts (and says so), u is still empty
+        assert stopped.stderr.strip() == (
+            f"casbackup: error: interrupted by SIGTERM; {db}.t holds 1 of the 2 parts this "
+            "restore attaches: run the same restore again with --drop-existing to restore it "
+            f"whole; --drop-existing had dropped {db}.u, {gone}"
+        )
+        assert 0 < server_engine.value(f"SELECT count() FROM {db}.t") < 4000
+    assert server_engine.value(f"SELECT count() FROM {db}.u") == 0
+
+    again = subprocess.run([*CASBACKUP, *restore], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert server_engine.value(f"SELECT sum(x) FROM {db}.t") == sum(range(4000))
+    assert server_engine.value(f"SELECT sum(x) FROM {db}.u") == sum(range(10))
     server_engine.sql(f"DROP DATABASE {db}")
 
 
