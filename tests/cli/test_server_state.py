@@ -67,6 +67,20 @@ def backed_up_with_configs(
     return expected
 
 
+def create_c(engine: Engine, dbname: str, cli: Any, configs: Path) -> Any:
+    """`create c` of the database's tables with the config tree at ``configs``."""
+    return cli(
+        engine,
+        "create",
+        "c",
+        "--tables",
+        f"{dbname}.*",
+        "--configs",
+        "--configs-path",
+        str(configs),
+    )
+
+
 def create_with_configs(
     engine: Engine,
     dbname: str,
@@ -578,19 +592,7 @@ def test_ignore_dependencies_restores_what_it_can(
     # missing piece may be in them.
     configs = tmp_path / "configs"
     write_tree(configs, {"config.d/cluster.xml": b"<clickhouse/>"})
-    assert (
-        cli(
-            engine,
-            "create",
-            "c",
-            "--tables",
-            f"{dbname}.*",
-            "--configs",
-            "--configs-path",
-            str(configs),
-        ).code
-        == 0
-    )
+    assert create_c(engine, dbname, cli, configs).code == 0
     staging = tmp_path / "staging"
     stopped = cli(
         engine,
@@ -762,16 +764,7 @@ def test_a_config_restore_follows_a_repack_by_another_hosts_gc(
     changed = tmp_path / "etc-clickhouse" / "config.d" / "storage.xml"
     changed.write_bytes(b"<clickhouse><!-- c's own --></clickhouse>\n")
     expected["config.d/storage.xml"] = changed.read_bytes()
-    made = cli(
-        engine,
-        "create",
-        "c",
-        "--tables",
-        f"{dbname}.*",
-        "--configs",
-        "--configs-path",
-        str(tmp_path / "etc-clickhouse"),
-    )
+    made = create_c(engine, dbname, cli, tmp_path / "etc-clickhouse")
     assert made.code == 0, made.stderr
     assert cli(engine, "delete", "b").code == 0
     another_hosts_gc_repacks(engine, cli, tmp_path, monkeypatch)
