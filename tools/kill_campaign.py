@@ -24,7 +24,15 @@ Kill moments (--timing work, the default): start-up (Python, imports, config)
 ends at the first line of `-v` log output, or when a `list` would have ended
 if that is earlier; one kill in ten lands uniformly in the start-up, the
 others uniformly between its end and the measured duration. --timing
-uniform is the first campaign's uniform moment in [0, duration].
+uniform is the first campaign's uniform moment in [0, duration]. --timing
+attach aims at the ATTACH window of the commands that attach parts (restore,
+verify --restore; the others keep --timing work): the table directories'
+detached/ are polled and the command is killed 0-3 ms after the k-th
+`casbackup_attaching_` marker appears (k uniform up to the parts of the
+source tables, so some runs end first), or, one round in three, after the
+k-th part ClickHouse's ATTACH PART renamed to `attaching_<part>` (on chdb,
+the engine inside the killed process, that kills ClickHouse mid-ATTACH).
+Use a table of many parts (--parts) for kills all along the window.
 
 Each round: prepare (churn before `create`, a free target before `restore
 --as`), run one command as `python -m casbackup`, SIGKILL it, run `clean`
@@ -33,8 +41,9 @@ and `clean --broken --margin 1s`, then check:
 - every backup committed before the kill is still listed (but the one a
   `delete` named) and passes `verify --read-data` (every few rounds also
   `verify NAME --restore`);
-- nothing is left: no `shadow/casbackup_*`, no `casbackup_*` under any
-  `detached/` (a partial-restore marker only if clean reported it), no
+- nothing is left: no `shadow/casbackup_*`, no `casbackup_*` or
+  `attaching_*` under any `detached/` (a partial-restore marker only if
+  clean reported it), no
   `_casbackup_verify_*` database, nothing under the repository's locks/, no
   `.tmp-` store temporaries or open multipart uploads (`clean --broken
   --margin 1s` aborts those older than a second), no `.catalog*`/
@@ -72,6 +81,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -299,6 +309,7 @@ class Outcome:
     stderr: str
     seconds: float
     killed: bool = False
+    trigger: str = ""  # --timing attach: what the kill waited for
 
 
 @dataclass
@@ -310,6 +321,7 @@ class Campaign:
     verify_restore_every: int
     timing: str = "work"
     blob_mb: int = 0
+    parts: int = 0
     durations: dict[str, float] = field(default_factory=dict)
     startups: dict[str, float] = field(default_factory=dict)
     rbac_backups: set[str] = field(default_factory=set)
@@ -396,13 +408,23 @@ class Campaign:
         duration = self.durations[command]
         if self.timing == "uniform":
             return self.rng.uniform(0, duration), "any"
+        if self.timing == "attach" and command in ATTACHING:
+            return duration, "attach"  # a fallback; killed_at watches detached/ instead
         startup = min(self.startups[command], 0.9 * duration)
         if self.rng.random() < 0.1:
             return self.rng.uniform(0, startup), "start-up"
         return self.rng.uniform(startup, duration), "work"
 
-    def killed_at(self, args: list[str], at: float) -> Outcome:
-        """Run ``args``, SIGKILL it ``at`` seconds after its start (unless it ended before)."""
+    def killed_at(self, args: list[str], at: float, phase: str = "") -> Outcome:
+        """Run ``args``, SIGKILL it ``at`` seconds after its start (unless it ended before).
+
+        In the "attach" phase, at the k-th ATTACH seen under detached/ instead.
+        """
+        trigger = ""
+        if phase == "attach":  # asked before: chdb's directory is the command's while it runs
+            prefix = "attaching_" if self.rng.random() < 1 / 3 else "casbackup_attaching_"
+            wanted = self.rng.randint(1, max(1, self.source_parts))
+            trigger = f"{prefix}#{wanted}"
         started = time.monotonic()
         process = subprocess.Popen(
             [*CASBACKUP, "-v", *self.base(), *args],
@@ -410,18 +432,76 @@ class Campaign:
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
-            process.wait(timeout=at)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-        out, err = process.communicate(timeout=TIMEOUT_S)
+        with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
+            # Drained meanwhile: a -v restore of thousands of parts fills a pipe.
+            pumps = [
+                threading.Thread(target=shutil.copyfileobj, args=(stream, sink), daemon=True)
+                for stream, sink in ((process.stdout, out_file), (process.stderr, err_file))
+            ]
+            for pump in pumps:
+                pump.start()
+            if phase == "attach":
+                self.kill_in_attach(process, prefix, wanted)
+            else:
+                try:
+                    process.wait(timeout=at)
+                except subprocess.TimeoutExpired:
+                    process.send_signal(signal.SIGKILL)
+            process.wait(timeout=TIMEOUT_S)
+            for pump in pumps:
+                pump.join(timeout=TIMEOUT_S)
+            out_file.seek(0)
+            err_file.seek(0)
+            out, err = out_file.read(), err_file.read()
         return Outcome(
             process.returncode,
             out,
             err,
             time.monotonic() - started,
             killed=process.returncode == -signal.SIGKILL,
+            trigger=trigger,
         )
+
+    def detached_dirs(self) -> list[Path]:
+        root = self.target.data_root
+        return [*root.glob("data/*/*/detached"), *root.glob("store/*/*/detached")]
+
+    def kill_in_attach(self, process: subprocess.Popen[str], prefix: str, wanted: int) -> None:
+        """SIGKILL ``process`` 0-3 ms after the ``wanted``-th entry named ``prefix``… under detached/.
+
+        casbackup marks each part it attaches with a `casbackup_attaching_`
+        directory from before its rename into place until after ATTACH PART;
+        ClickHouse's ATTACH renames the part to `attaching_<part>` while it
+        takes it in. Polled: a run with fewer ends unkilled.
+        """
+        seen: set[str] = set()
+        dirs: list[Path] = []
+        rescanned = 0.0
+        while process.poll() is None:
+            now = time.monotonic()
+            if now - rescanned > 0.05:  # tables are created (and dropped) as the command runs
+                dirs, rescanned = self.detached_dirs(), now
+            for detached in dirs:
+                try:
+                    names = os.listdir(detached)
+                except OSError:
+                    continue
+                seen.update(f"{detached}/{n}" for n in names if n.startswith(prefix))
+            if len(seen) >= wanted:
+                spin = time.perf_counter() + self.rng.uniform(0, 0.003)
+                while time.perf_counter() < spin:
+                    pass
+                process.send_signal(signal.SIGKILL)
+                return
+            time.sleep(0.0002)
+
+    @property
+    def source_parts(self) -> int:
+        """Active parts of the campaign's database: about as many ATTACHes as a restore runs."""
+        rows = self.target.sql(
+            [f"SELECT count() FROM system.parts WHERE database = '{DB}' AND active"]
+        )
+        return int(rows[0][0][0])
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -444,10 +524,34 @@ class Campaign:
                 f"ATTACH USER u{i} IDENTIFIED WITH no_password;\n"
             )
         self.target.setup(rows)
+        if self.parts:
+            self.many_parts(self.parts)
         self.casbackup("init", check=True)
         for _ in range(4):  # `delete` takes the oldest of at least four
             self.churn()
             self.casbackup("create", self.new_name(), check=True)
+
+    def many_parts(self, parts: int) -> None:
+        """Table `many`: about ``parts`` parts of 20 rows, ten per daily partition, never merged.
+
+        The merge limit is in the table's definition, so the tables restores
+        make from it do not merge theirs away either.
+        """
+        days = max(1, parts // 10)
+        queries = [
+            f"CREATE TABLE {DB}.many (d Date, x UInt64) ENGINE = MergeTree "
+            "PARTITION BY toYYYYMMDD(d) ORDER BY x "
+            "SETTINGS max_bytes_to_merge_at_max_space_in_pool = 1",
+            f"SYSTEM STOP MERGES {DB}.many",
+        ]
+        for batch in range(10):
+            for first in range(0, days, 100):  # at most 100 partitions per INSERT (26.x)
+                count = min(100, days - first)
+                queries.append(
+                    f"INSERT INTO {DB}.many SELECT toDate('2023-01-01') + {first} + number % "
+                    f"{count}, number + {batch * 1_000_000} FROM numbers({20 * count})"
+                )
+        self.target.sql(queries)
 
     def new_name(self) -> str:
         self.counter += 1
@@ -509,7 +613,7 @@ class Campaign:
             if not base.is_dir():
                 continue
             for detached in base.glob("**/detached"):
-                for entry in detached.glob("casbackup_*"):
+                for entry in [*detached.glob("casbackup_*"), *detached.glob("attaching_*")]:
                     found.append(f"detached entry {entry.relative_to(self.target.data_root)}")
         metadata = self.target.data_root / "metadata"
         if metadata.is_dir():
@@ -666,7 +770,7 @@ class Campaign:
         args, may_vanish = planned
         duration = self.durations[command]
         at, phase = self.kill_moment(command)
-        outcome = self.killed_at(args, at)
+        outcome = self.killed_at(args, at, phase)
         violations: list[str] = []
         if not outcome.killed and outcome.returncode not in (0, 1):
             violations.append(
@@ -730,6 +834,7 @@ class Campaign:
             "kill_at": round(at, 3),
             "startup": round(self.startups[command], 3),
             "phase": phase,
+            "trigger": outcome.trigger,
             "store": self.store.name,
             "killed": outcome.killed,
             "returncode": outcome.returncode,
@@ -759,6 +864,8 @@ COMMANDS = [
 ]
 # 18.16 has no SQL access control: `--rbac` there only warns (tests/cli/test_server_state.py).
 CHDB_ONLY = {"create_rbac", "restore_rbac"}
+# The commands that attach parts: --timing attach kills them in the ATTACH window.
+ATTACHING = {"restore_as", "restore_drop", "restore_partitions", "verify_restore"}
 
 
 def past(deadline: str | None) -> bool:
@@ -781,7 +888,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--only", action="append", choices=COMMANDS)
     parser.add_argument("--verify-restore-every", type=int, default=8)
-    parser.add_argument("--timing", choices=["work", "uniform"], default="work")
+    parser.add_argument("--timing", choices=["work", "uniform", "attach"], default="work")
+    parser.add_argument(
+        "--parts",
+        type=int,
+        default=0,
+        help="also a table of about this many small parts (merges stopped), for --timing attach",
+    )
     parser.add_argument(
         "--blob-mb",
         type=int,
@@ -813,6 +926,7 @@ def main() -> None:
             args.verify_restore_every,
             timing=args.timing,
             blob_mb=blob_mb,
+            parts=args.parts,
         )
         campaign.setup(args.rows)
         for command in list(commands):
@@ -839,7 +953,8 @@ def main() -> None:
                 tag = "KILLED" if result["killed"] else "ended"
                 print(
                     f"{sum(counts.values()):4d} {command:18s} at {result['kill_at']:.2f}/"
-                    f"{result['duration']:.2f} s ({result['phase']}) {tag} clean={result['clean']}",
+                    f"{result['duration']:.2f} s ({result['phase']}{' ' + result['trigger'] if result['trigger'] else ''}) "
+                    f"{tag} clean={result['clean']}",
                     flush=True,
                 )
                 if result["violations"]:
