@@ -29,9 +29,10 @@ attach aims at the ATTACH window of the commands that attach parts (restore,
 verify --restore; the others keep --timing work): the table directories'
 detached/ are polled and the command is killed 0-3 ms after the k-th
 `casbackup_attaching_` marker appears (k uniform up to the parts of the
-source tables, so some runs end first), or, one round in three, after the
-k-th part ClickHouse's ATTACH PART renamed to `attaching_<part>` (on chdb,
-the engine inside the killed process, that kills ClickHouse mid-ATTACH).
+source tables, so some runs end first), or, on modern engines one round in
+three, after the k-th part ClickHouse's ATTACH PART renamed to
+`attaching_<part>` (on chdb, the engine inside the killed process, that
+kills ClickHouse mid-ATTACH; 18.16 moves the part straight out of detached/).
 Use a table of many parts (--parts) for kills all along the window.
 
 Each round: prepare (churn before `create`, a free target before `restore
@@ -422,8 +423,10 @@ class Campaign:
         """
         trigger = ""
         if phase == "attach":  # asked before: chdb's directory is the command's while it runs
-            prefix = "attaching_" if self.rng.random() < 1 / 3 else "casbackup_attaching_"
-            wanted = self.rng.randint(1, max(1, self.source_parts))
+            # 18.16's ATTACH PART moves the part straight out of detached/.
+            renames = self.target.modern and self.rng.random() < 1 / 3
+            prefix = "attaching_" if renames else "casbackup_attaching_"
+            wanted = self.rng.randint(1, max(1, self.source_parts(args)))
             trigger = f"{prefix}#{wanted}"
         started = time.monotonic()
         process = subprocess.Popen(
@@ -495,11 +498,11 @@ class Campaign:
                 return
             time.sleep(0.0002)
 
-    @property
-    def source_parts(self) -> int:
-        """Active parts of the campaign's database: about as many ATTACHes as a restore runs."""
+    def source_parts(self, args: list[str]) -> int:
+        """Active parts of the tables ``args`` restores: about as many ATTACHes as it runs."""
+        tables = " AND table LIKE 'events%'" if "--partitions" in args else ""
         rows = self.target.sql(
-            [f"SELECT count() FROM system.parts WHERE database = '{DB}' AND active"]
+            [f"SELECT count() FROM system.parts WHERE database = '{DB}' AND active{tables}"]
         )
         return int(rows[0][0][0])
 
