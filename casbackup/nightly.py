@@ -95,6 +95,7 @@ def _after_backup(
             subset=settings.verify.read_data_subset,
             restore=settings.verify.restore,
             names=(report.backup.name,) if settings.verify.restore else (),
+            index_gaps=False,  # gc checked them under its lock a moment ago, or stopped the run
         ),
         server,
     ).run()

@@ -145,6 +145,9 @@ class VerifyOptions:
     restore: bool = False
     tables: tuple[str, ...] = ("*.*",)
     threads: int = 4
+    # gc's check of the catalog's references (verifying every backup only):
+    # 0.45 s at 30 backups of 20,580 part files; `run` has just had gc do it.
+    index_gaps: bool = True
 
 
 Progress = Callable[[str], None]
@@ -228,7 +231,7 @@ class Verifier:
                 self.users[cid].add(name)
         self.report.chunks = len(self.users)
         self._compare_chunk_lists(in_catalog)
-        if not self.options.names:
+        if self.options.index_gaps and not self.options.names:
             # gc's own check, whole-catalog: when it finds gaps gc refuses to run,
             # and a verify that said OK beside that would send the operator nowhere.
             for gap in index_gaps(self.catalog.db):
