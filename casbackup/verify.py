@@ -63,7 +63,7 @@ from casbackup.process import ProcessTag
 from casbackup.repo import manifest as mf
 from casbackup.repo.chunker import chunk_id as digest_of
 from casbackup.repo.compression import decompress
-from casbackup.repo.pack import parse_pack
+from casbackup.repo.pack import PackEntry, parse_pack
 from casbackup.repo.repository import Repository
 from casbackup.restore import RestoreOptions, RestoreService
 from casbackup.selection import select as select_tables
@@ -96,6 +96,11 @@ class Located:
     length: int
     raw_size: int
     compression: int
+
+    @classmethod
+    def of(cls, entry: PackEntry) -> Located:
+        """Where the pack's own trailer says the entry's chunk is."""
+        return cls(entry.offset, entry.length, entry.raw_size, entry.compression)
 
     def __str__(self) -> str:
         return (
@@ -276,11 +281,7 @@ class Verifier:
                     "`casbackup catalog sync`)",
                 )
             elif pack_id not in self.store_packs:
-                self._problem(
-                    STRUCTURE,
-                    f"pack {pack_id.hex()}",
-                    f"missing from the store (needed by {used_by}); {PACK_ADVICE}",
-                )
+                self._missing_pack(pack_id, used_by)
             elif self.store_packs[pack_id] != catalog_packs.get(pack_id):
                 self._wrong_size(pack_id, catalog_packs.get(pack_id), used_by)
         for pack_id, message in sorted(unreadable.items()):
@@ -306,6 +307,13 @@ class Verifier:
                 f"in the catalog but gone from the store, e.g. {min(gone).hex()} (run `casbackup catalog sync`)",
             )
 
+    def _missing_pack(self, pack_id: bytes, used_by: str) -> None:
+        self._problem(
+            STRUCTURE,
+            f"pack {pack_id.hex()}",
+            f"missing from the store (needed by {used_by}); {PACK_ADVICE}",
+        )
+
     def _wrong_size(self, pack_id: bytes, recorded: object, used_by: str) -> None:
         """A pack whose size in the store differs from the catalog's: which of the two is wrong.
 
@@ -326,18 +334,12 @@ class Verifier:
         try:
             entries = self.repo.read_trailer(pack_id, size)
         except PackMissing:  # deleted since the listing
-            self._problem(
-                STRUCTURE,
-                f"pack {name}",
-                f"missing from the store (needed by {used_by}); {PACK_ADVICE}",
-            )
+            self._missing_pack(pack_id, used_by)
             return
         except IntegrityError as exc:
             why = exc.message
         else:
-            in_pack = {
-                e.chunk_id: Located(e.offset, e.length, e.raw_size, e.compression) for e in entries
-            }
+            in_pack = {e.chunk_id: Located.of(e) for e in entries}
             indexed = self._catalog_locations({pack_id}).get(pack_id, {})
             misplaced = sorted(
                 cid for cid, located in indexed.items() if in_pack.get(cid) != located
@@ -470,7 +472,7 @@ class Verifier:
             return
         in_pack = {}
         for e in entries:
-            in_pack[e.chunk_id] = Located(e.offset, e.length, e.raw_size, e.compression)
+            in_pack[e.chunk_id] = Located.of(e)
             try:
                 raw = decompress(
                     e.compression,
