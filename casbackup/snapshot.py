@@ -46,6 +46,7 @@ from casbackup.repo.manifest import (
     ServerObject,
     Stats,
     Table,
+    part_file_bytes,
 )
 from casbackup.repo.marks import condemned_packs
 from casbackup.repo.repository import Repository
@@ -179,7 +180,7 @@ class SnapshotWriter:
             tables=tables,
             files=[self.files[f] for f in sorted(referenced)],
             stats=Stats(
-                logical_bytes=sum(pf.size for t in tables for p in t.parts for pf in p.files),
+                logical_bytes=part_file_bytes(tables),
                 read_bytes=self.archiver.read_bytes,
                 new_bytes=self.writer.stats.pack_bytes,
                 new_raw_bytes=self.writer.stats.new_raw_bytes,

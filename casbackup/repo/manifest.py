@@ -16,7 +16,7 @@ checked here, so restore never has to wonder about ``../``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -238,6 +238,11 @@ class Database(_Model):
     create_sql: str
 
 
+def part_file_bytes(tables: Iterable[Table]) -> int:
+    """The sizes of every part file of these tables, added up (filesets not counted)."""
+    return sum(pf.size for table in tables for part in table.parts for pf in part.files)
+
+
 class Table(_Model):
     database: str = Field(min_length=1, max_length=1024)
     name: str = Field(min_length=1, max_length=1024)
@@ -362,14 +367,14 @@ class Manifest(_Model):
         return self
 
     def part_file_bytes(self) -> int:
-        """The sizes of every part file of every table, added up: the backup's logical size.
+        """The backup's logical size, from its parts (``part_file_bytes``).
 
         What ``stats.logical_bytes`` says too, as every writer computes it
         from the same parts; but a reader can check the parts and not the
         stat, so what depends on the size (the catalog's record, which gc
         checks the catalog's part file rows against) takes it from here.
         """
-        return sum(pf.size for table in self.tables for part in table.parts for pf in part.files)
+        return part_file_bytes(self.tables)
 
     def file_table(self) -> dict[bytes, FileContent]:
         return {f.id: f for f in self.files}
