@@ -386,6 +386,7 @@ class RestoreService:
         # that one holds): a stop in between names the rest, whose old data is gone.
         self.replaced: dict[int, tuple[_Item, str]] = {}
         self.put_back: set[int] = set()
+        self.staged_configs: Path | None = None  # where _restore_files put the config files
 
     # --- 1. plan -----------------------------------------------------------------
 
@@ -872,6 +873,8 @@ class RestoreService:
                 # Met while fetching, before any file is renamed into place:
                 # restore_directory has removed what it wrote.
                 report.files += self._after_sync(exc, restore)
+            if fileset is self.manifest.configs:
+                self.staged_configs = target
             report.notes.append(
                 f"{len(fileset.files)} files from {fileset.source} restored to {target}; copy what "
                 "you need into place and restart ClickHouse for it to take effect"
@@ -947,14 +950,7 @@ class RestoreService:
                             self.manifest.name,
                             len(failed),
                             created,
-                            next(
-                                (
-                                    t
-                                    for fs, t in self._file_restores()
-                                    if fs is self.manifest.configs
-                                ),
-                                None,
-                            ),
+                            self.staged_configs,
                         ),
                     )
                 for item, error in failed:
